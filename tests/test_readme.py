@@ -397,3 +397,36 @@ def test_the_install_section_names_every_dependency_and_extra():
     extras = " ".join(install[install.index("Optional extras") :].split("\n\n")[0].split())
     for extra in project["optional-dependencies"]:
         assert f"`{extra}`" in extras, extra
+
+
+def test_the_api_calls_in_the_readmes_prose_bind_to_the_real_signatures():
+    """Calls written inline (`tunelab.check(..., model=False)`, `evaluate(run, data, batch_size=8)`) name keywords
+    that the API function takes, and no more positional arguments than it has (`...` stands for any)."""
+    import ast
+    import inspect
+
+    import tunelab
+
+    checked, wrong = 0, []
+    for code in re.findall(r"`([^`\n]*\w\([^`\n]*\))[^`\n]*`", README):
+        try:
+            tree = ast.parse(code.strip())
+        except SyntaxError:
+            continue
+        for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
+            func = call.func
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "tunelab":
+                name = func.attr
+            elif isinstance(func, ast.Name) and func.id in tunelab._API:
+                name = func.id
+            else:
+                continue
+            signature = inspect.signature(getattr(tunelab, name))
+            keywords = {k.arg: None for k in call.keywords}
+            anything = any(isinstance(a, ast.Constant) and a.value is Ellipsis for a in call.args)
+            try:
+                signature.bind_partial(*([] if anything else [None] * len(call.args)), **keywords)
+                checked += 1
+            except TypeError as error:
+                wrong.append(f"{code}: {error}")
+    assert checked >= 10 and not wrong, (checked, wrong)
