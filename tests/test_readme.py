@@ -1,5 +1,6 @@
 """README: its YAML examples load through the config loader, and the defaults it states are the code's."""
 
+import importlib
 import re
 from pathlib import Path
 
@@ -430,3 +431,39 @@ def test_the_api_calls_in_the_readmes_prose_bind_to_the_real_signatures():
             except TypeError as error:
                 wrong.append(f"{code}: {error}")
     assert checked >= 10 and not wrong, (checked, wrong)
+
+
+def _field_choices(section: str, name: str) -> tuple[str, ...]:
+    from tunelab.config.run import RunConfig
+
+    config = RunConfig.__dataclass_fields__[section].default_factory
+    return config.__dataclass_fields__[name].metadata["choices"]
+
+
+def _flag_choices(command: str, flag: str) -> tuple[str, ...]:
+    import argparse
+
+    from tunelab.cli_parser import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return next(a.choices for a in commands[command]._actions if flag in a.option_strings)
+
+
+@pytest.mark.parametrize(
+    "start, end, choices",
+    [
+        ("`model.dtype` is ", " fp16 trains adapters", lambda: _field_choices("model", "dtype")),
+        ("`model.device` is ", "`model.revision`", lambda: _field_choices("model", "device")),
+        ("  name: lora                     #", "(only the top", lambda: _field_choices("method", "name")),
+        ("  scheduler: cosine              #", "\n", lambda: _field_choices("train", "scheduler")),
+        ("Types: `f32`", "made from an f16 file", lambda: importlib.import_module("tunelab.export.gguf").QTYPES),
+        ("tunelab merge runs/my_run --out merged/", "default:", lambda: _flag_choices("merge", "--dtype")),
+    ],
+    ids=["model.dtype", "model.device", "method.name", "train.scheduler", "export --type", "merge --dtype"],
+)
+def test_the_lists_of_allowed_values_in_the_readme_are_complete(start, end, choices):
+    """Where the README lists an option's values, it lists them all, as the config (or the command) allows them."""
+    said = README[README.index(start) :]
+    said = said[: said.index(end, len(start))]
+    missing = [c for c in choices() if not re.search(rf"(?<![\w-]){re.escape(c)}(?![\w-])", said)]
+    assert not missing, (said, missing)
