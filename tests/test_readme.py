@@ -1,5 +1,6 @@
 """README: its YAML examples load through the config loader, and the defaults it states are the code's."""
 
+import dataclasses
 import importlib
 import re
 from pathlib import Path
@@ -467,3 +468,22 @@ def test_the_lists_of_allowed_values_in_the_readme_are_complete(start, end, choi
     said = said[: said.index(end, len(start))]
     missing = [c for c in choices() if not re.search(rf"(?<![\w-]){re.escape(c)}(?![\w-])", said)]
     assert not missing, (said, missing)
+
+
+def test_what_the_readme_says_the_planner_counts_of_a_sharded_qlora_base_is_what_it_counts():
+    """The README's QLoRA-with-FSDP2 part said the memory planner did not know about sharding, to set
+    train.micro_batch by hand; since the planner learned fsdp2, it counts each rank's share of the NF4 base."""
+    from tunelab.models.llama_config import LlamaConfig
+    from tunelab.training.memory import Setup, estimate
+
+    said = " ".join(README[README.index("- **QLoRA with FSDP2**") :].split("\n- **")[0].split())
+    assert "does not know about sharding" not in said
+    assert "counts each rank's 1/N of the NF4 base" in said
+    config = LlamaConfig.from_hf(
+        dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+        | dict(num_key_value_heads=4, vocab_size=64, rms_norm_eps=1e-5, max_position_embeddings=64)
+    )
+    setup = Setup(method="lora", rank=4, quantized=True, micro_batch=1, seq=8)
+    one = estimate(config, setup).static["weights: decoder (nf4)"]
+    two = estimate(config, dataclasses.replace(setup, shards=2)).static["weights: decoder (nf4), 1/2 (fsdp2)"]
+    assert two == -(-one // 2)
