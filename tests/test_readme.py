@@ -487,3 +487,21 @@ def test_what_the_readme_says_the_planner_counts_of_a_sharded_qlora_base_is_what
     one = estimate(config, setup).static["weights: decoder (nf4)"]
     two = estimate(config, dataclasses.replace(setup, shards=2)).static["weights: decoder (nf4), 1/2 (fsdp2)"]
     assert two == -(-one // 2)
+
+
+def test_the_demo_scores_the_readme_shows_are_printed_as_compare_prints_them():
+    """The top of the README shows what `make demo` prints; its lines are format_scores' for the figures they give."""
+    from tunelab.eval.compare import format_scores
+
+    block = README[README.index("```\nscores: ") + 4 :].split("```")[0].rstrip("\n").split("\n\n")[0]
+    scores = {}
+    for line in block.splitlines()[1:]:
+        kind, n, base, tuned, base_refused, tuned_refused = re.match(
+            r"  (\w+) +\(n= *(\d+)\) +correct: base +([\d.]+)% -> tuned +([\d.]+)% +refused: base +([\d.]+)% -> tuned +"
+            r"([\d.]+)%$",
+            line,
+        ).groups()
+        numbers = [float(x) / 100 for x in (base, tuned, base_refused, tuned_refused)]
+        scores[kind] = dict(zip(("base", "tuned", "base_refused", "tuned_refused"), numbers), n=int(n))
+    assert len(scores) == 2
+    assert format_scores(scores) == block
