@@ -505,3 +505,16 @@ def test_the_demo_scores_the_readme_shows_are_printed_as_compare_prints_them():
         scores[kind] = dict(zip(("base", "tuned", "base_refused", "tuned_refused"), numbers), n=int(n))
     assert len(scores) == 2
     assert format_scores(scores) == block
+
+
+def test_the_overfit_verdict_the_readme_shows_is_the_one_training_prints():
+    """The README's overfit example is the verdict on tests/training/test_verdict.py's rising eval curve, with
+    keep_best having kept step 40."""
+    import math
+
+    from tunelab.training.verdict import judge
+
+    train = [(i + 1, 0.02 + 2.48 * math.exp(-5.0 * i / 100)) for i in range(100)]
+    evals = [(20, 0.9), (40, 0.6), (60, 0.7), (80, 0.8), (100, 0.85)]
+    text = judge(train, evals, steps_per_epoch=20, epochs=5.0, lr=2e-4, max_steps=None, best_kept=40).text
+    assert text.startswith("overfit:") and f"\n{text}\n" in README
