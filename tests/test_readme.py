@@ -518,3 +518,15 @@ def test_the_overfit_verdict_the_readme_shows_is_the_one_training_prints():
     evals = [(20, 0.9), (40, 0.6), (60, 0.7), (80, 0.8), (100, 0.85)]
     text = judge(train, evals, steps_per_epoch=20, epochs=5.0, lr=2e-4, max_steps=None, best_kept=40).text
     assert text.startswith("overfit:") and f"\n{text}\n" in README
+
+
+def test_the_auto_values_the_readme_prints_are_the_rules_for_lamp_support():
+    """The README's block of auto values is what a LoRA run on the embedded model (hidden size 576) prints for a set of
+    120 rows without an eval split, lamp_support's."""
+    from tunelab.config import MethodConfig, TrainConfig
+    from tunelab.training.auto import ModelShape, resolve_auto
+
+    block = README[README.index("```\nauto values (") + 4 :].split("```")[0].splitlines()
+    plan = resolve_auto(TrainConfig(), MethodConfig(), 120, ModelShape(576, 30), has_eval=False)
+    printed = plan.describe().splitlines()
+    assert len(printed) == 6 and printed == block[:6], (printed, block)
