@@ -200,3 +200,12 @@ def test_the_auto_values_the_readme_prints_are_the_rules_for_lamp_support():
     plan = resolve_auto(TrainConfig(), MethodConfig(), 120, ModelShape(576, 30), has_eval=False)
     printed = plan.describe().splitlines()
     assert len(printed) == 6 and printed == block[:6], (printed, block)
+
+
+def test_the_chat_line_names_every_command_chat_takes():
+    """`tunelab chat` ends on /quit as on /exit; the README's chat line named /exit, /reset and /system only."""
+    from tunelab.infer.chat import COMMANDS
+
+    line = next(line for line in README.splitlines() if line.startswith("tunelab chat runs/my_run"))
+    missing = [c for c in COMMANDS if not re.search(rf"{re.escape(c)}\b", line)]
+    assert not missing, missing
