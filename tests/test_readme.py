@@ -340,3 +340,25 @@ def test_the_api_calls_in_the_readmes_prose_bind_to_the_real_signatures():
             except TypeError as error:
                 wrong.append(f"{code}: {error}")
     assert checked >= 10 and not wrong, (checked, wrong)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(EXAMPLE_DIR.parent)) for d in DOCS])
+def test_every_dotted_tunelab_name_a_readme_gives_exists(doc):
+    """`tunelab.server.serve.start_server`, `tunelab.config.iter_options()`, `tunelab.errors.TunelabError`: each
+    name the READMEs give of the package is a module, or an attribute of one, that exists."""
+    import importlib
+
+    missing = []
+    for name in sorted(set(re.findall(r"(?<![\w.])tunelab(?:\.[A-Za-z_]\w*)+", doc.read_text()))):
+        parts, target = name.split("."), None
+        for i in range(len(parts), 0, -1):  # the longest importable module, then attributes of it
+            try:
+                target = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for part in parts[i:]:
+                target = getattr(target, part, None)
+            break
+        if target is None:
+            missing.append(name)
+    assert not missing, missing
