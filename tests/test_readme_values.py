@@ -209,3 +209,16 @@ def test_the_chat_line_names_every_command_chat_takes():
     line = next(line for line in README.splitlines() if line.startswith("tunelab chat runs/my_run"))
     missing = [c for c in COMMANDS if not re.search(rf"{re.escape(c)}\b", line)]
     assert not missing, missing
+
+
+def test_the_answer_lengths_the_readme_states_are_the_codes():
+    """generate's default length, the least room chat keeps for an answer, and the cap for a model that states no
+    context are constants of infer/; the README says them in one parenthesis."""
+    from tunelab.infer.chat import ANSWER_ROOM
+    from tunelab.infer.generate import DEFAULT_MAX_NEW_TOKENS, UNKNOWN_CONTEXT_TOKENS
+
+    said = " ".join(README[README.index("(generate: ") :].split("\n\n")[0].split())
+    said = said[: said.index("). `generate --system")]
+    assert said.startswith(f"(generate: {DEFAULT_MAX_NEW_TOKENS}; chat:")
+    assert f"once less than {ANSWER_ROOM} tokens of room remain" in said
+    assert f"answers at most {UNKNOWN_CONTEXT_TOKENS} tokens" in said
