@@ -222,3 +222,22 @@ def test_the_answer_lengths_the_readme_states_are_the_codes():
     assert said.startswith(f"(generate: {DEFAULT_MAX_NEW_TOKENS}; chat:")
     assert f"once less than {ANSWER_ROOM} tokens of room remain" in said
     assert f"answers at most {UNKNOWN_CONTEXT_TOKENS} tokens" in said
+
+
+def test_every_default_the_readmes_prose_gives_an_option_is_its_default():
+    """`train.max_bad_steps` such steps (default 3), `train.keep_checkpoints` defaults to 2, ...: each default
+    stated beside an option's name in prose is the one the config declares."""
+    from tunelab.config import to_dict
+
+    defaults = to_dict(load_config(None).config)
+    prose = " ".join(README.split())
+    stated = [
+        (match.group(1), match.group(2))
+        for pattern in (r"`(\w+\.\w+)`[^`]{0,60}?\(default:? ([^,:;)\s]+)", r"`(\w+\.\w+)` defaults to ([^,:;)\s]+)")
+        for match in re.finditer(pattern, prose)
+    ]
+    assert len(stated) >= 4
+    for option, value in stated:
+        section, _, key = option.partition(".")
+        default = defaults[section][key]
+        assert float(value) == default if isinstance(default, (int, float)) else value == str(default), option
