@@ -1,0 +1,25 @@
+"""Every shipped example config passes `tunelab check --data-only`: its data is read, rendered and checked as
+training reads it (prompt rendering, answer ends, padding, the task's own items), not only its options validated.
+
+The tiny test model stands in for the embedded one: it has SmolLM2's tokenizer, which is all the data checks read.
+"""
+
+from pathlib import Path
+
+import pytest
+
+import tunelab
+from tunelab.config import load_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CONFIGS = sorted(EXAMPLES.glob("*/config*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS])
+def test_every_example_config_passes_the_data_checks(path, tiny_model_dir):
+    missing = [f for f in load_config(path).config.data.train if isinstance(f, str) and not Path(f).exists()]
+    if missing and (path.parent / "prepare.py").exists():
+        pytest.skip(f"{path.parent.name}: python examples/{path.parent.name}/prepare.py writes {missing} first")
+    result = tunelab.check(path, {"model.name": str(tiny_model_dir)}, model=False)
+    failed = [(item.name, item.summary) for item in result.items if item.status == "fail"]
+    assert result.passed and not failed, failed
