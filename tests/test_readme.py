@@ -21,6 +21,21 @@ def test_every_yaml_block_of_the_readme_loads(tmp_path, line, block):
     load_config(path)
 
 
+EXAMPLE_BLOCKS = [
+    (path, block)
+    for path in sorted(EXAMPLE_DIR.glob("*/README.md"))
+    for block in re.findall(r"```yaml\n(.*?)```", path.read_text(), re.S)
+]
+
+
+@pytest.mark.parametrize("path, block", EXAMPLE_BLOCKS, ids=[p.parent.name for p, _ in EXAMPLE_BLOCKS])
+def test_every_yaml_block_of_an_examples_readme_loads(tmp_path, path, block):
+    """The examples' READMEs show configs too (oasst_threads: a trees file read through its transform)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(block)
+    load_config(config)
+
+
 def test_the_defaults_the_readme_lists_are_the_codes():
     [block] = [block for line, block in BLOCKS if README.splitlines()[line - 3].endswith("with their defaults:")]
     defaults = to_dict(load_config(None).config)
