@@ -29,14 +29,13 @@ from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, DataError, counted
 from tunelab.tasks.head_data import (
     PROMPT_FIELDS,
-    answer_blank,
-    answer_turns,
     column,
     counted_records,
     read_task_data,
     refuse_sft_recipes,
     with_system,
 )
+from tunelab.tasks.pair_data import answer_blank, answer_turns
 from tunelab.tasks.preference_data import Preference, PreferenceRow, Side, note_cut_answers, render_pair
 from tunelab.tasks.reward import read_prompt
 
