@@ -40,9 +40,9 @@ def test_every_client_trains_with_the_same_auto_options(tiny_model_dir, tmp_path
         seen["micro_batch"], seen["warmup_ratio"] = cfg.train.micro_batch, cfg.train.warmup_ratio
         return real_stream(datasets, cfg, pad_id)
 
-    def optimizer(model, lr, *args):
+    def optimizer(model, lr, *args, **kwargs):
         seen["lr"] = lr
-        return real_optimizer(model, lr, *args)
+        return real_optimizer(model, lr, *args, **kwargs)
 
     monkeypatch.setattr(local, "BatchStream", stream)
     monkeypatch.setattr(local, "build_optimizer", optimizer)
