@@ -1,6 +1,7 @@
 """README: its YAML examples load through the config loader, its commands, flags, options, links and scripts are
 the code's, and its Layout names every module (the values it states: test_readme_values.py)."""
 
+import itertools
 import re
 from pathlib import Path
 
@@ -315,6 +316,18 @@ def test_every_script_a_readme_runs_is_a_file_of_the_repository(doc):
     scripts = [s for line in lines for s in re.findall(r"(?:^|\s)python3? (\S+\.py)\b", line.split("#")[0])]
     missing = [s for s in scripts if not (root / s).is_file()]
     assert not missing, f"{doc.relative_to(root)}: no such script from the repository's root: {missing}"
+
+
+def test_the_layout_names_every_benchmark_script():
+    """The Layout's benchmarks/ entry once named 7 of its scripts; every script in the folder is named there."""
+    layout = README[README.index("## Layout") :].split("```")[1]
+    entry = layout[layout.index("\nbenchmarks/") + 1 :].splitlines()
+    lines = [entry[0], *itertools.takewhile(lambda line: line.startswith("            "), entry[1:])]
+    named = set(re.findall(r"[\w.]+\.py", " ".join(lines)))
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    scripts = {path.name for path in folder.glob("*.py")}
+    assert scripts, folder
+    assert not scripts - named, f"benchmark scripts the README's Layout does not name: {sorted(scripts - named)}"
 
 
 def test_every_note_of_the_layout_follows_the_module_it_describes():
