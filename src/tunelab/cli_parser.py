@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="qtype",
         default="f16",
         help="tensor type: f32, f16, bf16, q8_0, q4_0, or the k-quants q4_k_m, q5_k_m, q6_k (made by llama.cpp's "
-        "quantizer; needs llama-cpp-python) (default: f16)",
+        "quantizer; needs llama-cpp-python) (default: f16; --qtype is the same flag, named like export_gguf's qtype)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
     export.add_argument(
