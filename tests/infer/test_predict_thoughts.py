@@ -197,6 +197,21 @@ def test_rows_read_a_thought_the_prompt_opened_as_answers_are(reward_run, tmp_pa
     assert saved[0]["margin"] == pytest.approx(saved[1]["margin"], abs=1e-6)
 
 
+def test_a_row_that_is_all_thought_the_prompt_opened_is_refused_in_its_own_words(reward_run, tmp_path):
+    """A `--data` row written `thought</think>` under a template that opens the thought was refused as "<think>
+    without an answer", though the row wrote no <think>; it now says the template opened the thought, as `--answer`
+    does, and a row that writes <think> itself keeps the old words."""
+    run = _opened(open_head_run(reward_run, device="cpu"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "Say something kind 3", "answer": f"{THOUGHT}</think>"}) + "\n")
+    with pytest.raises(DataError, match=r"the answer is all thought \(the run's template ends the prompt") as err:
+        predict(run, data=rows, device="cpu")
+    assert "<think> without an answer" not in str(err.value)
+    rows.write_text(json.dumps({"prompt": "Say something kind 3", "answer": f"<think>{THOUGHT}</think>"}) + "\n")
+    with pytest.raises(DataError, match=r"all thought \(<think> without an answer after its </think>\)"):
+        predict(run, data=rows, device="cpu")
+
+
 def test_the_reward_function_takes_what_trls_grpo_trainer_passes(reward_run):
     """TRL's GRPOTrainer calls a reward function by keyword with completion_ids, trainer_state and the dataset's
     columns beside the prompts and completions, a conversation's completions as lists of one assistant message, and

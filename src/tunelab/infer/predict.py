@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tunelab.atomic import write_text
 from tunelab.config.flags import PYTHON, Spelling
-from tunelab.data.reasoning import answer_apart
+from tunelab.data.reasoning import OPEN, answer_apart
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import is_plain_text, refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
@@ -82,10 +82,12 @@ def _refuse_all_thought(thought: str | None, answer: str, where: str, opened: bo
 def _thought_apart(item: Input, where: str, opens: Opens) -> tuple[Input, str | None]:
     """(the input with its answer's thought left out, the thought) of a chat ending with the answer to score
     (`head_data.thought_apart`, `opens` the run's template's `thought_opener`, as training read its pairs); DataError
-    naming `where` for an answer that is all thought."""
+    naming `where` for an answer that is all thought (its words: the template opened the thought where the answer
+    does not write <think>)."""
     scored, thought = thought_apart(item, opens)
     if thought is not None:
-        _refuse_all_thought(thought, scored.messages[-1]["content"], where)
+        opened = not item.messages[-1]["content"].lstrip().startswith(OPEN)
+        _refuse_all_thought(thought, scored.messages[-1]["content"], where, opened)
     return scored, thought
 
 
