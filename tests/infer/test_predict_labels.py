@@ -7,7 +7,7 @@ import tunelab.training.recipe as recipe
 from tunelab.infer.predict import format_predictions, predict
 
 
-def test_a_label_spelt_another_way_is_the_runs_label(tiny_model_dir, tmp_path):
+def test_a_label_spelt_another_way_is_the_runs_label(tiny_model_dir, tmp_path, capsys):
     """A run trained on JSON labels 0 and 1 marked a CSV's `1.0` row ✗ (expected 1.0) where it predicted 1, and `POS`
     where it predicted pos, while eval counts both as right; the expected label is now the run's spelling, and a label
     the run never trained on stays as written."""
@@ -24,3 +24,7 @@ def test_a_label_spelt_another_way_is_the_runs_label(tiny_model_dir, tmp_path):
     shown = format_predictions(got).splitlines()
     for p, line in zip(got[:2], shown):
         assert line.startswith(f"{p.label} ✓" if p.label == p.expected else f"{p.label} ✗ expected {p.expected}")
+    assert shown[2].startswith(f"{got[2].label} ? 7 is not a label of the run") and "✗" not in shown[2]
+    # a label the run never trained on is named, with its count, as eval counts the rows it skips for it
+    note = capsys.readouterr().err
+    assert "1 row gives a label the run never trained on: '7' (1) (its labels: 0, 1)" in note, note

@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -174,6 +175,7 @@ def predict(
             raise DataError(f"{data}: the file holds no rows to predict.")
         refuse_other_input_kind(run, [x for x, _, _ in items], [w for _, w, _ in items])
         _say_one_text(data, items)
+        _say_unknown_labels(data, [e for _, _, e in items], run.labels)
     given = [(text_input(run, t), f"text {i + 1}", None) for i, t in enumerate(texts or [])]
     items = given + items if texts_first else items + given
     if answers:
@@ -254,6 +256,26 @@ def _say_one_text(data: str | Path, items: list[tuple[Input, str, str | None]]) 
         )
 
 
+def _say_unknown_labels(data: str | Path, expected: list[str | None], labels: list[str]) -> None:
+    """A note, on stderr, naming the labels of `data`'s rows that the run never trained on, with their counts: the
+    head has no output for them, so such a row is predicted but marked neither right nor wrong (`tunelab eval` skips
+    and counts it)."""
+    unknown = Counter(e for e in expected if e is not None and e not in labels)
+    if not unknown:
+        return
+    rows = sum(unknown.values())
+    named = ", ".join(f"{label!r} ({count})" for label, count in unknown.most_common(10))
+    more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    print(
+        f"note: {data}: {rows} row{'s' if rows > 1 else ''} give{'' if rows > 1 else 's'} a label the run never "
+        f"trained on: {named}{more} (its labels: {', '.join(labels)}). The head has no output for "
+        f"{'them' if len(unknown) > 1 else 'it'}, so {'these rows are' if rows > 1 else 'the row is'} predicted but "
+        "not marked right or wrong (tunelab eval skips and counts such rows).",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _nothing_to_predict(task: str, spelling: Spelling) -> TunelabError:
     # a classify run is not told of a prompt with answers, which score answers of a reward run only
     if not spelling.flags:
@@ -285,7 +307,12 @@ def format_predictions(predictions: list[Prediction], width: int = 70) -> str:
             continue
         top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
         probs = ", ".join(f"{label} {value:.3f}" for label, value in top)
-        mark = "" if p.expected is None else (" ✓" if p.expected == p.label else f" ✗ expected {p.expected}")
+        if p.expected is None:
+            mark = ""
+        elif p.expected not in p.probabilities:  # a label the run never trained on: neither right nor wrong
+            mark = f" ? {p.expected} is not a label of the run"
+        else:
+            mark = " ✓" if p.expected == p.label else f" ✗ expected {p.expected}"
         lines.append(f"{p.label}{mark}  [{probs}]  {shown}  ({p.where})")
     return "\n".join(lines)
 
