@@ -19,3 +19,19 @@ def test_a_percentage_for_a_share_is_told_the_fraction_to_write(tmp_path):
         load_config(None, FlagValues({"model.name": "x", "data.train": ["qa.jsonl"], "train.warmup_ratio": "3.5%"}))
     with pytest.raises(ConfigError, match=r"must be float or 'auto', got 'fast'"):  # other text: as before
         load_config(None, {"model.name": "x", "data.train": ["qa.jsonl"], "train.lr": "fast"})
+
+
+def test_a_newline_in_the_prompt_format_flag_is_a_newline(tmp_path):
+    """`--classify.prompt_format "Text: {text}\nLabel:"` kept a backslash and an n, where a YAML file's double-quoted
+    value is a newline: the flag now reads \\n, \\t and \\\\ as YAML's "..." does; a YAML file's value and a Python
+    override are what their writer meant, and a backslash before another letter stays."""
+    base = {"task": "classify", "model.name": "x", "data.train": ["rows.jsonl"]}
+    typed = r"Text:\t{text}\nLabel: C:\path\\n"
+    flag = load_config(None, FlagValues(base | {"classify.prompt_format": typed})).config
+    assert flag.classify.prompt_format == "Text:\t{text}\nLabel: C:\\path\\n"
+    python = load_config(None, base | {"classify.prompt_format": typed}).config
+    assert python.classify.prompt_format == typed
+    config = tmp_path / "run.yaml"
+    config.write_text("classify:\n  prompt_format: 'Text: {text}\\nLabel:'\n")
+    from_file = load_config(config, FlagValues(base)).config
+    assert from_file.classify.prompt_format == "Text: {text}\\nLabel:"

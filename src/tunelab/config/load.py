@@ -23,7 +23,7 @@ from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, 
 from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import list_tail, unknown_option, unknown_section
 from tunelab.config.validate import STAGED_RUN, check_consistency, option_default, read_by
-from tunelab.config.values import checked
+from tunelab.config.values import ESCAPED_FLAGS, checked, read_escapes
 from tunelab.errors import ConfigError, TunelabError, article, not_text
 
 # The option a section's value most likely meant when given bare (model: NAME, data: [FILE]).
@@ -341,6 +341,8 @@ def load_config(
         flags = {}
         for name, value in overrides.items():
             hint = options[name][1] if name in options else None
+            if typed and name in ESCAPED_FLAGS and isinstance(value, str):  # a flag's \n: a newline, as in YAML's "..."
+                value = read_escapes(value)
             if isinstance(value, str) and (problem := not_text(value)):  # YAML could not read it as a value
                 raise ConfigError(f"{override_where(name, typed)}: option '{name}': {problem}. Fix the text.")
             flags[name] = read_text_value(value, hint) if isinstance(value, str) else _python_value(value)

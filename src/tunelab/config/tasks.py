@@ -22,7 +22,7 @@ class ClassifyConfig:
         None,
         "tasks classify and reward: read each text input as this text, its {text} replaced by the row's text, e.g. "
         "'Request: {text}\\nDomain:' (the head reads the last token: a closing cue makes it one that sums up the text); "
-        "kept with the run, so predict and eval read alike",
+        "kept with the run, so predict and eval read alike; in the flag, \\n is a newline, \\t a tab, \\\\ a backslash",
     )
     head_lr: float | None = opt(
         None, "tasks classify and reward: the head's learning rate (default: train.lr, as the adapters')", min=0.0

@@ -17,6 +17,16 @@ from typing import Any, Literal
 
 from tunelab.errors import ConfigError, article, not_text
 
+ESCAPED_FLAGS = ("classify.prompt_format",)  # text options whose line breaks a shell's quotes cannot type
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def read_escapes(text: str) -> str:
+    """A flag's text with \\n, \\t and \\\\ read as a newline, a tab and one backslash, as YAML's double-quoted strings
+    read them (`--classify.prompt_format "Text: {text}\\nLabel:"`); any other backslash is kept as written. A YAML
+    file's value and a Python override are already what their writer meant, and are not read so."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
 
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
