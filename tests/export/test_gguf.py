@@ -86,7 +86,7 @@ def test_overwrite_replaces_only_what_an_export_wrote(tiny_run, tmp_path):
     }
     for name, text in theirs.items():
         (tmp_path / name).write_text(text)
-        with pytest.raises(RunDirError, match=rf"{name}: exists and was not written by tunelab export; --overwrite"):
+        with pytest.raises(RunDirError, match=rf"{name}: exists and was not written by tunelab export; overwrite=True"):
             export_gguf(tiny_run, tmp_path / "a.gguf", "f16", overwrite=True, check=False)
         assert (tmp_path / name).read_text() == text and (tmp_path / "a.gguf").read_bytes() == written["a.gguf"]
         (tmp_path / name).unlink()

@@ -378,9 +378,11 @@ def _written_by_export(target: Path, gguf: Path) -> bool:
     return _written_by_export(modelfile, gguf) and f"\nFROM ./{gguf.name}\n" in _head(modelfile, 4096)
 
 
-def _not_an_export(gguf: Path) -> Callable[[Path], str | None]:
+def _not_an_export(gguf: Path, spelling: Spelling = PYTHON) -> Callable[[Path], str | None]:
     """Why the export of `gguf` never replaces an existing `target`, even with --overwrite: a folder (it writes a
-    file there), or a file an earlier export did not write (the user's own Modelfile, card or GGUF of that name)."""
+    file there), or a file an earlier export did not write (the user's own Modelfile, card or GGUF of that name).
+    `spelling`: how it names overwrite and the output (--overwrite and --gguf, or the arguments)."""
+    forced, out_ = ("--overwrite", "--gguf name") if spelling.flags else ("overwrite=True", "out")
 
     def why(target: Path) -> str | None:
         if target.is_dir():
@@ -390,8 +392,8 @@ def _not_an_export(gguf: Path) -> Callable[[Path], str | None]:
             target = modelfile  # the GGUF is told by its Modelfile: name the file that is not tunelab's
         if not _written_by_export(target, gguf):
             return (
-                f"{target}: exists and was not written by tunelab export; --overwrite replaces only the files an "
-                f"earlier export of {gguf.name} wrote, never others. Move it, or choose another --gguf name."
+                f"{target}: exists and was not written by tunelab export; {forced} replaces only the files an "
+                f"earlier export of {gguf.name} wrote, never others. Move it, or choose another {out_}."
             )
         return None
 
@@ -454,14 +456,16 @@ def export_gguf(
     if qtype in KQUANTS:
         llama_cpp.llama_cpp_module(f"the {qtype} export (llama.cpp's own quantizer makes k-quants)")
     if check:
-        llama_cpp.llama_cpp_module("the export's self-check (--no-check skips it)")
+        llama_cpp.llama_cpp_module(
+            f"the export's self-check ({'--no-check' if spelling.flags else 'check=False'} skips it)"
+        )
     run_check = llama_cpp.available() if check is None else check
     if run_check:  # a questions file the run names but that is gone stops the export here, before anything is written
         asked_questions(run_dir, check_questions)
     modelfile = modelfile_path(out)
     card = gguf_card_path(out)
     for target in (out, modelfile, check_path(out), card):
-        check_output(target, run_dir, overwrite, "--gguf", never=_not_an_export(out), spelling=spelling)
+        check_output(target, run_dir, overwrite, "--gguf", never=_not_an_export(out, spelling), spelling=spelling)
     check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
     shapes = shapes_only(run_dir)
     if shapes is not None:  # an unsupported model, and a disk without room, before the merge

@@ -192,6 +192,7 @@ def check_output(
     and --overwrite, or the Python arguments out and overwrite=True."""
     named = f"{option} {out}" if spelling.flags else f"argument 'out' ({out})"
     forced = "--overwrite" if spelling.flags else "overwrite=True"
+    retrain = "'tunelab train --overwrite'" if spelling.flags else f"tunelab.train() with {spelling.overwrite}"
     above = next((f for f in out.parents if f.exists()), None)  # a file where a folder of the path should be
     if above is not None and not above.is_dir():
         raise RunDirError(f"{named}: {above} is a file, not a folder, so nothing can be written under it.")
@@ -201,13 +202,13 @@ def check_output(
     if out_r.is_relative_to(run_r):
         raise RunDirError(
             f"{named}: is inside the run directory {run_dir}, whose files the run's commands read and which "
-            "'tunelab train --overwrite' replaces whole; write it outside the run (e.g. beside it)."
+            f"{retrain} replaces whole; write it outside the run (e.g. beside it)."
         )
     holder = next((f for f in (out_r, *out_r.parents) if is_run_dir(f)), None)
     if holder is not None:  # another run's folder: its train --overwrite would delete the output with it
         raise RunDirError(
             f"{named}: is {'' if holder == out_r else 'inside '}the run directory {holder} (it holds tunelab's "
-            f"{RUN_FILE}), which 'tunelab train --overwrite' of that run replaces whole; write it outside every run "
+            f"{RUN_FILE}), which {retrain} of that run replaces whole; write it outside every run "
             "directory (e.g. beside them)."
         )
     for what, model in models_of(run_dir):  # the base, every stage's, the adapter a config started from
@@ -224,7 +225,7 @@ def check_output(
         if out_r == data or out_r.is_relative_to(data):
             raise RunDirError(
                 f"{named}: is where {what} of the run's config reads its data, so the next training would "
-                "read it as data (or lose it); {forced} never replaces data. Write it elsewhere."
+                f"read it as data (or lose it); {forced} never replaces data. Write it elsewhere."
             )
         if data.is_relative_to(out_r):
             raise RunDirError(
@@ -310,21 +311,22 @@ def _not_written_by_merge(out: Path) -> list[str]:
     return [e.name for e in entries if not e.is_file() or not any(fnmatch(e.name, p) for p in _MERGE_PATTERNS)]
 
 
-def _not_a_merge(out: Path) -> str | None:
+def _not_a_merge(out: Path, spelling: Spelling = PYTHON) -> str | None:
     """Why the merge never replaces `out`, even with --overwrite; None for an earlier merge (all of whose files the
-    merge wrote) or an empty folder."""
+    merge wrote) or an empty folder. `spelling`: how it names overwrite (--overwrite, or overwrite=True)."""
+    forced = "--overwrite" if spelling.flags else "overwrite=True"
     if out.is_file():
         return f"{out}: is a file; the merge writes a folder there. Choose a folder name."
     if out.is_dir() and any(out.iterdir()) and not (out / MERGE_FILE).is_file():
         return (
-            f"{out}: holds files that are not a merged model tunelab wrote (no {MERGE_FILE}); --overwrite replaces "
+            f"{out}: holds files that are not a merged model tunelab wrote (no {MERGE_FILE}); {forced} replaces "
             "only an earlier merge, never other folders. Choose a new or empty folder."
         )
     foreign = _not_written_by_merge(out) if out.is_dir() and any(out.iterdir()) else []
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         return (
-            f"{out}: an earlier merge, but it also holds what the merge did not write ({shown}), which --overwrite "
+            f"{out}: an earlier merge, but it also holds what the merge did not write ({shown}), which {forced} "
             "would delete with the folder; move them out of it, or choose a new folder."
         )
     return None
@@ -357,7 +359,7 @@ def merge_run(
             f"the merge puts a new folder in place of its {out_}, which would pull the folder from under this shell. "
             f"Name a new folder (e.g. {example})."
         )
-    check_output(out, run_dir, overwrite, never=_not_a_merge, spelling=spelling)
+    check_output(out, run_dir, overwrite, never=lambda o: _not_a_merge(o, spelling), spelling=spelling)
     check_can_write(out)  # a read-only place: said before the merge, not after it
     out_dtype = parse_dtype(dtype) or stored_dtype(run_dir, check_run(run_dir))
     shapes = shapes_only(run_dir)
