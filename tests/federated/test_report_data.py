@@ -127,3 +127,30 @@ def test_a_field_of_another_kind_in_federated_json_is_named_with_its_line(tmp_pa
         match=rf"line {text[: text.index('{', entry)].count(chr(10)) + 1}: history entry 1, field 'round' is missing",
     ):
         read_state(tmp_path)
+
+
+def test_a_damaged_federated_json_names_resume_and_overwrite_as_the_caller_gives_them(
+    tmp_path, tiny_model_dir, federate_config
+):
+    """tunelab.federate(config, resume=True) on a damaged federated.json was told to restore what "its --resume" reads
+    or to "run the federation again with --overwrite": flags a Python caller never typed."""
+    import tunelab
+    from tunelab.config import RunConfig
+    from tunelab.config.flags import CLI
+    from tunelab.errors import RunDirError
+    from tunelab.federated.resume import check_resume
+
+    config = federate_config(tmp_path, tiny_model_dir)
+    (tmp_path / "run").mkdir()
+    _federation_files(tmp_path / "run", "{not json")
+    with pytest.raises(RunDirError) as python:
+        tunelab.federate(config, resume=True)
+    said = str(python.value)
+    assert "federated.json, line 1: not valid JSON" in said
+    assert "which tunelab.federate() writes after every round and its resume=True and tunelab.report() read" in said
+    assert said.endswith("run the federation again with overrides['overwrite'] = True.") and "--" not in said
+    with pytest.raises(RunDirError) as cli:
+        check_resume(tmp_path / "run", RunConfig(), CLI)
+    said = str(cli.value)
+    assert "which tunelab federate writes after every round and its --resume and tunelab report read" in said
+    assert said.endswith("run the federation again with --overwrite.") and "resume=True" not in said

@@ -45,16 +45,21 @@ class DamagedState(RunDirError):
     """federated.json is not JSON, or holds a field of another kind than tunelab federate writes there."""
 
 
-STATE_FIX = (
-    "It is the federation's record of its rounds, which tunelab federate writes after every round and its --resume and "
-    'tunelab report read: restore it (checkpoints/round-N/round.json holds, under "state", the record as it stood '
-    "after round N), or run the federation again with --overwrite."
-)
+def state_fix(spelling: Spelling = CLI) -> str:
+    """What to do about a damaged federated.json, naming the commands, resume and overwrite as `spelling` does."""
+    writer, reader = (
+        ("tunelab federate", "tunelab report") if spelling.flags else ("tunelab.federate()", "tunelab.report()")
+    )
+    return (
+        f"It is the federation's record of its rounds, which {writer} writes after every round and its "
+        f'{spelling.resume} and {reader} read: restore it (checkpoints/round-N/round.json holds, under "state", the '
+        f"record as it stood after round N), or run the federation again with {spelling.overwrite}."
+    )
 
 
-def read_state(run_dir: str | Path) -> dict | None:
+def read_state(run_dir: str | Path, spelling: Spelling = CLI) -> dict | None:
     """federated.json (None where there is none); DamagedState naming its line and field where it is not JSON or a
-    field its readers use is missing or of another kind (`state_problem`)."""
+    field its readers use is missing or of another kind (`state_problem`), and the fix as `spelling` names it."""
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         return None
@@ -62,10 +67,10 @@ def read_state(run_dir: str | Path) -> dict | None:
     try:
         state = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DamagedState(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}). {STATE_FIX}") from None
+        raise DamagedState(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}). {state_fix(spelling)}") from None
     if problem := state_problem(state):
         steps, what = problem
-        raise DamagedState(f"{path}, line {_line(text, steps)}: {what}. {STATE_FIX}")
+        raise DamagedState(f"{path}, line {_line(text, steps)}: {what}. {state_fix(spelling)}")
     return state
 
 
@@ -163,7 +168,7 @@ def write_state(run_dir: str | Path, state: dict) -> Path:
 def all_rounds_done(run_dir: str | Path, rounds: int, spelling: Spelling = CLI) -> str | None:
     """Why --resume has nothing to do when federated.json already counts `rounds` rounds (None while some are
     left); `spelling`: how the caller names resume and overwrite."""
-    state = read_state(run_dir)
+    state = read_state(run_dir, spelling)
     if state is None or int(state["rounds_done"]) < rounds:
         return None
     return (

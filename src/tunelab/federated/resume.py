@@ -31,7 +31,7 @@ def check_resume(run_dir: str | Path, cfg: RunConfig, spelling: Spelling = CLI) 
     """RunDirError when nothing can be resumed, ConfigError for a refused change; else the notes about allowed ones.
     `spelling`: how the caller names resume and overwrite."""
     run_dir = Path(run_dir)
-    state = read_state(run_dir)
+    state = read_state(run_dir, spelling)
     if state is None:
         raise RunDirError(f"{run_dir}: nothing to resume (no federated.json: no round finished there).")
     # federated options the config's other settings leave unread (proximal_mu under fedavg, ...; num_clients beside

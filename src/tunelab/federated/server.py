@@ -149,7 +149,7 @@ def run_federation(
             hold_lock(run_dir)
         notes = check_resume(run_dir, cfg, resolved.spelling)  # the deployment engine's server checks it first
         # the round's checkpoint verified: where it was damaged, the state of the last intact round (notes said so)
-        state, _ = resume_round(run_dir, read_state(run_dir), resolved.spelling)
+        state, _ = resume_round(run_dir, read_state(run_dir, resolved.spelling), resolved.spelling)
         # as tunelab train --resume: the run an --overwrite moved aside to NAME.previous goes once this one finishes
         plan = OutputPlan(run_dir, replace=False, resume=True)
     else:
