@@ -96,3 +96,28 @@ def test_a_host_of_one_gpu_is_told_in_the_singular(monkeypatch):
     with pytest.raises(ConfigError, match=r"local rank 1, but this host has 1 CUDA device; start at most one"):
         with session(cfg):
             pass
+
+
+def test_a_staged_config_on_several_processes_names_nproc_as_the_caller_gives_it(tiny_overrides, tmp_path, capsys):
+    """tunelab.train(staged, nproc=2) and tunelab.plan(staged, nproc=2) were told to "Drop --nproc", a flag a Python
+    caller never typed; the command line still is."""
+    import yaml
+
+    import tunelab
+    from tunelab.cli import main
+
+    config = {k: v for k, v in tiny_overrides.items() if k != "data.train"}
+    config["stages"] = [{"data": {"train": tiny_overrides["data.train"]}}, {"train": {"lr": 1e-4}}]
+    path = tmp_path / "staged.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for call in (lambda: tunelab.train(path, nproc=2), lambda: tunelab.plan(path, nproc=2)):
+        with pytest.raises(ConfigError) as caught:
+            call()
+        said = str(caught.value)
+        assert "Drop the argument nproc, or train each stage's config on its own with nproc=N." in said, said
+        assert "--nproc" not in said
+    for command in ("train", "plan"):
+        assert main([command, str(path), "--nproc", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "Drop --nproc, or train each stage's config on its own with --nproc." in err and "nproc=" not in err
+    assert not (tmp_path / "run").exists()

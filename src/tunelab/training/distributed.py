@@ -41,6 +41,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from tunelab.config import RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import ConfigError, counted
 from tunelab.quant.linear import SHARDABLE, NF4Linear, shardable_nf4_
 from tunelab.training.build import decoder_layers
@@ -218,13 +219,14 @@ WHOLE_MODEL_TASKS = {  # the tasks that train under ddp only, and why
 }
 
 
-def pick_sharding(cfg: RunConfig) -> str:
+def pick_sharding(cfg: RunConfig, spelling: Spelling = CLI) -> str:
     """ddp or fsdp2 for this config (train.sharding auto: fsdp2 for full fine-tuning, ddp otherwise); ConfigError
-    for a combination not supported yet."""
+    for a combination not supported yet. `spelling`: how it names nproc (the CLI's --nproc, or train's argument)."""
     if cfg.stages:
+        drop, own = ("--nproc", "--nproc") if spelling.flags else ("the argument nproc", "nproc=N")
         raise ConfigError(
-            "option 'stages' is set; a staged run trains in one process for now. Drop --nproc, or train each stage's "
-            "config on its own with --nproc."
+            f"option 'stages' is set; a staged run trains in one process for now. Drop {drop}, or train each "
+            f"stage's config on its own with {own}."
         )
     whole = WHOLE_MODEL_TASKS.get(cfg.task)  # why the task needs the whole model on every rank
     sharding = cfg.train.sharding

@@ -46,7 +46,7 @@ def check_launch(cfg: RunConfig, nproc: int, spelling: Spelling = CLI) -> None:
             f"needs its own GPU. Use {fewer} or fewer (or model.device cpu)."
         )
     if nproc > 1:
-        pick_sharding(cfg)
+        pick_sharding(cfg, spelling)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunelab.config import AUTO, RunConfig, TrainConfig, parse_size
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import ConfigError, counted
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
@@ -518,20 +519,25 @@ class PlanReport:
 
 
 def plan_run(
-    cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1, budget_name: str = "--gpu-memory"
+    cfg: RunConfig,
+    gpu_memory: str | None = None,
+    nproc: int = 1,
+    budget_name: str = "--gpu-memory",
+    spelling: Spelling = CLI,
 ) -> PlanReport:
     """The planner for a config without loading weights: its data (for auto micro_batch and the longest row) and its
     model's config (the shapes). BudgetError when nothing fits; ConfigError off the fast path or without a budget.
     `nproc` processes (tunelab train --nproc) as train runs them: train.sharding picked as train picks it (auto:
     fsdp2 for method full), fsdp2 with each rank's 1/nproc share of the weights and training state and auto
-    checkpointing and offload off, ddp with the whole model on every rank; the budget is each GPU's."""
+    checkpointing and offload off, ddp with the whole model on every rank; the budget is each GPU's. `spelling`: how
+    a refusal of nproc names it (--nproc, or the argument)."""
     from tunelab.data.loader import epoch_rows
     from tunelab.models.load import load_hf_config
     from tunelab.training.auto import plan_from_data
     from tunelab.training.build import pick_impl
     from tunelab.training.prepare import load_inputs
 
-    sharding = pick_sharding(cfg) if nproc > 1 else None  # ConfigError for what train --nproc refuses
+    sharding = pick_sharding(cfg, spelling) if nproc > 1 else None  # ConfigError for what train --nproc refuses
     given = gpu_memory is not None  # an empty one is refused as no size, not read as none given
     train = dataclasses.replace(cfg.train, gpu_memory=gpu_memory if given else cfg.train.gpu_memory)
     on_cuda = cfg.model.device != "cpu"  # as train plans it: no GPU's budget, offload or CUDA graphs on the CPU

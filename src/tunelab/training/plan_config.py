@@ -40,7 +40,7 @@ def plan_config(
             "their own data when they train (tunelab check CONFIG shows them, client by client)."
         )
     if not cfg.stages or nproc > 1:  # a staged config on several processes: refused as train --nproc refuses it
-        return plan_run(cfg, gpu_memory, nproc, budget_name)
+        return plan_run(cfg, gpu_memory, nproc, budget_name, resolved.spelling)
     plans = plan_stages(resolved, Path(cfg.output_dir))
     base = plans[0].config.model
     reports = []

@@ -202,7 +202,7 @@ def _train(
     track_to: TrackTo | None,
 ) -> TrainResult:
     cfg = resolved.config
-    sharding = pick_sharding(cfg) if ranks.world > 1 else None
+    sharding = pick_sharding(cfg, resolved.spelling) if ranks.world > 1 else None
     plan = plan_output_dir(
         cfg.output_dir,
         overwrite=cfg.overwrite,
