@@ -267,6 +267,19 @@ def test_predict_names_the_flag_of_an_empty_text_beside_its_argument(tmp_path, c
     assert "argument 'answers' (--answer), item 1, is empty" in capsys.readouterr().err
 
 
+def test_predict_names_a_python_callers_texts_without_the_flags(tmp_path):
+    """tunelab.predict(run, texts=["ok", ""]) was told of "argument 'texts' (TEXT or --text)": the CLI's names, which
+    a Python caller never typed."""
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as texts:
+        tunelab.predict(tmp_path, texts=["ok", ""])
+    assert str(texts.value) == "argument 'texts', item 2, is empty; give the text itself."
+    with pytest.raises(ConfigError) as answers:
+        tunelab.predict(tmp_path, prompt="p", answers=[" "])
+    assert str(answers.value) == "argument 'answers', item 1, is empty; give the text itself."
+
+
 @pytest.mark.parametrize("command", ["compare", "evaluate"])
 def test_an_empty_refusal_sentence_is_refused(tiny_run_dir, tmp_path, command):
     """compare --refusal '' dropped the refusal rates without a word (every answer contains the empty text)."""

@@ -552,8 +552,9 @@ def predict(
         )
     if out is not None:
         check_out(out, overwrite, run, data, spelling)
-    texts = _texts(texts, "texts", blank=False, flag="TEXT or --text") if texts is not None else None
-    answers = _texts(answers, "answers", blank=False, flag="--answer") if answers is not None else None
+    text_, answer_ = ("TEXT or --text", "--answer") if spelling.flags else (None, None)  # the CLI's names, to it alone
+    texts = _texts(texts, "texts", blank=False, flag=text_) if texts is not None else None
+    answers = _texts(answers, "answers", blank=False, flag=answer_) if answers is not None else None
     prompt = _text(prompt, "prompt", blank=False) if prompt is not None else None
     predictions = _predict(
         run,
