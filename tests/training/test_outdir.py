@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import tunelab.training.recipe as recipe
+from tunelab.config.flags import PYTHON
 from tunelab.errors import DataError, ModelError, RunDirError
 from tunelab.rundir import RunInfo, write_info
 from tunelab.training.outdir import LOCK_FILE, REPLACED_FILE, plan_output_dir
@@ -348,6 +349,11 @@ def test_a_previous_run_resumed_where_it_was_moved_aside_is_not_deleted(previous
     previous_run.mkdir()
     message = finish_replacement(OutputPlan(previous_run, replace=True, resume=False))
     assert (aside / "run.json").is_file() and "kept" in message and "resumed" in message
+    assert f"resumed since (--output_dir {aside} --resume), so it is not deleted" in message
+    # a Python caller resumed it with train's output_dir and resume=True: told so, not of flags it never typed
+    message = finish_replacement(OutputPlan(previous_run, replace=True, resume=False), PYTHON)
+    assert f"resumed since (output_dir {aside} and resume=True), so it is not deleted" in message
+    assert "--" not in message and (aside / "run.json").is_file()
     os.utime(aside / "run.json", (marked - 5, marked - 5))  # untouched since the move: deleted, as before
     assert "replaced the previous run" in finish_replacement(OutputPlan(previous_run, replace=True, resume=False))
     assert not aside.exists()

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config
-from tunelab.config.flags import CLI
+from tunelab.config.flags import CLI, Spelling
 from tunelab.data.batches import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError, TrainingStopped, counted
@@ -199,7 +199,7 @@ def _run_rounds(
         print(note, flush=True)
     if done >= f.rounds:
         print(all_rounds_done(run_dir, f.rounds, resolved.spelling), flush=True)
-        _finish(plan)
+        _finish(plan, resolved.spelling)
         return run_dir
 
     torch.manual_seed(cfg.train.seed)  # the LoRA initialisation every client starts from
@@ -366,7 +366,7 @@ def _run_rounds(
         print(f"warning: rounds went on without {counted(len(lost), 'client')}: {'; '.join(lost)}", flush=True)
     if done >= f.rounds:
         print(kept_checkpoints(run_dir), flush=True)
-        _finish(plan)
+        _finish(plan, resolved.spelling)
     elif plan is not None and (note := failure_note(plan)):  # stopped early: the run it replaces is still wanted
         print(note, flush=True)
     return run_dir
@@ -386,9 +386,9 @@ def kept_checkpoints(run_dir: str | Path) -> str:
     )
 
 
-def _finish(plan: OutputPlan | None) -> None:
+def _finish(plan: OutputPlan | None, spelling: Spelling = CLI) -> None:
     """Every round has run: the run an --overwrite moved aside is deleted (training/outdir.py), said as train says it."""
-    message = finish_replacement(plan) if plan is not None else None
+    message = finish_replacement(plan, spelling) if plan is not None else None
     if message:
         print(message, flush=True)
 

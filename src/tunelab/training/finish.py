@@ -156,7 +156,7 @@ def finish(
             flush=True,
         )
         if ranks.main:
-            tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+            tidy_up(run_dir, plan, t.keep_checkpoints_after_finish, run.spelling)
     ranks.barrier()  # no rank returns before the result is saved
     interrupted = stop.requested or run.interrupted
     stop_signal = stop.signum if stop.requested else run.stop_signal

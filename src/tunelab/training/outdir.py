@@ -382,15 +382,16 @@ def _described(path: Path) -> str:
     return f"the unfinished run ({how} {info.steps})" if info.steps else "the unfinished run"
 
 
-def finish_replacement(plan: OutputPlan) -> str | None:
+def finish_replacement(plan: OutputPlan, spelling: Spelling = CLI) -> str | None:
     """Delete the run this one replaced, now that this one has finished (also when it finished on --resume), and let
-    go of the run's lock; return what was done, to print."""
+    go of the run's lock; return what was done, to print, naming output_dir and resume as `spelling` does."""
     release_lock(plan.run_dir)
     if (plan.replace or plan.resume) and (plan.previous / REPLACED_FILE).is_file() and not plan.previous.is_symlink():
         if _taken_up(plan.previous):
+            there = f"--output_dir {plan.previous}" if spelling.flags else f"output_dir {plan.previous} and"
             return (
-                f"kept {plan.previous}: the run moved aside there was resumed since (--output_dir {plan.previous} "
-                "--resume), so it is not deleted; delete it yourself if you no longer need it"
+                f"kept {plan.previous}: the run moved aside there was resumed since ({there} {spelling.resume}), so it "
+                "is not deleted; delete it yourself if you no longer need it"
             )
         shutil.rmtree(plan.previous)
         return f"replaced the previous run in {plan.run_dir}"

@@ -117,7 +117,7 @@ def drop_stale_results(run_dir: Path, resumed: bool = True) -> None:
         )
 
 
-def tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:
+def tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool, spelling: Spelling = CLI) -> None:
     """After a finished run: step checkpoints go (unless kept), the run this one replaced, and the results of the
     weights before (a --resume's) or of the unfinished run (a report made while it trained)."""
     drop_stale_results(run_dir, resumed=plan.resume)
@@ -130,6 +130,6 @@ def tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:
                 f"(train.keep_checkpoints_after_finish: true keeps {them})",
                 flush=True,
             )
-    message = finish_replacement(plan)
+    message = finish_replacement(plan, spelling)
     if message:
         print(message, flush=True)

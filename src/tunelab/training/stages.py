@@ -456,7 +456,7 @@ def train_stages(
             flush=True,
         )
         drop_stale_results(run_dir, resumed=resume)
-        message = finish_replacement(plan_dir)
+        message = finish_replacement(plan_dir, resolved.spelling)
         if message:
             print(message, flush=True)
     if stop.requested:
