@@ -215,3 +215,24 @@ def test_a_reward_weight_that_would_overflow_the_totals_is_refused():
         ConfigError, match=r"option 'grpo.rewards', entry 1, key 'weight' is 3e\+38; it must be <= 1000000"
     ):
         load_config(None, {"task": "grpo", "grpo.rewards": [{"kind": "contains", "weight": 3e38}]})
+
+
+def test_an_unfinished_reward_run_is_told_to_be_resumed_as_the_caller_trains(tiny_overrides, tmp_path):
+    """tunelab.train of a grpo config whose reward model's run had not finished was told to resume it with
+    'tunelab train CONFIG --resume': the reward run was opened with the command line's spelling whoever asked."""
+    import tunelab
+    from tunelab.config.flags import CLI
+    from tunelab.rundir import RunInfo, write_info
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    write_info(rm, RunInfo(base_model="m", method="lora", finished=False, task="reward"))
+    entry = {"kind": "model", "run": str(rm)}
+    with pytest.raises(ConfigError) as python:
+        tunelab.train(None, tiny_overrides | {"task": "grpo", "train.grad_accum": 1, "grpo.rewards": [entry]})
+    said = str(python.value)
+    assert f"entry 1: run '{rm}' cannot be used: " in said and "tunelab.train(CONFIG, resume=True)" in said, said
+    assert "--resume" not in said
+    with pytest.raises(ConfigError) as cli:
+        R.specs([RewardSpec(**entry)], CLI)
+    assert "'tunelab train CONFIG --resume'" in str(cli.value) and "resume=True" not in str(cli.value)

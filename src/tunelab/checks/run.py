@@ -291,7 +291,7 @@ def run_check(
         out(f"a staged run of {len(later) + 1} stages: stage 1 is checked in full, the others' data")
     head = cfg.task in CHECKED_TASKS  # classify, reward, dpo: checks/heads.py
     grpo = cfg.task == "grpo"  # checks/grpo.py
-    task = get_task("grpo", cfg) if grpo else None  # grpo's rollout reads what its build_data saw
+    task = get_task("grpo", cfg, resolved.spelling) if grpo else None  # grpo's rollout reads what its build_data saw
     # DataError (file:line) for a row without input (or label), a classifier of one class
     try:
         inputs = _stage_inputs(cfg, task, 1) if resolved.config.stages else load_inputs(cfg, task)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from tunelab.config import RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import ConfigError
 from tunelab.tasks import dpo, grpo
 from tunelab.tasks.classify import CLASSIFY
@@ -15,11 +16,13 @@ TASKS: dict[str, Task] = {task.name: task for task in (SFT, CLASSIFY, REWARD)}
 CONFIGURED = ("dpo", "grpo")  # tasks built from their config section by get_task
 
 
-def get_task(name: str, cfg: RunConfig | None = None) -> Task:
+def get_task(name: str, cfg: RunConfig | None = None, spelling: Spelling = CLI) -> Task:
+    """The task `name` (bound to its section of `cfg` for dpo and grpo); `spelling`: how grpo's refusal of a reward
+    model's run names the commands (as the caller gave them)."""
     if name == "dpo":
         return dpo.make_task((cfg or RunConfig()).dpo)
     if name == "grpo":
-        return grpo.make_task((cfg or RunConfig()).grpo)
+        return grpo.make_task((cfg or RunConfig()).grpo, spelling)
     if name not in TASKS:
         raise ConfigError(f"option 'task' is {name!r}; allowed values: {', '.join([*TASKS, *CONFIGURED])}.")
     return TASKS[name]

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from tunelab.config import GrpoConfig, RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.loader import Datasets
 from tunelab.data.reasoning import OPEN, ThoughtReader, decode_answer, prompt_opens_thought
@@ -197,9 +198,10 @@ def reward_summary(values: torch.Tensor, rewards: list[reward_fns.Reward], total
     return out
 
 
-def make_task(cfg: GrpoConfig) -> Task:
-    """The grpo task with its settings bound."""
-    specs = reward_fns.specs(cfg.rewards)
+def make_task(cfg: GrpoConfig, spelling: Spelling = CLI) -> Task:
+    """The grpo task with its settings bound; `spelling`: how a reward model's run that cannot be used is told to be
+    resumed (`rewards.reward_run`)."""
+    specs = reward_fns.specs(cfg.rewards, spelling)
     columns = sorted({s.column for s in specs if s.kind in ("contains", "equals")})
     online = Online()
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from tunelab.config import RewardSpec
+from tunelab.config.flags import CLI, Spelling
 from tunelab.data.formats import scalar_text
 from tunelab.data.match import contains, exact_match
 from tunelab.data.transform import load_transform
@@ -85,16 +86,17 @@ class Failure:
     reason: str  # what it did: raised X, returned Y
 
 
-def reward_run(run: str, where: str) -> None:
+def reward_run(run: str, where: str, spelling: Spelling = CLI) -> None:
     """ConfigError naming grpo.rewards' entry unless `run` is a finished `task: reward` run: another task's run (a
-    classifier's scores of K labels, a text model) is no reward."""
+    classifier's scores of K labels, a text model) is no reward. `spelling`: how an unfinished run is told to be
+    resumed (tunelab train --resume, or tunelab.train(..., resume=True))."""
     if not Path(run).is_dir():
         raise ConfigError(
             f"{where}: run {run!r} is not a directory; give a finished `task: reward` run (in a config file the path "
             "is relative to the file's folder, while output_dir is relative to the folder tunelab runs in)."
         )
     try:
-        info = open_info(run, heads=True)
+        info = open_info(run, heads=True, spelling=spelling)
     except RunDirError as exc:
         raise ConfigError(f"{where}: run {run!r} cannot be used: {exc}") from None
     if info.task != "reward":
@@ -104,7 +106,7 @@ def reward_run(run: str, where: str) -> None:
         )
 
 
-def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
+def specs(entries: list[str | RewardSpec], spelling: Spelling = CLI) -> list[RewardSpec]:
     """The grpo.rewards entries as checked RewardSpecs with unique names; ConfigError naming the entry otherwise. A
     `function` entry's module is imported here, so a typo stops the run before the model loads."""
     if not entries:
@@ -131,7 +133,7 @@ def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
         if spec.kind == "function":
             _refuse_uncallable(user_function(spec.function, where), spec.function, where)
         if spec.kind == "model":
-            reward_run(spec.run, where)
+            reward_run(spec.run, where, spelling)
         out.append(spec)
     counts: dict[str, int] = {}
     named = []

@@ -232,7 +232,7 @@ def _train_planned(
     run_dir = plan.run_dir
     checkpoint = _start(resolved, run_dir, ranks, resume)
 
-    task = get_task(cfg.task, cfg)
+    task = get_task(cfg.task, cfg, resolved.spelling)
     inputs, fingerprints, before = _load_data(resolved, task, run_dir, resume)
     data, tokenizer = inputs.data, inputs.tokenizer
     require_eval_split(cfg.train.early_stopping_patience, data.eval)  # before the model loads
