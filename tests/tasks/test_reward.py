@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tunelab.config import load_config
+from tunelab.config.flags import CLI, PYTHON
 from tunelab.errors import DataError
 from tunelab.tasks.pair_data import SAME
 from tunelab.tasks.reward import REWARD, read_pairs
@@ -168,7 +169,13 @@ def test_an_eval_file_of_single_answers_is_sent_to_predict(tmp_path):
         _reward(run, path, 16)
     msg = str(err.value)
     assert msg.startswith(f"{path}:1: the row gives one answer (column 'answer'), not a preference pair")
-    assert f"'tunelab predict RUN --data {path}'" in msg and "Rename the columns" not in msg
+    # a Python caller (tunelab.evaluate) is told of tunelab.predict, the command line of its flags
+    assert f"Score single answers with tunelab.predict(run, data={path!r})." in msg and "Rename the columns" not in msg
+    assert ": tunelab.evaluate() of a reward run scores pairs" in msg and "--data" not in msg
+    with pytest.raises(DataError) as err:
+        _reward(run, path, 16, CLI)
+    msg = str(err.value)
+    assert f"'tunelab predict RUN --data {path}'" in msg and ": tunelab eval of a reward run" in msg
 
 
 def _chat(user, answer):
@@ -261,6 +268,10 @@ def test_predict_of_a_pair_file_points_to_eval(tmp_path):
         match=r"pairs\.jsonl:1: nothing to score.* A preference pair \(chosen and rejected\) is scored by 'tunelab eval RUN --data FILE'",
     ):
         read_scored([path], {}, None, DataReport())
+    with pytest.raises(DataError) as python:  # tunelab.predict's caller is told of tunelab.evaluate
+        read_scored([path], {}, None, DataReport(), spelling=PYTHON)
+    assert "is scored by tunelab.evaluate(run, data=FILE) (pairwise accuracy)" in str(python.value)
+    assert "--data" not in str(python.value)
     other = _write(tmp_path / "other.jsonl", [{"body": "Hi"}])
     with pytest.raises(DataError) as err:
         read_scored([other], {}, None, DataReport())

@@ -219,9 +219,11 @@ def _pair_scores(margins: torch.Tensor) -> dict:
     }
 
 
-def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
+def _reward(run: HeadRun, data_file: str, batch_size: int, spelling: Spelling = PYTHON) -> dict:
     opens = thought_opener(run.tokenizer, run.template)  # a thought the template opens is read apart as in training
-    pairs, wheres, report = _read(run, data_file, functools.partial(read_pairs, evaluating=True, opens=opens))
+    pairs, wheres, report = _read(
+        run, data_file, functools.partial(read_pairs, evaluating=True, opens=opens, spelling=spelling)
+    )
     if pairs:
         sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         refuse_other_input_kind(run, sides, wheres + wheres, pairs=True)
@@ -316,7 +318,10 @@ def evaluate_head_run(
     run = open_head_run(run_dir, device, from_checkpoint=True, spelling=spelling)
     if run.info.task == "reward" and not run.info.is_adapter:  # the untrained-head baseline loads the base last
         check_trained_base(run.info)
-    parts = (_classify if run.info.task == "classify" else _reward)(run, str(data_file), batch_size)
+    if run.info.task == "classify":
+        parts = _classify(run, str(data_file), batch_size)
+    else:  # a row of one answer is told of predict as the caller names it
+        parts = _reward(run, str(data_file), batch_size, spelling)
     result = HeadEvalResult(
         task=run.info.task,
         run_dir=str(run_dir),

@@ -166,7 +166,9 @@ def predict(
             _refuse_training_pairs(run, data, spelling)
             items += [
                 (x, location(p, n), None)
-                for x, p, n in read_scored([str(data)], d.fields, d.system_prompt, report, d.delimiter, d.transform)
+                for x, p, n in read_scored(
+                    [str(data)], d.fields, d.system_prompt, report, d.delimiter, d.transform, spelling
+                )
             ]
         if report.skips:
             reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, note_system_on_texts
@@ -168,10 +169,12 @@ def read_pairs(
     delimiter: str = "auto",
     transform: str | None = None,
     opens: Opens | None = None,
+    spelling: Spelling = CLI,
 ) -> list[Pair]:
     """Rows of the files as Pairs; DataError (file:line) for a row without chosen or rejected, whose message says what
     `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed). `opens`:
-    the run's template's `thought_opener`, with which a chat side's thought is read apart (`head_data.thought_apart`)."""
+    the run's template's `thought_opener`, with which a chat side's thought is read apart (`head_data.thought_apart`).
+    `spelling`: how an eval row of one answer is told of the command that scores it (`_refuse_single_answer`)."""
     pairs = []
     command = "tunelab eval" if evaluating else None
     for record in counted_records(
@@ -179,7 +182,7 @@ def read_pairs(
     ):
         row, where = record.row, location(record.path, record.line)
         if evaluating:
-            _refuse_single_answer(row, fields, where)
+            _refuse_single_answer(row, fields, where, spelling)
         keys = pair_columns(row, fields, where, lenient, "and optionally a prompt", command)
         prompt = read_prompt(row, fields, where, lenient)
         if repeats_prompt(prompt, [row[key] for key in keys], keys, where):
@@ -210,17 +213,21 @@ def read_pairs(
 ANSWER_FIELDS = ("answer", "completion", "response", "output")
 
 
-def _refuse_single_answer(row: dict, fields: dict[str, str], where: str) -> None:
+def _refuse_single_answer(row: dict, fields: dict[str, str], where: str, spelling: Spelling = CLI) -> None:
     """DataError for a `tunelab eval` row that gives neither side of a pair but one answer (`read_scored`'s rows): no
     renaming of its columns makes a pair of it, and `tunelab predict` scores it."""
     if column(row, fields, "chosen", True) or column(row, fields, "rejected", True):
         return
     answer = next((key for name in ANSWER_FIELDS if (key := column(row, fields, name, True))), None)
     if answer is not None:
+        evaluate, predict = (
+            ("tunelab eval", f"'tunelab predict RUN --data {location_path(where)}'")
+            if spelling.flags
+            else ("tunelab.evaluate()", f"tunelab.predict(run, data={location_path(where)!r})")
+        )
         raise DataError(
-            f"{where}: the row gives one answer (column '{answer}'), not a preference pair: tunelab eval of a reward "
-            "run scores pairs (chosen and rejected) by pairwise accuracy. Score single answers with 'tunelab predict "
-            f"RUN --data {location_path(where)}'."
+            f"{where}: the row gives one answer (column '{answer}'), not a preference pair: {evaluate} of a reward "
+            f"run scores pairs (chosen and rejected) by pairwise accuracy. Score single answers with {predict}."
         )
 
 
@@ -231,13 +238,16 @@ def read_scored(
     report: DataReport,
     delimiter: str = "auto",
     transform: str | None = None,
+    spelling: Spelling = CLI,
 ) -> list[tuple[Input, str, int]]:
     """Rows to score one at a time (tunelab predict): a prompt and an answer (answer, completion, response or
     output), a whole conversation (messages, conversations) or a whole text; (input, path, line) each. A row that
     training would skip (an empty input or answer, a chat sft skips: `chat_flaw`) is skipped and counted in `report`.
     `delimiter`: the run's data.delimiter, which splits a .csv file's values as it split its training files'.
     `transform`: the run's data.transform, which shapes pairs and is not applied here; a row with nothing to score
-    is told so (it may be a raw row of the training files' form)."""
+    is told so (it may be a raw row of the training files' form), and of the command that scores pairs as `spelling`
+    names it."""
+    evaluate = "'tunelab eval RUN --data FILE'" if spelling.flags else "tunelab.evaluate(run, data=FILE)"
     out = []
     for record in read_records(paths, delimiter):
         report.read(record.path)
@@ -254,7 +264,7 @@ def read_scored(
             item = Input(text=plain_text(row, fields, where, text, True))
         else:
             pair = (
-                " A preference pair (chosen and rejected) is scored by 'tunelab eval RUN --data FILE' (pairwise "
+                f" A preference pair (chosen and rejected) is scored by {evaluate} (pairwise "
                 "accuracy); predict scores one answer a row."
                 if column(row, fields, "chosen", True) and column(row, fields, "rejected", True)
                 else ""
@@ -262,7 +272,7 @@ def read_scored(
             if transform and not pair:
                 pair = (
                     f" The run's data.transform {transform} made its training pairs and is not applied to predict's "
-                    "rows: rows in the training files' form are scored as pairs by 'tunelab eval RUN --data FILE'."
+                    f"rows: rows in the training files' form are scored as pairs by {evaluate}."
                 )
             raise DataError(
                 f"{where}: nothing to score: give the row a prompt and an answer ({', '.join(ANSWER_FIELDS)}), a whole "
