@@ -21,7 +21,7 @@ def check_output_file(
     own: str,
     inputs: tuple[str | Path, ...] = (),
     mkdir: bool = False,
-    suffix: str | None = None,
+    suffix: str | tuple[str, ...] | None = None,
     spelling: Spelling = PYTHON,
 ) -> None:
     """RunDirError before any work when a command (eval, report) cannot write its result file `path`: it is a
@@ -31,7 +31,8 @@ def check_output_file(
     run directory (whose report would show it as that run's), it would replace a file the run's config names (data,
     function files) or of the models it depends on, it is a new file inside a run directory (but the run's own `own`:
     the run's --overwrite would delete it), it exists and `overwrite` is off, its folder is missing (made
-    when `mkdir`), or its name does not end in `suffix` (eval's JSON in a `results.csv`); WriteFailed when its folder cannot be written (read-only), said before the work rather than
+    when `mkdir`), or its name does not end in `suffix` (eval's JSON in a `results.csv`; a tuple: any of them, the first
+    the format's own); WriteFailed when its folder cannot be written (read-only), said before the work rather than
     after."""
     overwrite_ = "--overwrite" if spelling.flags else "overwrite=True"
     if path.is_dir():
@@ -40,6 +41,13 @@ def check_output_file(
         raise RunDirError(
             f"{path}: is not a regular file (a device, pipe or socket), which the result would replace; give a file "
             "name to write to."
+        )
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
+    if suffixes and path.suffix.lower() not in suffixes:
+        option = "--out" if spelling.flags else "out="
+        raise RunDirError(
+            f"{path}: the result is written as {suffixes[0]} ({own}'s format); give {option} a file name ending in "
+            f"{' or '.join(suffixes)}."
         )
     refuse_file_in_the_way(path, str(path))  # first: a path under a data file is no file in its folder
     target = path.resolve()
@@ -83,10 +91,6 @@ def check_output_file(
         raise RunDirError(f"{path} exists. Pass {given} to replace it, or {out} to write elsewhere.")
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
-    if suffix is not None and path.suffix.lower() != suffix:
-        raise RunDirError(
-            f"{path}: the result is written as {suffix} ({own}'s format); give a file name ending in {suffix}."
-        )
     check_can_write(path)  # a read-only folder: said now, not after the work
 
 

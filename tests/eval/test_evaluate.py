@@ -249,7 +249,9 @@ def test_an_out_file_that_is_not_json_is_refused_before_any_work(tmp_path, capsy
         out = tmp_path / name
         assert main(["eval", str(run), "--data", str(tmp_path / "q.jsonl"), "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert f"{out}: the result is written as .json (eval.json's format); give a file name ending in .json" in err
+        assert (
+            f"{out}: the result is written as .json (eval.json's format); give --out a file name ending in .json" in err
+        )
         assert not out.exists() and "Traceback" not in err
     with pytest.raises(RunDirError, match=r"r\.csv: the result is written as \.json"):
         tunelab.evaluate(run, tmp_path / "q.jsonl", out=tmp_path / "r.csv")

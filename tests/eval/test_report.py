@@ -476,6 +476,25 @@ def test_build_report_errors(tmp_path):
     assert build_report(run, tmp_path / "out" / "r.html").is_file()
 
 
+def test_an_out_file_that_is_not_html_is_refused_before_any_work(tmp_path, capsys):
+    """`tunelab report RUN --out r.txt` wrote the HTML page into a .txt name without a word, where `eval --out`
+    refuses a name not ending in .json; .html and .htm are taken, in any case."""
+    from tunelab.cli import main
+
+    run = make_run(tmp_path / "run")
+    for name in ("r.txt", "r.json", "report"):
+        out = tmp_path / name
+        assert main(["report", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: the result is written as .html (report.html's format); give --out a file name ending in " in err
+        assert ".html or .htm." in err and not out.exists() and "Traceback" not in err
+        with pytest.raises(RunDirError, match=r"give out= a file name ending in \.html or \.htm"):
+            tunelab.report(run, out=out)
+        assert not out.exists()
+    for name in ("r.htm", "R.HTML"):
+        assert tunelab.report(run, out=tmp_path / name).read_text().startswith("<!DOCTYPE html>")
+
+
 def test_an_existing_page_names_the_flags_to_the_cli_alone(tmp_path, capsys):
     """tunelab report beside a page of the user's was told of its flags and then of Python's arguments."""
     from tunelab.cli import main

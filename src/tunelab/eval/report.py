@@ -146,7 +146,8 @@ def build_report(
     run_dir = Path(run_dir)
     read_info(run_dir, require_finished=False)  # a run directory, even an unfinished one: its curves are worth seeing
     path = Path(out) if out is not None else run_dir / REPORT_FILE
-    check_output_file(path, overwrite or _report_of(path, run_dir), run_dir, REPORT_FILE, mkdir=True, spelling=spelling)
+    overwrite = overwrite or _report_of(path, run_dir)
+    check_output_file(path, overwrite, run_dir, REPORT_FILE, mkdir=True, suffix=(".html", ".htm"), spelling=spelling)
     page = render_report(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text(path, page)
