@@ -55,14 +55,13 @@ def test_a_negative_seed_is_a_seed_and_minus_one_asks_for_none(loaded, monkeypat
     """ "seed": -1, which front-ends send to mean "random", was a 400, and so was any negative seed, which OpenAI's
     API accepts (a 64-bit signed integer). A negative seed now seeds the sampling like any other, and -1 asks for
     none, as vLLM reads it; a seed outside 64 bits is still a 400."""
-    import torch
-
+    import tunelab.server.engine as engine
     from tunelab.infer.generate import GenerationSettings
 
     client = TestClient(build_app(loaded, model_name="tiny", settings=GenerationSettings(max_new_tokens=6)))
     seeded = []
-    real = torch.manual_seed
-    monkeypatch.setattr(torch, "manual_seed", lambda seed: seeded.append(seed) or real(seed))
+    real = engine.seeded_generator
+    monkeypatch.setattr(engine, "seeded_generator", lambda seed, device: seeded.append(seed) or real(seed, device))
 
     def ask(seed):
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 1.0, "seed": seed}

@@ -45,3 +45,22 @@ def test_n_answers_are_n_choices_with_their_usage_summed(client):
     assert chunks[-1].choices == [] and chunks[-1].usage == several.usage
     with pytest.raises(openai.BadRequestError, match="less than or equal to 128"):
         client.chat.completions.create(**ASK, n=129)
+
+
+def test_a_seeded_request_leaves_the_unseeded_answers_after_it_alone(client):
+    """A request's seed reseeded torch's global generator (torch.manual_seed), from which the unseeded requests
+    draw: every answer after a seeded one followed from that seed, predictable by whoever sent it. A seeded answer
+    now draws from a generator of its own; it is the same again for the same seed, and the unseeded answers after
+    it are those they would have been without it."""
+    import torch
+
+    def unseeded() -> list[str]:
+        return [client.chat.completions.create(**ASK).choices[0].message.content for _ in range(3)]
+
+    torch.manual_seed(0)
+    alone = unseeded()
+    torch.manual_seed(0)
+    seeded = client.chat.completions.create(**ASK, seed=7).choices[0].message.content
+    assert unseeded() == alone and len(set(alone)) > 1  # sampled, and from the same global stream as before
+    assert client.chat.completions.create(**ASK, seed=7).choices[0].message.content == seeded
+    assert client.chat.completions.create(**ASK, seed=8).choices[0].message.content != seeded

@@ -164,10 +164,17 @@ class GenerationSettings:
             if not ok:
                 raise ConfigError(f"generation: {name} is {getattr(self, name)!r}; it must be {allowed}.")
 
-    def kwargs(self, template: Template, tokenizer, model=None) -> dict:
+    def kwargs(self, template: Template, tokenizer, model=None, generator: torch.Generator | None = None) -> dict:
         """generate()'s arguments; with `model`, those of its generation_config that would change the answer beyond
-        these settings are passed as the values that change nothing (NOT_APPLIED)."""
+        these settings are passed as the values that change nothing (NOT_APPLIED). With `generator`, a sampled answer
+        draws its tokens from it (`SeededDraw`) rather than from torch's global generator, which it leaves alone."""
         sampling = self.temperature >= GREEDY_BELOW and self.top_p > 0
+        if sampling and generator is not None:
+            from transformers import LogitsProcessorList
+
+            draw = SeededDraw(self.temperature, self.top_p, generator)
+            greedy = replace(self, temperature=0.0).kwargs(template, tokenizer, model)
+            return greedy | {"logits_processor": LogitsProcessorList([draw])}
         out = {
             "max_new_tokens": self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
             "do_sample": sampling,
@@ -180,6 +187,35 @@ class GenerationSettings:
         else:
             out.update(temperature=None, top_p=None, top_k=None)
         return out | {k: NOT_APPLIED[k] for k in _model_sets(model) if k in NOT_APPLIED}
+
+
+def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A generator of one answer's own, on `device`, seeded as `torch.manual_seed(seed)` seeds torch's global one."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class SeededDraw:
+    """A transformers logits processor that draws each next token itself, from `generator`, and leaves generate()
+    only that token to pick (every other score -inf, so its greedy argmax takes it): transformers' sampling draws
+    from torch's global generator, which a seed would have to reseed, making every later unseeded answer follow
+    from that seed and two answers share one stream. It applies what generate() applies when it samples, in its
+    order (temperature, then top_p; top_k is off, as `kwargs` asks), then softmax and one multinomial draw a row, so
+    an answer is token for token the one `torch.manual_seed(seed)` before a sampling generate() gives."""
+
+    def __init__(self, temperature: float, top_p: float, generator: torch.Generator):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)  # (B, V)
+        probs = torch.softmax(scores, dim=-1)
+        picked = torch.multinomial(probs, num_samples=1, generator=self.generator)  # (B, 1)
+        return torch.full_like(scores, -math.inf).scatter_(-1, picked, 0.0)
 
 
 def longer_answers(spelling: Spelling) -> str:

@@ -35,6 +35,7 @@ from tunelab.infer.generate import (
     context_length,
     fit_context,
     room_left,
+    seeded_generator,
 )
 from tunelab.infer.run import LoadedRun
 
@@ -192,9 +193,11 @@ class Reply:
         engine = self.engine
         engine.lock.acquire()  # released by the worker when generation ends (or below if it never starts)
         try:
-            if self.seed is not None:
-                torch.manual_seed(self.seed)
-            kwargs = self.settings.kwargs(engine.run.template, engine.run.tokenizer, engine.run.model) | {
+            # a seeded answer draws from a generator of its own: the global one, which unseeded answers draw from,
+            # is not reseeded (that made every later answer follow from the seed) nor shared with it
+            generator = None if self.seed is None else seeded_generator(self.seed, engine.run.device)
+            run = engine.run
+            kwargs = self.settings.kwargs(run.template, run.tokenizer, run.model, generator) | {
                 "input_ids": self.prompt,
                 "attention_mask": torch.ones_like(self.prompt),
             }
