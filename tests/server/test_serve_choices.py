@@ -64,3 +64,26 @@ def test_a_seeded_request_leaves_the_unseeded_answers_after_it_alone(client):
     assert unseeded() == alone and len(set(alone)) > 1  # sampled, and from the same global stream as before
     assert client.chat.completions.create(**ASK, seed=7).choices[0].message.content == seeded
     assert client.chat.completions.create(**ASK, seed=8).choices[0].message.content != seeded
+
+
+def test_n_answers_without_a_temperature_are_sampled_and_greedy_ones_refused(client):
+    """The server answers greedily by default, so "n": 3 without a temperature gave the same answer three times for
+    three times the time, where OpenAI (default temperature 1) gives three samples. Such answers are now sampled at
+    temperature 1; one answer stays greedy; n > 1 at a temperature or top_p of the request's that is greedy is a
+    400 naming n and that field, on the chat and the completions route alike."""
+    plain = {k: v for k, v in ASK.items() if k != "temperature"}
+    several = client.chat.completions.create(**plain, n=3, seed=5)
+    sampled = client.chat.completions.create(**plain, n=3, seed=5, temperature=1.0)
+    assert [c.message.content for c in several.choices] == [c.message.content for c in sampled.choices]
+    assert len({c.message.content for c in several.choices}) > 1
+    one = client.chat.completions.create(**plain, seed=5).choices[0].message.content
+    assert one == client.chat.completions.create(**plain, temperature=0.0).choices[0].message.content
+    for field, value in (("temperature", 0.0), ("top_p", 0.0)):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(**plain, n=2, **{field: value})
+        error = refused.value.body
+        assert error["param"] == "n" and f"n: 2 answers at {field} 0.0 (greedy decoding)" in error["message"]
+        with pytest.raises(openai.BadRequestError, match=f"n: 2 answers at {field} 0.0"):
+            client.completions.create(model="tiny", prompt="A", max_tokens=4, n=2, **{field: value})
+    done = client.completions.create(model="tiny", prompt="A", max_tokens=8, n=3, seed=5)
+    assert len({c.text for c in done.choices}) > 1

@@ -368,7 +368,9 @@ def create_app(
                 param=f"messages.{last}.role",
             )
         try:
-            settings = request_settings(defaults, body.max_completion_tokens or body.max_tokens, body)
+            settings = request_settings(defaults, body.max_completion_tokens or body.max_tokens, body, body.n or 1)
+        except Refused as exc:
+            return error(400, str(exc), param=exc.param)
         except TunelabError as exc:
             return error(400, str(exc))
         asked = next((f for f in ("max_completion_tokens", "max_tokens") if getattr(body, f) is not None), None)

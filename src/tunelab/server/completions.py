@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunelab.errors import TunelabError
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
+from tunelab.server.messages import Refused
 from tunelab.server.replies import (
     TokenCap,
     choice_seed,
@@ -148,7 +149,9 @@ def add_completions_route(app, engine: Engine, defaults: GenerationSettings, no_
             return first
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         try:
-            settings = request_settings(defaults, body.max_tokens, body)
+            settings = request_settings(defaults, body.max_tokens, body, body.n or 1)
+        except Refused as exc:
+            return error(400, str(exc), param=exc.param)
         except TunelabError as exc:
             return error(400, str(exc))
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])

@@ -9,8 +9,9 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS, GenerationSettings, context_length
+from tunelab.infer.generate import GREEDY_BELOW, UNKNOWN_CONTEXT_TOKENS, GenerationSettings, context_length
 from tunelab.server.engine import Completion, Engine, Reply
+from tunelab.server.messages import Refused
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
@@ -112,12 +113,36 @@ def refused_first(body, engine: Engine, no_model, unsupported, token_fields: tup
     return None
 
 
-def request_settings(defaults: GenerationSettings, max_tokens: int | None, body) -> GenerationSettings:
+# What n > 1 answers sample at where the request gives no temperature (or top_p) and the server's would be greedy:
+# OpenAI's defaults. The server answers greedily by default, and n greedy answers are one answer n times, for n times
+# the time, which no client asking for several answers wants.
+CHOICES_TEMPERATURE, CHOICES_TOP_P = 1.0, 1.0
+
+
+def request_settings(defaults: GenerationSettings, max_tokens: int | None, body, n: int = 1) -> GenerationSettings:
     """A request's sampling: its token limit (`max_tokens`, read from the route's own field), temperature and top_p
-    where it gives them, else the server's (`defaults`); raises TunelabError on a value out of range."""
+    where it gives them, else the server's (`defaults`); raises TunelabError on a value out of range. For `n` > 1
+    answers, a temperature or top_p the request leaves out is OpenAI's default (CHOICES_TEMPERATURE, CHOICES_TOP_P)
+    where the server's would make them greedy, and a request whose own temperature or top_p asks for greedy answers
+    is refused (Refused naming `n`): they would be n copies of one."""
+    temperature = defaults.temperature if body.temperature is None else body.temperature
+    top_p = defaults.top_p if body.top_p is None else body.top_p
+    if n > 1:
+        if body.temperature is None and temperature < GREEDY_BELOW:
+            temperature = CHOICES_TEMPERATURE
+        if body.top_p is None and top_p == 0:
+            top_p = CHOICES_TOP_P
+        if temperature < GREEDY_BELOW or top_p == 0:
+            field = "temperature" if temperature < GREEDY_BELOW else "top_p"
+            raise Refused(
+                "n",
+                f"n: {n} answers at {field} {getattr(body, field)} (greedy decoding) would be the same answer {n} "
+                f"times, for {n} times the time; ask for n 1, or a {field} above 0 (left out, n > 1 answers are "
+                f"sampled at temperature {CHOICES_TEMPERATURE:g}, OpenAI's default).",
+            )
     return GenerationSettings(
         max_new_tokens=max_tokens or defaults.max_new_tokens,
-        temperature=defaults.temperature if body.temperature is None else body.temperature,
-        top_p=defaults.top_p if body.top_p is None else body.top_p,
+        temperature=temperature,
+        top_p=top_p,
         repetition_penalty=defaults.repetition_penalty,
     )
