@@ -276,6 +276,44 @@ def test_a_kept_best_step_is_named_beside_the_last_steps_eval_loss(tmp_path):
     assert "<th>final eval loss</th><td>0.5000</td>" in render_report(run)
 
 
+def test_the_loss_plot_marks_the_early_stop_and_the_best_step_when_run_json_has_them(tmp_path, monkeypatch):
+    """The loss plot did not show where early stopping ended the run nor which step's weights train.keep_best kept
+    (run.json's extra.early_stop and extra.best): they are drawn as vertical lines with a legend entry each, named
+    in the caption, and only for a run that records them."""
+    import matplotlib.axes
+
+    run = make_run(tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    lines, real = [], matplotlib.axes.Axes.axvline
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "axvline", lambda self, x, **k: lines.append((x, k["label"])) or real(self, x, **k)
+    )
+
+    def marks() -> list[tuple[float, str]]:  # the lines drawn but the data histogram's max_length one
+        return [line for line in lines if not line[1].startswith("max_length")]
+
+    plain = render_report(run)
+    assert marks() == [] and "marked:" not in plain
+    stop = {"step": 30, "planned_steps": 40, "patience": 2, "best_step": 10, "best_eval_loss": 0.6, "waited": [20, 30]}
+    stopped = info | {"end": {"reason": "early_stopped", "step": 30}, "extra": {"early_stop": stop}}
+    (run / "run.json").write_text(json.dumps(stopped))
+    page = render_report(run)
+    assert marks() == [(30, "early stop (step 30)"), (10, "best eval (step 10)")]
+    assert (
+        "Loss: train (every logged step) and eval (held-out examples); marked: early stop (step 30), best eval" in page
+    )
+    lines.clear()
+    stopped["extra"]["best"] = {"step": 20, "eval_loss": 0.5}  # keep_best's choice names the best step
+    (run / "run.json").write_text(json.dumps(stopped))
+    assert "best eval, kept by keep_best (step 20)" in render_report(run)
+    assert marks() == [(30, "early stop (step 30)"), (20, "best eval, kept by keep_best (step 20)")]
+    lines.clear()
+    kept_only = info | {"extra": {"best": {"step": 20, "eval_loss": 0.5}, "early_stop": stop}}  # it ran every step
+    (run / "run.json").write_text(json.dumps(kept_only))
+    render_report(run)
+    assert marks() == [(20, "best eval, kept by keep_best (step 20)")]
+
+
 def test_a_grpo_run_shows_its_held_out_reward_not_a_negative_eval_loss(tmp_path, monkeypatch):
     """grpo logs eval_loss = -eval_reward (for keep_best): the report's summary read 'final eval loss -0.6000' and its
     loss plot drew that negated reward as an eval loss beside the surrogate loss."""

@@ -31,25 +31,61 @@ def _figure(width: float = 6.4, height: float = 3.4):
     return fig, ax
 
 
+# How the loss plot draws a step it marks (loss_marks): (color, line style).
+MARK_STYLES = {"early stop": ("#c62828", "--"), "best": ("#2e7d32", ":")}
+
+
 def curve_plot(
-    series: list[tuple[str, list[tuple[float, float]], str]], ylabel: str, caption: str, log: bool = False
+    series: list[tuple[str, list[tuple[float, float]], str]],
+    ylabel: str,
+    caption: str,
+    log: bool = False,
+    marks: list[tuple[str, str, int]] = (),
 ) -> str:
+    """`marks`: (kind of MARK_STYLES, legend label, step) drawn as vertical lines, each with its legend entry."""
     fig, ax = _figure()
     for name, points, style in series:
         xs, ys = zip(*points)
         ax.plot(xs, ys, style, label=plot_text(name), linewidth=1.4, markersize=4)
+    for kind, label, step in marks:
+        color, style = MARK_STYLES[kind]
+        ax.axvline(step, color=color, linestyle=style, linewidth=1.2, label=plot_text(label))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
-    if len(series) > 1:
+    if len(series) > 1 or marks:
         ax.legend()
     return f"<figure>{_svg(fig, caption)}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
-def training_plots(records: list[dict], tasks: list[str | None] | None = None) -> str:
+def loss_marks(info: dict | None) -> list[tuple[str, str, int]]:
+    """The steps the loss plot marks, as curve_plot takes them, from run.json (`info`): where early stopping ended
+    the run (extra.early_stop of a run whose end says so), and the best evaluation's step: the one train.keep_best
+    kept (extra.best), else the best one early stopping waited on. Empty where run.json records neither."""
+    info = info if isinstance(info, dict) else {}
+    extra = info.get("extra") if isinstance(info.get("extra"), dict) else {}
+    end = info.get("end") if isinstance(info.get("end"), dict) else {}
+    stop = extra.get("early_stop") if end.get("reason") == "early_stopped" else None
+    stop = stop if isinstance(stop, dict) else {}
+    best = extra.get("best") if isinstance(extra.get("best"), dict) else {}
+
+    def step(value) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    marks = []
+    if (stopped := step(stop.get("step"))) is not None:
+        marks.append(("early stop", f"early stop (step {stopped})", stopped))
+    if (kept := step(best.get("step"))) is not None:
+        marks.append(("best", f"best eval, kept by keep_best (step {kept})", kept))
+    elif (waited_on := step(stop.get("best_step"))) is not None:
+        marks.append(("best", f"best eval (step {waited_on})", waited_on))
+    return marks
+
+
+def training_plots(records: list[dict], tasks: list[str | None] | None = None, info: dict | None = None) -> str:
     """The loss, learning-rate, throughput and gradient-norm curves; tasks: the run's task (a staged run's: each
-    stage's), for the loss axis's unit."""
+    stage's), for the loss axis's unit; `info`: run.json, whose early stop and best step the loss plot marks."""
 
     def points(key: str) -> list[tuple[float, float]]:
         return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
@@ -67,7 +103,10 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None) -
         caption = " and ".join(
             (["train (every logged step)"] if train else []) + (["eval (held-out examples)"] if evals else [])
         )
-        figures.append(curve_plot(series, loss_axis(tasks or []), f"Loss: {caption}"))
+        marks = loss_marks(info)
+        if marks:
+            caption += "; marked: " + ", ".join(label for _, label, _ in marks)
+        figures.append(curve_plot(series, loss_axis(tasks or []), f"Loss: {caption}", marks=marks))
     if lr and lr_b:  # a log axis: B's curve is A's times the ratio, the same shape; a linear one flattens A's
         figures.append(
             curve_plot(
