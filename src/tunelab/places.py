@@ -42,13 +42,6 @@ def check_output_file(
             f"{path}: is not a regular file (a device, pipe or socket), which the result would replace; give a file "
             "name to write to."
         )
-    suffixes = (suffix,) if isinstance(suffix, str) else suffix
-    if suffixes and path.suffix.lower() not in suffixes:
-        option = "--out" if spelling.flags else "out="
-        raise RunDirError(
-            f"{path}: the result is written as {suffixes[0]} ({own}'s format); give {option} a file name ending in "
-            f"{' or '.join(suffixes)}."
-        )
     refuse_file_in_the_way(path, str(path))  # first: a path under a data file is no file in its folder
     target = path.resolve()
     if any(target == Path(p).resolve() for p in inputs):
@@ -91,6 +84,13 @@ def check_output_file(
         raise RunDirError(f"{path} exists. Pass {given} to replace it, or {out} to write elsewhere.")
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
+    if suffixes and path.suffix.lower() not in suffixes:
+        option = "--out" if spelling.flags else "out="
+        raise RunDirError(
+            f"{path}: the result is written as {suffixes[0]} ({own}'s format); give {option} a file name ending in "
+            f"{' or '.join(suffixes)}."
+        )
     check_can_write(path)  # a read-only folder: said now, not after the work
 
 
