@@ -21,6 +21,7 @@ from tunelab.tasks import dpo
 from tunelab.tasks.kto import kto_scores, metric_sums
 from tunelab.tasks.kto_data import build_feedback
 from tunelab.training.build import build_model
+from tunelab.training.step import train_step
 
 
 def _write(path, rows):
@@ -66,6 +67,39 @@ def test_kto_loss_by_hand_with_a_positive_kl_estimate():
     assert sums["desirable_reward"].item() == pytest.approx(0.5 * (2.0 + 0.0))
     assert sums["undesirable_reward"].item() == pytest.approx(-0.5)
     assert sums["accuracy"].item() == 2.0  # rows 0 and 1 are on their side of z0, row 2 (r 0 < z0) is not
+
+
+def test_rewards_by_label_are_each_labels_mean_over_the_step_and_the_eval_split(tiny_model_dir, feedback_file):
+    """Two micro-batches of 3 rows, labels 1+2 desirable: the logged rewards are means over each label's rows of the
+    whole step (not sums over all 6 rows); eval the same."""
+    cfg = _config(tiny_model_dir, feedback_file, **{"data.max_length": 64})
+    data = build_feedback(cfg, load_tokenizer(resolve_source(str(tiny_model_dir))), 0)
+    rows = [data.train[0], data.train[1], data.train[3], data.train[5], data.train[7], data.train[2]]
+    for k, row in enumerate(rows):  # a reference that differs from the policy, unlike for each row
+        row.reference = (-40.0 - 3 * k, -45.0 + k)
+    batches = [dpo.collate(rows[:3], data.facts["pad_id"]), dpo.collate(rows[3:], data.facts["pad_id"])]
+    assert [b["desirable"].tolist() for b in batches] == [[True, False, False], [False, False, True]]
+    built = build_model(resolve_source(str(tiny_model_dir)), ModelConfig(device="cpu"), MethodConfig())
+    rewards = torch.cat([dpo.scores(built.model, b, cfg.dpo).reward for b in batches]).detach()
+    desirable = torch.cat([b["desirable"] for b in batches])
+    want = {
+        "desirable_reward": rewards[desirable].mean().item(),
+        "undesirable_reward": rewards[~desirable].mean().item(),
+    }
+    task = dpo.make_task(cfg.dpo)
+    got = task.evaluate(built.model, batches)
+    assert got["eval_desirable_reward"] == pytest.approx(want["desirable_reward"], rel=1e-4)
+    assert got["eval_undesirable_reward"] == pytest.approx(want["undesirable_reward"], rel=1e-4)
+    assert not any(":" in name for name in got)  # the counts divide, they are not logged
+    optimizer = torch.optim.SGD([p for p in built.model.parameters() if p.requires_grad], lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    stats = train_step(built.model, batches, optimizer, scheduler, 1.0, task)
+    assert stats["metrics"]["desirable_reward"] == pytest.approx(want["desirable_reward"], rel=1e-4)
+    assert stats["metrics"]["undesirable_reward"] == pytest.approx(want["undesirable_reward"], rel=1e-4)
+    assert set(stats["metrics"]) == {"kl", "desirable_reward", "undesirable_reward", "accuracy"}
+    only_bad = [dpo.collate(rows[1:3], data.facts["pad_id"])]
+    only_bad = train_step(built.model, only_bad, optimizer, scheduler, 1.0, task)
+    assert "desirable_reward" not in only_bad["metrics"]  # no desirable row: no mean, rather than a 0
 
 
 def test_kto_clamps_a_negative_kl_estimate_at_zero_and_trains_nothing_through_it():
@@ -251,7 +285,7 @@ def test_cli_run_learns_and_reports_its_metrics(tiny_model_dir, tmp_path, feedba
     assert "lora_A" in next(iter(load_file(run / "adapter_model.safetensors")))
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
-    assert "KTO: z0, the KL" in html and "KTO: the rewards of desirable" in html
+    assert "KTO: z0, the KL" in html and "KTO: the mean rewards of desirable" in html
 
 
 def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, straight_and_resumed, feedback_file):

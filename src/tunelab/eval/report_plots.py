@@ -173,8 +173,8 @@ def preference_plots(records: list[dict]) -> str:
         ),
         (
             [("desirable_reward", "desirable"), ("undesirable_reward", "undesirable")],
-            "reward x share of rows",
-            "KTO: the rewards of desirable and undesirable rows (train), each summed over its rows per row",
+            "mean reward",
+            "KTO: the mean rewards of desirable and undesirable rows (train), each over its label's rows of the step",
         ),
     ):
         if found := series(keys):

@@ -61,7 +61,7 @@ from tunelab.tasks.head_data import pad_rows
 from tunelab.tasks.kto_data import FeedbackRow, build_feedback
 from tunelab.tasks.log_probs import sequence_log_probs
 from tunelab.tasks.preference_data import PreferenceRow, build_preferences
-from tunelab.tasks.task import Task, eval_mode
+from tunelab.tasks.task import Task, eval_mode, metric_means
 from tunelab.training.build import BuiltModel
 
 METRICS = ("margin", "accuracy", "chosen_logp", "rejected_logp")
@@ -268,9 +268,9 @@ def make_task(cfg: DpoConfig) -> Task:
                 s = scores(model, batch, cfg)
                 sums["loss"] += s.loss.sum().item()
                 for name, value in all_metric_sums(s).items():
-                    sums[name] += value.item()
+                    sums[name] = sums.get(name, 0.0) + value.item()
                 pairs += count(batch)
-        return {f"eval_{name}": value / pairs for name, value in sums.items()} if pairs else {}
+        return {f"eval_{name}": value for name, value in metric_means(sums, pairs).items()} if pairs else {}
 
     def prepare(built: BuiltModel, data: Datasets, run: RunConfig) -> None:
         if cfg.loss in REFERENCE_FREE:

@@ -16,9 +16,9 @@ one row estimates from one mismatched row). The mismatched rows go through the s
 batch of 2B rows, as dpo's pairs), which costs their backward through the layers though z0 takes no gradient.
 
 The reward of a row is beta * r. The metrics, summed over rows and divided by the step's rows as every dpo metric:
-kl (z0, weighed by the micro-batch's rows), desirable_reward and undesirable_reward (the sum of the rewards of that
-label's rows, per row of the step: its mean reward times its share of the rows; divide by the share to read the
-mean), and accuracy (the share of rows on their label's side of z0: r > z0 desirable, r < z0 undesirable).
+kl (z0, weighed by the micro-batch's rows) and accuracy (the share of rows on their label's side of z0: r > z0
+desirable, r < z0 undesirable); desirable_reward and undesirable_reward are the mean reward of that label's rows, their
+sums divided by the label's rows (their own count, `tasks.task.metric_means`), left out of a step without such a row.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from tunelab.tasks.task import OWN_COUNT
 
 METRICS = ("kl", "desirable_reward", "undesirable_reward", "accuracy")
 
@@ -68,9 +70,12 @@ def metric_sums(s: KtoScores) -> dict[str, torch.Tensor]:
     reward = s.reward.detach()
     right = torch.where(s.desirable, reward > s.beta * s.z0, reward < s.beta * s.z0)
     zero = reward.new_zeros(())
+    good = s.desirable.sum().float()
     return {
         "kl": s.z0 * reward.shape[0],
         "desirable_reward": torch.where(s.desirable, reward, zero).sum(),
+        "desirable_reward" + OWN_COUNT: good,
         "undesirable_reward": torch.where(s.desirable, zero, reward).sum(),
+        "undesirable_reward" + OWN_COUNT: reward.shape[0] - good,
         "accuracy": right.sum().float(),
     }

@@ -21,7 +21,9 @@ Contracts every task keeps:
   has an `attention_mask` (B, T) of its real tokens.
 - `loss` returns the SUM over the batch's units (loss tokens for sft, rows for classify, pairs for reward) as a 0-dim
   fp32 tensor, and metric sums over the same units (tensors or floats); the step divides both by the step's total
-  `count` once (STYLE.md habit 9), so micro-batches of any size weigh as one big batch would.
+  `count` once (STYLE.md habit 9), so micro-batches of any size weigh as one big batch would. A metric summed over
+  part of the units only gives its own count beside it, `<name>:count` (kto's rewards by label: that label's rows),
+  and is divided by that count's sum instead (`metric_means`).
 - `evaluate` returns means over the eval batches' units, keys prefixed `eval_`, always with `eval_loss`.
 - Every trainable parameter is a parameter of `built.model` after `prepare`, so checkpoints (which save trainable
   parameters by name) and the optimizer see all of them.
@@ -47,6 +49,23 @@ from tunelab.data.formats import trained_system
 from tunelab.data.templates import resolve_template, trained_chat_template
 
 Batch = dict[str, Any]  # tensors (B, ...) and plain per-row lists (e.g. packed doc_lengths)
+
+
+OWN_COUNT = ":count"  # the key suffix of a metric's own count (`metric_means`)
+
+
+def metric_means(sums: dict[str, float], total: float) -> dict[str, float]:
+    """Each metric sum divided by the step's (or eval split's) units, or by its own count where `sums` holds one
+    (`<name>:count`); the counts themselves are left out, and so is a metric whose own count is 0 (a step without a
+    row of that label has no mean to show)."""
+    means = {}
+    for name, value in sums.items():
+        if name.endswith(OWN_COUNT):
+            continue
+        count = sums.get(name + OWN_COUNT, total)
+        if count:
+            means[name] = value / count
+    return means
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 The loss is normalised once per optimizer step: the task's summed losses of all micro-batches are divided by the
 number of units in all of them (loss tokens for sft, rows for classify, pairs for reward; `task.count`), so a
-micro-batch with more answer tokens weighs more, as it should. The task's metric sums are divided the same way. With
+micro-batch with more answer tokens weighs more, as it should. The task's metric sums are divided the same way (one
+that brings its own count, kto's rewards by label, by that count: `tasks.task.metric_means`). With
 several ranks (training/distributed.py) the count is summed over every rank's micro-batches before the division and
 the gradients are summed across ranks, so the step is the one of a single process with all the micro-batches.
 The guard (training/guard.py) skips the update when the loss or the gradient norm is NaN/inf: the gradients are
@@ -21,7 +22,7 @@ from torch import nn
 
 from tunelab.tasks.sft import SFT, loss_tokens, summed_loss  # noqa: F401  (loss_tokens, summed_loss: re-exported)
 from tunelab.tasks.sft import mean_loss as evaluate  # noqa: F401  (re-exported: the sft eval loss of eval/, federated/)
-from tunelab.tasks.task import Task
+from tunelab.tasks.task import Task, metric_means
 from tunelab.training.distributed import ONE_PROCESS, Ranks, gradient_sync, replicated, weight
 from tunelab.training.graphs import CapturedLoss
 from tunelab.training.guard import advance_schedule, update_is_finite
@@ -79,7 +80,7 @@ def train_step(
     else:
         advance_schedule(scheduler)  # the schedule follows the step count, as a resumed run does
     optimizer.zero_grad(set_to_none=True)
-    metrics = {name: value / max(total, 1) for name, value in metric_sums.items()}
+    metrics = metric_means(metric_sums, max(total, 1))  # a metric with its own count is divided by that
     return {
         "loss": loss_sum / max(total, 1),
         "grad_norm": norm,
