@@ -22,6 +22,7 @@ from tunelab.tasks.kto import kto_scores, metric_sums
 from tunelab.tasks.kto_data import build_feedback
 from tunelab.training.build import build_model
 from tunelab.training.step import train_step
+from tunelab.training.verdict import high_loss, judge_metrics
 
 
 def _write(path, rows):
@@ -128,6 +129,21 @@ def _config(model_dir, data, **extra):
     return load_config(
         None, {"task": "dpo", "dpo.loss": "kto", "model.name": str(model_dir), "data.train": [data]} | extra
     ).config
+
+
+def test_the_verdict_judges_kto_on_its_own_scale():
+    """kto's loss starts at half the rows' mean weight: a run settled at 0.3 (from 0.5) has moved little on kto's
+    scale, where the pair losses' ln 2 / 2 would call it fine; with weights of 0.5 a run that learned nothing sits at
+    0.25."""
+    assert high_loss("dpo", kto_weight=1.0) == pytest.approx(0.25)
+    records = [{"step": s, "loss": 0.3 + 0.2 * 0.8**s} for s in range(1, 41)]  # 0.46 -> 0.30 a row
+    pairs = judge_metrics(records, 10, 4.0, 1e-4, task="dpo")
+    kto = judge_metrics(records, 10, 4.0, 1e-4, task="dpo", kto_weight=1.0)
+    assert pairs.kind == "fine" and kto.kind == "underfit", (pairs.text, kto.text)
+    assert "kto's scale" in kto.text and "0.5 before training" in kto.text and "high: 0.250" in kto.text
+    flat = [{"step": s, "loss": 0.25} for s in range(1, 41)]  # weights 0.5: no row moved from where it started
+    assert judge_metrics(flat, 10, 4.0, 1e-4, task="dpo", kto_weight=0.5).kind == "underfit"
+    assert judge_metrics(flat, 10, 4.0, 1e-4, task="dpo").kind == "fine"
 
 
 def test_rows_take_the_previous_rows_completion_as_their_mismatched_side(tiny_model_dir, feedback_file):
@@ -283,6 +299,10 @@ def test_cli_run_learns_and_reports_its_metrics(tiny_model_dir, tmp_path, feedba
     assert {"eval_kl", "eval_desirable_reward", "eval_undesirable_reward", "eval_accuracy"} <= set(evals[-1])
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert "lora_A" in next(iter(load_file(run / "adapter_model.safetensors")))
+    info = json.loads((run / "run.json").read_text())
+    assert info["extra"]["kto_weight"] == 1.0  # the default weights: the verdict reads kto's loss on its own scale
+    verdict = info["extra"]["verdict"]  # 4 passes, the loss still near 0.36: high on kto's scale (0.25 and above)
+    assert verdict["kind"] == "underfit" and "kto's scale" in verdict["text"] and "(high: 0.250" in verdict["text"]
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert "KTO: z0, the KL" in html and "KTO: the mean rewards of desirable" in html

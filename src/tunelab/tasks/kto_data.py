@@ -247,5 +247,7 @@ def build_feedback(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     note_balance(train, cfg.dpo.desirable_weight, cfg.dpo.undesirable_weight, report)
     evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report, "eval")
     report.train, report.eval = _stats(train, len(items)), _stats(evals, len(held))
-    facts = {"input": "chat", "pad_id": tokenizer.pad_token_id}
+    weights = [cfg.dpo.desirable_weight if r.desirable else cfg.dpo.undesirable_weight for r in train]
+    # kto_weight: the training rows' mean loss weight, twice the loss before training (the verdict's scale)
+    facts = {"input": "chat", "pad_id": tokenizer.pad_token_id, "kto_weight": sum(weights) / len(weights)}
     return Datasets(train, evals, template, report, facts=facts)

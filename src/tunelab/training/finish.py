@@ -129,6 +129,7 @@ def finish(
             task=cfg.task,
             labels=len(data.facts.get("labels") or []) or None,  # a classify run's labels
             orpo_lambda=cfg.dpo.beta if cfg.task == "dpo" and cfg.dpo.loss == "orpo" else None,
+            kto_weight=data.facts.get("kto_weight") if cfg.task == "dpo" and cfg.dpo.loss == "kto" else None,
             keep_best_off=FSDP2_ADVICE if best_off else "",
             early=early_stop,  # the verdict saved in run.json says it too, and advises no longer run
         )

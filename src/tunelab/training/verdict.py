@@ -10,7 +10,7 @@ Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), 
 - overfit: the eval loss rose at the end: its last value is at least 10% and 0.05 nats above its lowest, which came
   earlier. More training made held-out text less likely, so fewer epochs (or more data) is the fix.
 - underfit: the train loss is still high after the model saw each example at least twice (the last tenth of the
-  steps average >= 0.5 nats a token for sft; `high_loss` gives dpo, reward and classify theirs), or it was still falling fast when
+  steps average >= 0.5 nats a token for sft; `high_loss` gives dpo (kto and orpo their own), reward and classify theirs), or it was still falling fast when
   training stopped (down >= 20% and >= 0.1 nats over the last quarter, where a decaying schedule has already slowed
   it), or the eval loss was still falling (its last value is its lowest, >= 10% and 0.02 nats below the one
   before). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 0.5 and be
@@ -56,9 +56,9 @@ RISE_ABSOLUTE = 0.05
 MIN_EVALS = 3
 WINDOW = 3  # the fewest steps a landmark averages
 MIN_JUDGED = 2 * WINDOW  # the fewest logged steps whose start and end windows do not share steps
-# What a task's loss is averaged over, for the numbers the verdict quotes (sft: tokens; a head: rows; dpo and reward:
-# pairs); grpo is judged on its rewards.
-LOSS_UNITS = {"classify": "an example", "reward": "a pair", "dpo": "a pair"}
+# The scale of a task's loss, for the numbers the verdict quotes (sft: nats a token; a head: a row; dpo and reward: a
+# pair; dpo's loss kto: `kto_unit`); grpo is judged on its rewards.
+LOSS_UNITS = {"classify": "nats an example", "reward": "nats a pair", "dpo": "nats a pair"}
 PAIR_TASKS = ("dpo", "reward")
 
 
@@ -73,7 +73,14 @@ def _unseen(epochs: float) -> str:
     return f"{unseen:.0f}" if round(unseen) < 100 else f"{unseen:.1f}"
 
 
-def high_loss(task: str = "sft", labels: int | None = None, orpo_lambda: float | None = None) -> float:
+def kto_unit(weight: float) -> str:
+    """The scale of kto's loss, said where the verdict quotes it: not nats, a weight times a probability."""
+    return f"a row (kto's scale: 0 to the row's weight, {weight / 2:.3g} before training)"
+
+
+def high_loss(
+    task: str = "sft", labels: int | None = None, orpo_lambda: float | None = None, kto_weight: float | None = None
+) -> float:
     """The train loss that counts as "still high", on the scale of the task's loss. sft: HIGH_LOSS nats a token (the
     runs above). The others start near the loss of a guess, not near the model's own text loss, so they are judged
     against half of that guess's loss:
@@ -84,7 +91,15 @@ def high_loss(task: str = "sft", labels: int | None = None, orpo_lambda: float |
       labels: 0.347, 10 labels: 1.15), where the right label gets about 1/sqrt(K) of the probability.
     - dpo with loss orpo (orpo_lambda: its dpo.beta): the chosen answer's NLL per token plus lambda times the pair
       term, so sft's HIGH_LOSS plus lambda x ln 2 / 2 (0.535 at the default 0.1): ln 2 / 2 alone was below the NLL
-      of text the model already writes well, and called every orpo run underfit."""
+      of text the model already writes well, and called every orpo run underfit.
+    - dpo with loss kto (kto_weight: the training rows' mean weight, dpo.desirable_weight or dpo.undesirable_weight by
+      label): a row's loss is its weight x (1 - sigmoid(beta (r - z0))) (sign flipped for an undesirable row), between
+      0 and the weight, and weight / 2 before training (r = z0 = 0); still high at kto_weight / 4, half of where it
+      starts, as the pair losses' ln 2 / 2 is half of theirs: the average row is on its label's side with a
+      probability below about 0.75. ln 2 / 2 was on another scale: 0.347 is 69% of kto's 0.5 start at the default
+      weights, so a kto run that had learned little passed, and with weights of 0.5 one that learned nothing (0.25)."""
+    if task == "dpo" and kto_weight is not None:
+        return kto_weight / 4
     if task == "dpo" and orpo_lambda is not None:
         return HIGH_LOSS + orpo_lambda * math.log(2) / 2
     if task in PAIR_TASKS:
@@ -184,14 +199,14 @@ def judge(
     max_steps: int | None = None,
     best_kept: int | None = None,
     keep_best_off: str = "",
-    unit: str = "a token",
+    unit: str = "nats a token",
     high_at: float = HIGH_LOSS,
     early: dict | None = None,
 ) -> Verdict:
     """train: (step, loss) per logged step; evals: (step, eval loss). epochs: the passes over the data the run made.
     max_steps: set when it, not epochs, fixed the length (the advice then names it). best_kept: the step whose
     weights keep_best saved as the result; keep_best_off: why keep_best chose none though it was asked (said in
-    its place). unit: what the loss is averaged over (`LOSS_UNITS`). high_at: the train
+    its place). unit: the loss's scale and what it is averaged over (`LOSS_UNITS`). high_at: the train
     loss that is still high (`high_loss`). early: run.json's extra.early_stop of a run that early stopping ended
     (`stopped_early_note`): its advice is then not to train longer."""
     verdict = _judge(
@@ -259,7 +274,7 @@ def _judge(
         return Verdict(
             "diverged",
             f"diverged: the train loss rose instead of falling: {train[0][1]:.3f} at step {train[0][0]}, {end:.3f} "
-            f"nats {unit} at the end (the first tenth of the steps averaged {start:.3f}): the updates were too large "
+            f"{unit} at the end (the first tenth of the steps averaged {start:.3f}): the updates were too large "
             f"for this model. Set train.lr: {lr / 10:.2g} "
             f"(it was {lr:.2g}), and keep train.max_grad_norm above 0 so gradients are clipped.",
             numbers,
@@ -310,7 +325,7 @@ def _judge(
             "underfit",
             f"underfit: train.max_steps ({max_steps}) stopped the run after {_share(epochs)} of one pass over the training "
             f"rows ({steps_per_epoch} steps a pass), so about {_unseen(epochs)}% of them were never trained on, "
-            f"and the train loss is still high: {start:.3f} -> {end:.3f} nats {unit}. Set train.max_steps: "
+            f"and the train loss is still high: {start:.3f} -> {end:.3f} {unit}. Set train.max_steps: "
             f"{steps_per_epoch} for one full pass, or remove it so that train.epochs sets the length.",
             numbers,
         )
@@ -326,7 +341,7 @@ def _judge(
     if high or falling or eval_falling:
         if high:
             why = (
-                f"the train loss is still high after {epochs:.3g} passes: {start:.3f} -> {end:.3f} nats {unit} "
+                f"the train loss is still high after {epochs:.3g} passes: {start:.3f} -> {end:.3f} {unit} "
                 f"(high: {high_at:.3f} or more)"
             )
         elif falling:
@@ -386,10 +401,11 @@ def judge_metrics(
     labels: int | None = None,
     orpo_lambda: float | None = None,
     early: dict | None = None,
+    kto_weight: float | None = None,
 ) -> Verdict:
     """`judge` over the records of metrics.jsonl (`judge_rewards` when they hold rewards); steps the non-finite guard
     skipped (loss null) are left out. labels: a classify run's number of labels; orpo_lambda: a dpo run's dpo.beta
-    where its loss is orpo (`high_loss`); early: run.json's extra.early_stop of a run that early stopping ended."""
+    where its loss is orpo, kto_weight: a kto run's training rows' mean weight (`high_loss`); early: run.json's extra.early_stop of a run that early stopping ended."""
     rewards = [(r["step"], r["reward"]) for r in records if isinstance(r.get("reward"), int | float)]
     if rewards:
         held_out = [(r["step"], r["eval_reward"]) for r in records if isinstance(r.get("eval_reward"), int | float)]
@@ -414,8 +430,8 @@ def judge_metrics(
         max_steps=max_steps,
         best_kept=best_kept,
         keep_best_off=keep_best_off,
-        unit=LOSS_UNITS.get(task, "a token"),
-        high_at=high_loss(task, labels, orpo_lambda),
+        unit=kto_unit(kto_weight) if task == "dpo" and kto_weight is not None else LOSS_UNITS.get(task, "nats a token"),
+        high_at=high_loss(task, labels, orpo_lambda, kto_weight),
         early=early,
     )
 
