@@ -211,6 +211,29 @@ def test_labels_are_read_in_their_spellings_and_imbalance_is_noted(tiny_model_di
     assert any(n.startswith("all 3 training rows are desirable") for n in data.report.notes)
 
 
+def test_a_completion_labelled_both_ways_is_noted_with_its_rows(tiny_model_dir, tmp_path):
+    """Rows 1 and 2 give one prompt and completion both labels, rows 3 and 5 another; row 4 answers row 1's prompt
+    otherwise (no conflict). Noted, counted, with the first two rows; the data still loads."""
+    rows = [
+        {"prompt": "Capital of France?", "completion": "Paris.", "label": True},
+        {"prompt": "Capital of France?", "completion": "Paris.", "label": "no"},
+        {"prompt": "Two plus two?", "completion": "Four.", "label": 1},
+        {"prompt": "Capital of France?", "completion": "Lyon.", "label": False},
+        {"prompt": "Two plus two?", "completion": "Four.", "label": False},
+        {"prompt": "Colour of the sky?", "completion": "Blue.", "label": True},
+    ]
+    path = _write(tmp_path / "f.jsonl", rows)
+    tokenizer = load_tokenizer(resolve_source(str(tiny_model_dir)))
+    data = build_feedback(_config(tiny_model_dir, path, **{"data.max_length": 64}), tokenizer, 0)
+    assert len(data.train) == 6
+    (note,) = [n for n in data.report.notes if "labels the other way" in n]
+    assert note.startswith("4 of the 6 feedback rows") and "2 completions" in note, note
+    assert f"{path}:1 labels it desirable, {path}:2 undesirable, ..." in note, note
+    clean = _write(tmp_path / "clean.jsonl", [r for k, r in enumerate(rows) if k not in (1, 4)])
+    data = build_feedback(_config(tiny_model_dir, clean, **{"data.max_length": 64}), tokenizer, 0)
+    assert not any("labels the other way" in n for n in data.report.notes)
+
+
 def test_bad_rows_exit_2_naming_file_line_and_field(tiny_model_dir, tmp_path, feedback_file, capsys):
     base = ["train", "--task", "dpo", "--dpo.loss", "kto", "--model.name", str(tiny_model_dir)]
     base += ["--output_dir", str(tmp_path / "r")]

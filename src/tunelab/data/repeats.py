@@ -1,6 +1,6 @@
 """The notes of examples that repeat or contradict others, which training would pass over without a word: copies
 of a training example (each trains again), eval examples that are training ones (their loss measures recall), an
-eval file that is a training file, a prompt or text answered or labelled two ways, and a mixture source drawn so often
+eval file that is a training file, a prompt or text answered or labelled two ways (a kto completion labelled both ways too), and a mixture source drawn so often
 that the model learns it by heart. The tasks with other items than `Example`s (classify's labelled rows, preference
 pairs) pass their own `key` or `asked`."""
 
@@ -117,7 +117,8 @@ def note_conflicting(
     kind: str = "answer",
 ) -> None:
     """A note in `report` when items ask the same thing word for word but are answered otherwise: a chat's prompt with
-    two answers, a text with two labels (`kind`: label; the items have a `label`). `asked(item)` gives (what it asks,
+    two answers, a text with two labels (`kind`: label; the items have a `label`), a prompt and completion of kto's
+    feedback labelled desirable and undesirable (`kind`: feedback; the answer is the label's word). `asked(item)` gives (what it asks,
     its answer), or None where it asks nothing to compare. Items of one record (two mixture sources of one file) are one row, not a
     conflict. The items are Examples, or another task's items (with `path` and `line`)."""
     groups: dict[str, list[tuple[str, Any]]] = {}  # what is asked -> (answer, item), one item a row of a record
@@ -134,8 +135,17 @@ def note_conflicting(
     first, second = conflicts[0][0][1], next(item for answer, item in conflicts[0] if answer != conflicts[0][0][0])
     one, other, more = location(first.path, first.line), location(second.path, second.line), len(conflicts) > 1
     rows = sum(len(group) for group in conflicts)
-    shown = f"{counted(len(conflicts), 'text' if kind == 'label' else 'prompt')}; e.g. {one}"
-    if kind == "label":
+    asked = {"label": "text", "feedback": "completion"}.get(kind, "prompt")
+    shown = f"{counted(len(conflicts), asked)}; e.g. {one}"
+    if kind == "feedback":
+        said = conflicts[0][0][0], next(answer for answer, item in conflicts[0] if item is second)
+        report.notes.append(
+            f"{rows} of the {len(places)} feedback rows give a prompt and completion that another row labels the "
+            f"other way, word for word ({shown} labels it {said[0]}, {other} {said[1]}{', ...' if more else ''}): "
+            "loss kto raises and lowers the same completion, so their updates cancel; correct the wrong label or "
+            "remove a row (raters who disagree may leave such rows, and training goes on)"
+        )
+    elif kind == "label":
         report.notes.append(
             f"{rows} of the {len(places)} rows give a text that another row labels otherwise, word for word "
             f"({shown} labels it {first.label!r}, {other} {second.label!r}{', ...' if more else ''}): no head can "

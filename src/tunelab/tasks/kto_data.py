@@ -7,7 +7,9 @@ Accepted rows (`data.fields` maps the names to your columns; a column named as a
 - `completion`: a text, one message ({role, content} / ShareGPT {from, value}) or a message list: the answer turns;
 - `label`: true or false; also yes/no, 1/0 (numbers or text, any case), as .csv files write them.
 A row's `system` (else data.system_prompt) is prepended. A row without a prompt or completion, or with a label that is
-none of these, is a DataError naming file, line and field; a row whose completion is empty is a counted skip.
+none of these, is a DataError naming file, line and field; a row whose completion is empty is a counted skip. Rows
+that give one prompt and completion both labels (train and eval alike) are a data note, counted, with the first two
+file:line, as the other tasks' contradicting rows are (`data.repeats.note_conflicting`).
 
 Each row becomes a `FeedbackRow`: the prompt with its completion (`chosen_*`), and the prompt with the completion of
 the nearest row before it in the file whose prompt differs (`rejected_*`, cyclically: the first row looks from the
@@ -18,12 +20,14 @@ own side is dropped or cut as data.overlong says (the prompt whole, the completi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets
 from tunelab.data.render import IGNORE
+from tunelab.data.repeats import note_conflicting
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, DataError, counted
@@ -124,6 +128,12 @@ def read_feedback(
             continue
         out.append(Feedback(context, turns, desirable, record.path, record.line))
     return out
+
+
+def completion_and_label(item: Feedback) -> tuple[str, str]:
+    """(the prompt with its completion, the label's word), for `note_conflicting`: one completion labelled both ways
+    is noted, not refused, as sft's prompt answered twice and classify's text labelled twice are."""
+    return json.dumps(item.context + item.completion, sort_keys=True), "desirable" if item.desirable else "undesirable"
 
 
 LOOK_BACK = 64  # rows searched for another prompt before taking the previous row's completion anyway
@@ -235,6 +245,7 @@ def build_feedback(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     if d.overlong not in ("drop", "truncate"):
         raise ConfigError(f"option 'data.overlong' is {d.overlong!r}; allowed values: drop, truncate.")
     items, held, report, template = read_task_data(cfg, tokenizer, seed, read_feedback, FIELDS)
+    note_conflicting(items + held, report, completion_and_label, kind="feedback")
     report.template = template.name
     train = to_rows(items, tokenizer, template, d.max_length, d.overlong, report)
     if not train:
