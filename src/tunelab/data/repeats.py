@@ -1,8 +1,8 @@
 """The notes of examples that repeat or contradict others, which training would pass over without a word: copies
 of a training example (each trains again), eval examples that are training ones (their loss measures recall), an
-eval file that is a training file, a prompt or text answered or labelled two ways (a kto completion labelled both ways too), and a mixture source drawn so often
-that the model learns it by heart. The tasks with other items than `Example`s (classify's labelled rows, preference
-pairs) pass their own `key` or `asked`."""
+eval file that is a training file, a prompt or text answered or labelled two ways (and a kto completion labelled both
+ways), and a mixture source drawn so often that the model learns it by heart. The tasks with other items than
+`Example`s (classify's labelled rows, preference pairs, kto's feedback) pass their own `key` or `asked`."""
 
 from __future__ import annotations
 
@@ -118,9 +118,9 @@ def note_conflicting(
 ) -> None:
     """A note in `report` when items ask the same thing word for word but are answered otherwise: a chat's prompt with
     two answers, a text with two labels (`kind`: label; the items have a `label`), a prompt and completion of kto's
-    feedback labelled desirable and undesirable (`kind`: feedback; the answer is the label's word). `asked(item)` gives (what it asks,
-    its answer), or None where it asks nothing to compare. Items of one record (two mixture sources of one file) are one row, not a
-    conflict. The items are Examples, or another task's items (with `path` and `line`)."""
+    feedback labelled desirable and undesirable (`kind`: feedback; the answer is the label's word). `asked(item)` gives
+    (what it asks, its answer), or None where it asks nothing to compare. Items of one record (two mixture sources of
+    one file) are one row, not a conflict. The items are Examples, or another task's items (with `path` and `line`)."""
     groups: dict[str, list[tuple[str, Any]]] = {}  # what is asked -> (answer, item), one item a row of a record
     places = {_row_place(item) for item in items}
     seen: set[tuple[str, int, int]] = set()

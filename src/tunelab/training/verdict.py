@@ -10,13 +10,14 @@ Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), 
 - overfit: the eval loss rose at the end: its last value is at least 10% and 0.05 nats above its lowest, which came
   earlier. More training made held-out text less likely, so fewer epochs (or more data) is the fix.
 - underfit: the train loss is still high after the model saw each example at least twice (the last tenth of the
-  steps average >= 0.5 nats a token for sft; `high_loss` gives dpo (kto and orpo their own), reward and classify theirs), or it was still falling fast when
-  training stopped (down >= 20% and >= 0.1 nats over the last quarter, where a decaying schedule has already slowed
-  it), or the eval loss was still falling (its last value is its lowest, >= 10% and 0.02 nats below the one
-  before). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 0.5 and be
-  fine: the text is not yet seen twice, and its loss reflects how predictable it is, not how well it was learned.
-  A run that train.max_steps stopped before one pass, its loss still that high, is underfit too: part of its rows were
-  never trained on, and the loss cannot say yet how the rest was learned (said before its falling loss's advice).
+  steps average >= 0.5 nats a token for sft; `high_loss` gives dpo (its losses orpo and kto theirs), reward and
+  classify theirs), or it was still falling fast when training stopped (down >= 20% and >= 0.1 nats over the last
+  quarter, where a decaying schedule has already slowed it), or the eval loss was still falling (its last value is
+  its lowest, >= 10% and 0.02 nats below the one before). More epochs or a higher rate is the fix. A single pass
+  over a large, varied set may end above 0.5 and be fine: the text is not yet seen twice, and its loss reflects how
+  predictable it is, not how well it was learned. A run that train.max_steps stopped before one pass, its loss still
+  that high, is underfit too: part of its rows were never trained on, and the loss cannot say yet how the rest was
+  learned (said before its falling loss's advice).
 - fine: neither.
 A run that train.early_stopping_patience ended (`early`: run.json's extra.early_stop) is judged on the steps it made
 and never told to train longer: its eval loss had stopped improving, so more steps would not lower it. Underfit, it is
