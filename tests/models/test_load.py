@@ -79,6 +79,25 @@ def test_remote_code_error_names_our_option(tiny_model_dir, tmp_path, capsys):
     assert "set model.trust_remote_code: true" in str(err.value) and "trust_remote_code=True" not in str(err.value)
 
 
+def test_remote_code_error_names_the_option_as_a_python_caller_sets_it(tiny_model_dir, tmp_path, tiny_overrides):
+    """tunelab.train(...) was told to give --model.trust_remote_code true, a flag it has no way to type: the
+    refusal is raised below every caller, so it says how the command line and Python each set the option."""
+    import tunelab
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": "mymodel", "auto_map": {"AutoConfig": "configuration_my.MyConfig"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_my.py").write_text(
+        "from transformers import PretrainedConfig\nclass MyConfig(PretrainedConfig):\n    model_type = 'mymodel'\n"
+    )
+    with pytest.raises(ModelError) as err:
+        tunelab.train(None, tiny_overrides | {"model.name": str(folder)}, check=False)
+    assert "overrides['model.trust_remote_code'] = True" in str(err.value)
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
 def _with_config(tiny_model_dir, folder, **changes) -> Path:
     shutil.copytree(tiny_model_dir, folder)
     config = json.loads((folder / "config.json").read_text()) | changes

@@ -296,10 +296,12 @@ def check_gguf(source: ModelSource) -> None:
 
 
 def _remote_code(name: str, exc: Exception) -> ModelError | None:
+    """The refusal of a model's own code; raised below every caller, so it names the option as each of them sets it."""
     if "trust_remote_code" in str(exc):
         return ModelError(
             f"model '{name}' ships its own Python code, which tunelab runs only when asked: set "
-            "model.trust_remote_code: true (--model.trust_remote_code true) if you trust its author."
+            "model.trust_remote_code: true (on the command line --model.trust_remote_code true, in Python "
+            "overrides['model.trust_remote_code'] = True) if you trust its author."
         )
     return None
 
