@@ -384,7 +384,8 @@ def test_a_questions_file_given_as_training_or_eval_data_is_told_where_it_goes()
     with pytest.raises(DataError) as err:
         convert([{"question": "Since when?", "expected": "1997", "kind": "fact"}])
     assert "cannot tell the data format" in str(err.value)
-    assert "give the file as eval.questions (or to tunelab eval --data)" in str(err.value)
+    assert "give the file as eval.questions (or as eval's data: tunelab eval RUN_DIR --data FILE" in str(err.value)
+    assert "evaluate(run_dir, data=file)" in str(err.value)  # a Python caller's own way, beside the command's
     with pytest.raises(DataError) as err:  # other rows are not told so
         convert([{"query": "Q", "reply": "A"}])
     assert "eval.questions" not in str(err.value)

@@ -71,8 +71,8 @@ PREFERENCE_ADVICE = (  # said of rows an sft format cannot read; tunelab federat
 )
 QUESTIONS_ADVICE = (  # company_faq's heldout.jsonl given as data.eval: a mapping {answer: expected} is no fix
     " A row with an 'expected' text is a question for tunelab compare and eval, which score answers that contain it:"
-    " give the file as eval.questions (or to tunelab eval --data); data.train and data.eval take rows with whole"
-    " answers, whose loss they measure."
+    " give the file as eval.questions (or as eval's data: tunelab eval RUN_DIR --data FILE, in Python"
+    " evaluate(run_dir, data=file)); data.train and data.eval take rows with whole answers, whose loss they measure."
 )
 FIELDS_OPTION = "option 'data.fields'"  # where a mapping comes from; a mixture's source names its entry
 
