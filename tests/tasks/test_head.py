@@ -97,8 +97,9 @@ def test_packing_is_refused(task, tmp_path):
 def test_eval_questions_are_refused(task, tmp_path):
     """Questions answered by generation after training: a head run generates nothing, so it is said before loading."""
     over = {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "eval.questions": str(tmp_path / "q.jsonl")}
-    with pytest.raises(ConfigError, match="eval.questions.*tunelab eval RUN_DIR --data"):
+    with pytest.raises(ConfigError, match="eval.questions.*tunelab eval RUN_DIR --data") as err:
         get_task(task).build_data(load_config(None, over).config, None, 0)
+    assert "evaluate(run_dir, data=file)" in str(err.value)  # a Python caller's own way, beside the command's
 
 
 @pytest.mark.parametrize("task", ["classify", "reward"])

@@ -97,8 +97,8 @@ def refuse_head_options(cfg: RunConfig) -> None:
     if cfg.eval.questions:
         raise ConfigError(
             f"option 'eval.questions' cannot be used with task {cfg.task}: its questions are answered by generating "
-            f"text, which {article(cfg.task)} run does not do. Remove it and score held-out rows with "
-            "`tunelab eval RUN_DIR --data FILE` after training."
+            f"text, which {article(cfg.task)} run does not do. Remove it and score held-out rows after training "
+            "with `tunelab eval RUN_DIR --data FILE` (in Python: evaluate(run_dir, data=file))."
         )
     refuse_sft_recipes(cfg)
 
