@@ -199,6 +199,19 @@ def test_pairs_dropped_as_too_long_are_not_called_none_skipped(tiny_model_dir, t
     assert "pairs: 5 pairs used; none other skipped (1 too long: see lengths)" in out
 
 
+def test_feedback_rows_dropped_as_too_long_are_not_called_none_skipped(tiny_model_dir, tmp_path, capsys, cli_flags):
+    """dpo.loss kto: the feedback rows item said 'none skipped' while the lengths item below it reported rows
+    dropped as too long."""
+    rows = [{"prompt": f"What is {i} + {i}?", "completion": f"{2 * i}.", "label": i % 2 == 0} for i in range(6)]
+    rows[2]["completion"] = "It is " + "very " * 200 + "much."
+    data = _write(tmp_path / "feedback.jsonl", rows)
+    over = _over(tiny_model_dir, tmp_path, "dpo", data, **{"dpo.loss": "kto", "data.eval_fraction": 0.0})
+    main(["check", *cli_flags(over), "--data-only"])
+    out = capsys.readouterr().out
+    assert "feedback rows: 5 training rows used (2 desirable, 3 undesirable); none other skipped (1 too long: " in out
+    assert "dropped (data.overlong drop): 1 (" in out
+
+
 @pytest.mark.parametrize("task", ["classify", "dpo"])
 def test_the_head_check_steps_the_micro_batch_training_takes_first(task, tiny_model_dir, tmp_path, monkeypatch):
     """The check's forward/backward ran on the first rows of the file, not on training's first (shuffled) micro-batch,

@@ -113,7 +113,7 @@ def pair_items(inputs: Inputs) -> list[CheckItem]:
 
 def feedback_item(inputs: Inputs) -> CheckItem:
     """dpo.loss kto: the rows used, the training rows by label, and those skipped, by reason (those dropped as too
-    long are the lengths item's)."""
+    long are the lengths item's: counted here, detailed there)."""
     report, train = inputs.data.report, inputs.data.train
     good = sum(r.desirable for r in train)
     skips = [(reason, s) for reason, s in report.skips.items() if not reason.startswith("longer than max_length")]
@@ -121,7 +121,10 @@ def feedback_item(inputs: Inputs) -> CheckItem:
     skipped = sum(s.count for _, s in skips)
     split = f", {report.eval.used} eval" if report.eval.used else ""
     summary = f"{report.train.used} training rows used ({good} desirable, {len(train) - good} undesirable){split}"
-    summary += f"; {skipped} skipped" if skipped else "; none skipped"
+    long, _ = _skips(inputs, lambda reason: reason.startswith("longer than max_length"))
+    other = " other" if long else ""
+    summary += f"; {skipped}{other} skipped" if skipped else f"; none{other} skipped"
+    summary += f" ({long} too long: see lengths)" if long else ""
     one_label = not good or good == len(train)
     if one_label:
         details.append("one label only: kto pushes one way only (the data report's note)")
