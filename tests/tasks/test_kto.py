@@ -211,6 +211,21 @@ def test_labels_are_read_in_their_spellings_and_imbalance_is_noted(tiny_model_di
     assert any(n.startswith("all 3 training rows are desirable") for n in data.report.notes)
 
 
+def test_a_row_whose_prompt_fills_max_length_is_refused_with_truncate_and_dropped_with_drop(tiny_model_dir, tmp_path):
+    rows = [{"prompt": "word " * 100, "completion": "Yes.", "label": True}]
+    rows += [{"prompt": f"q{i}", "completion": f"a{i}", "label": i % 2 == 0} for i in range(4)]
+    path = _write(tmp_path / "f.jsonl", rows)
+    tokenizer = load_tokenizer(resolve_source(str(tiny_model_dir)))
+    short = {"data.max_length": 64, "data.eval_fraction": 0.0}
+    with pytest.raises(
+        DataError, match=r"f\.jsonl:1: the prompt is \d+ tokens, which leaves no room for the completion"
+    ):
+        build_feedback(_config(tiny_model_dir, path, **short, **{"data.overlong": "truncate"}), tokenizer, 0)
+    data = build_feedback(_config(tiny_model_dir, path, **short, **{"data.overlong": "drop"}), tokenizer, 0)
+    assert data.report.skips["longer than max_length (64 tokens; data.overlong=drop)"].locations == [f"{path}:1"]
+    assert len(data.train) == 4
+
+
 def test_a_completion_labelled_both_ways_is_noted_with_its_rows(tiny_model_dir, tmp_path):
     """Rows 1 and 2 give one prompt and completion both labels, rows 3 and 5 another; row 4 answers row 1's prompt
     otherwise (no conflict). Noted, counted, with the first two rows; the data still loads."""

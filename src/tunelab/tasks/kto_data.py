@@ -40,7 +40,15 @@ from tunelab.tasks.head_data import (
     with_system,
 )
 from tunelab.tasks.pair_data import answer_blank, answer_turns
-from tunelab.tasks.preference_data import Preference, PreferenceRow, Side, note_cut_answers, render_pair
+from tunelab.tasks.preference_data import (
+    Preference,
+    PreferenceRow,
+    Side,
+    first_label,
+    note_cut_answers,
+    refuse_no_room,
+    render_pair,
+)
 from tunelab.tasks.reward import read_prompt
 
 FIELDS = (*PROMPT_FIELDS, "completion", "label", "system", "input", "history")
@@ -151,10 +159,6 @@ def partners(items: list[Feedback]) -> list[Feedback]:
     return out
 
 
-def _first_label(labels: list[int]) -> int:
-    return next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
-
-
 def to_rows(
     items: list[Feedback],
     tokenizer,
@@ -176,12 +180,7 @@ def to_rows(
         )
         ids, labels, kl_ids, kl_labels, _ = render_pair(pair, tokenizer, template)
         report.add_lengths([len(ids)])
-        prompt = _first_label(labels)
-        if prompt >= max_length and overlong == "truncate":
-            raise DataError(
-                f"{location(item.path, item.line)}: the prompt is {prompt} tokens, which leaves no room for the "
-                f"completion within data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
-            )
+        refuse_no_room(first_label(labels), max_length, overlong, item.path, item.line, "the completion")
         if len(ids) > max_length:
             if overlong == "drop":
                 report.skip(f"longer than max_length ({max_length} tokens; data.overlong=drop)", item.path, item.line)

@@ -224,8 +224,19 @@ def text_start(tokenizer, chosen: list[int], rejected: list[int]) -> list[int]:
     return [first] if first is not None else []
 
 
-def _first_label(labels: list[int]) -> int:
+def first_label(labels: list[int]) -> int:
+    """Where the answer starts: the index of the first trained label (the prompt's length), or len(labels)."""
     return next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
+
+
+def refuse_no_room(prompt: int, max_length: int, overlong: str, path: str, line: int, answer: str) -> None:
+    """DataError for a row whose prompt of `prompt` tokens leaves `answer` no room in max_length, when data.overlong
+    truncate would keep the prompt whole and cut the answer away (with drop, the row is dropped as overlong)."""
+    if prompt >= max_length and overlong == "truncate":
+        raise DataError(
+            f"{location(path, line)}: the prompt is {prompt} tokens, which leaves no room for {answer} within "
+            f"data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
+        )
 
 
 def to_rows(
@@ -243,16 +254,12 @@ def to_rows(
     for pair in pairs:
         c_ids, c_labels, r_ids, r_labels, lead = render_pair(pair, tokenizer, template)
         report.add_lengths([len(c_ids), len(r_ids)])
-        prompt = min(_first_label(c_labels), _first_label(r_labels))
+        prompt = min(first_label(c_labels), first_label(r_labels))
         if pair.chosen.messages is None and prompt <= lead:  # the start token both texts begin with is no prompt
             unprompted.append(pair)
         elif pair.chosen.messages is None and answer_cue(pair.chosen.text, pair.rejected.text) is None:
             uncued.append(pair)
-        if prompt >= max_length and overlong == "truncate":  # with drop, the pair is dropped below as overlong
-            raise DataError(
-                f"{location(pair.path, pair.line)}: the prompt is {prompt} tokens, which leaves no room for an answer "
-                f"within data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
-            )
+        refuse_no_room(prompt, max_length, overlong, pair.path, pair.line, "an answer")
         cut = max(len(c_ids), len(r_ids)) > max_length
         if cut:
             if overlong == "drop":
