@@ -45,7 +45,9 @@ from tunelab.infer.conversation import as_trained
 from tunelab.infer.generate import (
     DEFAULT_MAX_NEW_TOKENS,
     GenerationSettings,
+    answer_generator,
     answer_one,
+    check_seed,
     longer_answers,
     say_config_notice,
 )
@@ -318,13 +320,16 @@ def generate(
     settings: GenerationSettings | None = None,
     device: str = "auto",
     base_precision: str = "trained",
+    seed: int | None = None,
     *,
     spelling: Spelling = PYTHON,
 ) -> str:
     """One answer from the tuned model (or the base model with base=True). system: the system message; None (or a
     blank text) for the run's data.system_prompt, False for none at all (the prompt of a conversation trained without
-    one, as chat's `/system none` and serve's "default_system_prompt": false). `spelling`: how its notes and errors
-    name the arguments (these, or `tunelab generate`'s flags)."""
+    one, as chat's `/system none` and serve's "default_system_prompt": false). seed: a sampled answer (temperature
+    above 0) is drawn from a generator of its own seeded with it, so the same seed gives the same answer (torch's
+    global generator is left alone); a greedy one draws nothing. `spelling`: how its notes and errors name the
+    arguments (these, or `tunelab generate`'s flags)."""
     flag = "PROMPT or --prompt" if spelling.flags else None
     prompt = _text(
         prompt, "prompt", blank=False, flag=flag
@@ -335,14 +340,16 @@ def generate(
             "(data.system_prompt) or False for none."
         )
     system = _text(system, "system") if isinstance(system, str) else system
+    check_seed(seed, "--seed" if spelling.flags else "generate(): argument 'seed'")  # before the model loads
     loaded = opened(run, device, base_precision, spelling)
+    generator = answer_generator(seed, loaded.model)
     given = [{"role": "system", "content": system}] if isinstance(system, str) else []
     trained = None if system is False else loaded.system_prompt
     messages = as_trained([*given, {"role": "user", "content": prompt}], trained)  # blank system: none
     settings = settings or GenerationSettings()
     with loaded.base_model() if base else nullcontext(loaded.model) as model:
         say_config_notice(model)
-        answer, cut_at = answer_one(model, loaded.tokenizer, loaded.template, messages, settings)
+        answer, cut_at = answer_one(model, loaded.tokenizer, loaded.template, messages, settings, generator)
     if cut_at is not None:  # on stderr: stdout is the answer alone
         asked = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         why = (
@@ -360,14 +367,18 @@ def chat(
     settings: GenerationSettings | None = None,
     device: str = "auto",
     base_precision: str = "trained",
+    seed: int | None = None,
     *,
     spelling: Spelling = PYTHON,
 ) -> list[dict]:
-    """Interactive chat on the terminal; returns the conversation. `spelling`: how its notes and errors name the
-    arguments (these, or `tunelab chat`'s flags)."""
+    """Interactive chat on the terminal; returns the conversation. seed: sampled answers draw from a generator of the
+    chat's own, seeded once, so the same messages get the same answers again; greedy ones draw nothing. `spelling`:
+    how its notes and errors name the arguments (these, or `tunelab chat`'s flags)."""
     from tunelab.infer.chat import chat as _chat
 
-    return _chat(opened(run, device, base_precision, spelling), settings or GenerationSettings(), spelling=spelling)
+    check_seed(seed, "--seed" if spelling.flags else "chat(): argument 'seed'")  # before the model loads
+    loaded = opened(run, device, base_precision, spelling)
+    return _chat(loaded, settings or GenerationSettings(), spelling=spelling, seed=seed)
 
 
 @_checked

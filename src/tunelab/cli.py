@@ -260,7 +260,14 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             spelling=CLI,  # errors name the flags typed
         )
     elif args.command == "chat":
-        api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision, spelling=CLI)
+        api.chat(
+            args.run_dir,
+            settings=settings,
+            device=args.device,
+            base_precision=args.base_precision,
+            seed=args.seed,
+            spelling=CLI,
+        )
     elif args.command == "generate":
         answer = api.generate(
             args.run_dir,
@@ -270,6 +277,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             settings=settings,
             device=args.device,
             base_precision=args.base_precision,
+            seed=args.seed,
             spelling=CLI,  # notes and errors name the flags typed
         )
         print(answer)  # stdout is the answer alone, for scripts; an empty one is said on stderr

@@ -71,6 +71,16 @@ def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "
     )
 
 
+def _seed_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--seed",
+        type=whole(-(2**63), 2**63 - 1),
+        default=None,
+        metavar="N",
+        help=f"{what}; with --temperature 0 (greedy) it changes nothing (default: none, a new draw each time)",
+    )
+
+
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config file (optional: flags alone work too)")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
@@ -179,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat with the tuned model (multi-turn, streaming)")
     chat.add_argument("run_dir", help="a finished run directory")
     _generation_options(chat, "the room the model's context leaves after the conversation")
+    _seed_option(
+        chat,
+        "sampled answers draw from a generator of the chat's own seeded with N, so the same messages get the same answers again",
+    )
 
     generate = sub.add_parser("generate", help="one answer to one prompt, for scripts")
     generate.add_argument("run_dir", help="a finished run directory")
@@ -187,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--system", help="a system message (none: none at all, not the run's data.system_prompt)")
     generate.add_argument("--base", action="store_true", help="answer with the base model instead of the tuned one")
     _generation_options(generate)
+    _seed_option(
+        generate, "a sampled answer is drawn from a generator seeded with N, so the same seed gives the same answer"
+    )
     evaluate = sub.add_parser("eval", help="loss, answer and label metrics of base and tuned model on a file")
     evaluate.add_argument("run_dir", help="a finished run directory")
     evaluate.add_argument(

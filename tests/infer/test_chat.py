@@ -198,7 +198,7 @@ def test_ctrl_c_at_a_continuation_prompt_discards_the_message_only(tiny_run_dir,
     class Answer(list):
         cut = False
 
-    def answer(model, tokenizer, template, messages, settings):
+    def answer(model, tokenizer, template, messages, settings, generator=None):
         asked.append([m["content"] for m in messages])
         return Answer(["Hi"]), 99
 
@@ -285,7 +285,7 @@ def test_the_oldest_exchanges_are_left_out_once_the_conversation_outgrows_the_co
         def close(self):
             pass
 
-    def fake(model, tokenizer, template, messages, settings):
+    def fake(model, tokenizer, template, messages, settings, generator=None):
         sent.append([m["content"] for m in messages])
         return Answer(), settings.max_new_tokens
 

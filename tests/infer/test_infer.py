@@ -454,7 +454,9 @@ def test_a_blank_system_in_generate_is_none_as_in_training(tiny_run_dir, monkeyp
     told = replace(run, info=replace(run.info, system_prompt="You answer box questions."))
     sent = []
     monkeypatch.setattr(
-        tunelab.api, "answer_one", lambda model, tok, tpl, conv, settings: (sent.append(conv) or "", None)
+        tunelab.api,
+        "answer_one",
+        lambda model, tok, tpl, conv, settings, generator=None: (sent.append(conv) or "", None),
     )
     question = {"role": "user", "content": "Code of box 3?"}
     trained = [{"role": "system", "content": "You answer box questions."}, question]
@@ -478,7 +480,9 @@ def test_generate_system_false_sends_no_system_prompt(tiny_run_dir, monkeypatch)
     told = replace(run, info=replace(run.info, system_prompt="You answer box questions."))
     sent = []
     monkeypatch.setattr(
-        tunelab.api, "answer_one", lambda model, tok, tpl, conv, settings: (sent.append(conv) or "", None)
+        tunelab.api,
+        "answer_one",
+        lambda model, tok, tpl, conv, settings, generator=None: (sent.append(conv) or "", None),
     )
     tunelab.generate(told, "Code of box 3?", system=False, settings=SHORT)
     assert sent.pop() == [{"role": "user", "content": "Code of box 3?"}]
@@ -501,7 +505,9 @@ def test_a_blank_data_system_prompt_is_none_in_the_run_as_in_training(tiny_overr
     assert run.info.system_prompt is None
     sent = []
     monkeypatch.setattr(
-        tunelab.api, "answer_one", lambda model, tok, tpl, conv, settings: (sent.append(conv) or "", None)
+        tunelab.api,
+        "answer_one",
+        lambda model, tok, tpl, conv, settings, generator=None: (sent.append(conv) or "", None),
     )
     tunelab.generate(run, "Code of box 3?", settings=SHORT)
     saved = replace(run, info=replace(run.info, system_prompt="  "))  # a run that recorded it before

@@ -99,3 +99,89 @@ def test_compare_and_eval_describe_the_base_models_generation_config_too(tiny_ru
         assert "note: the base model's generation_config.json sets min_p=0.05, which tunelab" in err, err
     finally:
         run.model.generation_config.no_repeat_ngram_size = 0
+
+
+def test_a_seed_gives_the_same_sampled_answer_and_leaves_the_global_generator(tiny_run_dir, capsys):
+    """`generate` took no seed: an answer sampled at a temperature above 0 could not be given again. `seed=` (and
+    `--seed`) draws it from a generator of its own, as the server's seeded requests are, so the same seed gives the
+    same answer, another seed another, and torch's global generator is neither reseeded nor drawn from."""
+    from tunelab import api
+    from tunelab.cli import main
+
+    run = open_run(tiny_run_dir, device="cpu")
+    sampled = GenerationSettings(max_new_tokens=8, temperature=1.0)
+    before = torch.get_rng_state()
+    first = api.generate(run, "Code of box 3?", settings=sampled, seed=11)
+    assert torch.equal(torch.get_rng_state(), before)  # nothing drawn from the global generator, nor reseeded
+    again = api.generate(run, "Code of box 3?", settings=sampled, seed=11)
+    others = {api.generate(run, "Code of box 3?", settings=sampled, seed=s) for s in (12, 13, -5)}
+    # the tiny random model's next token is near uniform over ~49k: two seeds' 8 tokens agree by chance next to never
+    assert first == again and first not in others and len(others) == 3, (first, again, others)
+    greedy = GenerationSettings(max_new_tokens=8)  # greedy draws nothing: a seed changes nothing
+    assert api.generate(run, "Code of box 3?", settings=greedy, seed=11) == api.generate(
+        run, "Code of box 3?", settings=greedy, seed=12
+    )
+
+    capsys.readouterr()
+    flags = ["--prompt", "Code of box 3?", "--temperature", "1", "--max-new-tokens", "8", "--device", "cpu"]
+    printed = []
+    for seed in ("11", "11", "12"):
+        assert main(["generate", str(tiny_run_dir), *flags, "--seed", seed]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] != printed[2], printed
+    assert printed[0].strip() == first  # the flag and the argument draw alike
+
+
+def test_a_seeded_chat_gives_the_same_answers_again(tiny_run_dir, capsys, monkeypatch):
+    """`chat` took no seed either. Its generator is seeded once, so the same messages get the same sampled answers
+    (from the CLI too), other seeds other answers, and torch's global generator is left as it was."""
+    import io
+
+    from tunelab.cli import main
+    from tunelab.infer.chat import chat
+
+    run = open_run(tiny_run_dir, device="cpu")
+    sampled = GenerationSettings(max_new_tokens=6, temperature=1.0)
+
+    def transcript(seed, how=chat) -> str:
+        inputs, out = iter(["Code of box 1?", "Code of box 2?", "/exit"]), io.StringIO()
+        how(run, sampled, read=lambda prompt: next(inputs), out=out, seed=seed)
+        return out.getvalue()
+
+    before = torch.get_rng_state()
+    first = transcript(5)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert first == transcript(5) != transcript(6)
+    assert first.count("model> ") == 2, first  # two answers drawn one after the other from the one generator
+
+    written = []
+    for seed in ("5", "5", "6"):
+        monkeypatch.setattr("sys.stdin", io.StringIO("Code of box 1?\nCode of box 2?\n"))
+        flags = ["--temperature", "1", "--max-new-tokens", "6", "--device", "cpu", "--seed", seed]
+        assert main(["chat", str(tiny_run_dir), *flags]) == 0
+        written.append(capsys.readouterr().out.split("model> ", 1)[1])  # after the greeting, which names the run
+    assert written[0] == written[1] != written[2], written
+
+
+def test_a_seed_out_of_range_is_refused_by_name_before_the_model_loads(tmp_path, capsys):
+    """A seed torch's generator cannot take failed deep inside with an OverflowError; it is refused by name, exit 2
+    from the CLI, before anything loads (the run named here does not exist)."""
+    import pytest
+
+    from tunelab import api
+    from tunelab.cli import main
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"generate\(\): argument 'seed' is 9223372036854775808; it must be a whole"):
+        api.generate(tmp_path / "none", "hi", seed=2**63)
+    with pytest.raises(ConfigError, match=r"chat\(\): argument 'seed' is -9223372036854775809"):
+        api.chat(tmp_path / "none", seed=-(2**63) - 1)
+    with pytest.raises(ConfigError, match="argument 'seed' must be int | None, got a bool"):
+        api.generate(tmp_path / "none", "hi", seed=True)
+    for argv, says in (
+        (["generate", str(tmp_path), "--prompt", "hi", "--seed", str(2**63)], "--seed: 9223372036854775808 is out of"),
+        (["chat", str(tmp_path), "--seed", "x"], "--seed: invalid integer value: 'x'"),
+    ):
+        with pytest.raises(SystemExit) as exit_:  # argparse's own exit, status 2
+            main(argv)
+        assert exit_.value.code == 2 and says in capsys.readouterr().err

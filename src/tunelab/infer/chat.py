@@ -23,6 +23,7 @@ from tunelab.infer.generate import (
     DEFAULT_MAX_NEW_TOKENS,
     ContextTooLong,
     GenerationSettings,
+    answer_generator,
     config_notice,
     context_length,
     longer_answers,
@@ -91,9 +92,13 @@ def chat(
     read: Callable[[str], str] | None = None,
     out: TextIO | None = None,
     spelling: Spelling = CLI,
+    seed: int | None = None,
 ) -> list[dict]:
     """Loop until /exit or end of input; returns the conversation. `read` and `out`: the terminal's `input` and
-    stdout by default; `spelling`: how its notes name the settings (`tunelab chat`'s flags, or the Python API's)."""
+    stdout by default; `spelling`: how its notes name the settings (`tunelab chat`'s flags, or the Python API's).
+    `seed`: sampled answers draw from a generator of the chat's own, seeded once, so the same messages get the same
+    answers again (torch's global generator is left alone); greedy answers (temperature 0) draw nothing."""
+    generator = answer_generator(seed, run.model, "--seed" if spelling.flags else "chat(): argument 'seed'")
     read, out = read or _terminal_read(sys.stdin), out or sys.stdout
     trained = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
     system = trained
@@ -169,7 +174,7 @@ def chat(
             messages = kept
             prompt = len(render_prompt(messages, run.tokenizer, run.template))
             answering = room_left(run.model, prompt, settings)  # without max_new_tokens: the room the context leaves
-            answer, room = stream_answer(run.model, run.tokenizer, run.template, messages, answering)
+            answer, room = stream_answer(run.model, run.tokenizer, run.template, messages, answering, generator)
         except ContextTooLong as exc:
             messages.pop()
             out.write(f"(not sent: {exc} /reset starts a new conversation.)\n")

@@ -2,7 +2,9 @@
 
 Prompts are rendered with the same template the model was trained with and left-padded, so a batch of questions
 of different lengths is answered in one `generate` call. Greedy decoding by default. Answering hundreds of questions
-takes minutes on a CPU, so `answer_progress` shows a bar that `generate_answers` advances batch by batch.
+takes minutes on a CPU, so `answer_progress` shows a bar that `generate_answers` advances batch by batch. A seeded
+answer (generate's and chat's --seed, a server request's seed) draws its sampled tokens from a generator of its own
+(`answer_generator`, `SeededDraw`), never from torch's global one.
 """
 
 from __future__ import annotations
@@ -189,9 +191,26 @@ class GenerationSettings:
         return out | {k: NOT_APPLIED[k] for k in _model_sets(model) if k in NOT_APPLIED}
 
 
+# The seeds taken: OpenAI's range (a 64-bit signed integer), which torch's generator takes.
+SEEDS = range(-(2**63), 2**63)
+
+
 def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
     """A generator of one answer's own, on `device`, seeded as `torch.manual_seed(seed)` seeds torch's global one."""
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def check_seed(seed, name: str = "seed") -> None:
+    """ConfigError naming `name` for a seed that is neither None nor a whole number in SEEDS: before a model loads."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed not in SEEDS):
+        raise ConfigError(f"{name} is {seed!r}; it must be a whole number from -2**63 to 2**63 - 1.")
+
+
+def answer_generator(seed: int | None, model, name: str = "seed") -> torch.Generator | None:
+    """The generator a seeded answer (or chat) of `model` draws its sampled tokens from, on the model's device; None
+    without a seed (torch's global generator, as before). A greedy answer draws nothing: its seed changes nothing."""
+    check_seed(seed, name)
+    return None if seed is None else seeded_generator(int(seed), _device(model))
 
 
 class SeededDraw:
@@ -342,24 +361,35 @@ def fit_prompts(
 
 @torch.no_grad()
 def answer_one(
-    model, tokenizer, template: Template, messages: list[dict], settings: GenerationSettings
+    model,
+    tokenizer,
+    template: Template,
+    messages: list[dict],
+    settings: GenerationSettings,
+    generator: torch.Generator | None = None,
 ) -> tuple[str, int | None]:
     """One conversation's answer, and the tokens it was cut at when it ran to max_new_tokens (or to the room the
-    model's context left) rather than ending its turn, else None: the text may then stop mid-sentence."""
+    model's context left) rather than ending its turn, else None: the text may then stop mid-sentence. With
+    `generator` (`answer_generator`), a sampled answer draws from it, not from torch's global generator."""
     prompts, fitted = fit_prompts(model, tokenizer, template, [messages], settings)
-    answers, cut = _answer_batch(model, tokenizer, template, prompts, fitted[0])
+    answers, cut = _answer_batch(model, tokenizer, template, prompts, fitted[0], generator)
     return answers[0], (fitted[0].max_new_tokens or DEFAULT_MAX_NEW_TOKENS) if cut[0] else None
 
 
 def _answer_batch(
-    model, tokenizer, template: Template, prompts: list[list[int]], settings: GenerationSettings
+    model,
+    tokenizer,
+    template: Template,
+    prompts: list[list[int]],
+    settings: GenerationSettings,
+    generator: torch.Generator | None = None,
 ) -> tuple[list[str], list[bool]]:
     """The answers, and for each whether it ran to max_new_tokens without ending its turn."""
     pad = tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=_device(model))  # (B, T) left-padded
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=ids.device)
-    kwargs = settings.kwargs(template, tokenizer, model)
+    kwargs = settings.kwargs(template, tokenizer, model, generator)
     new = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, width:]  # (B, N)
     # a row that ended its turn early is padded after its end token; one that ran to the limit ends on a text token
     ends = set(template.stop_token_ids) | {tokenizer.eos_token_id, pad}
@@ -372,14 +402,20 @@ def _answer_batch(
 
 
 def stream_answer(
-    model, tokenizer, template: Template, messages: list[dict], settings: GenerationSettings
+    model,
+    tokenizer,
+    template: Template,
+    messages: list[dict],
+    settings: GenerationSettings,
+    generator: torch.Generator | None = None,
 ) -> tuple[AnswerStream, int]:
     """The answer's text piece by piece as it is generated, and the most tokens it may have (max_new_tokens, or less
     where the model's context leaves less room). ContextTooLong, raised here rather than by the first piece, when the
-    conversation leaves the model no room to answer."""
+    conversation leaves the model no room to answer. With `generator`, a sampled answer draws from it."""
     prompt = torch.tensor([render_prompt(messages, tokenizer, template)], device=_device(model))
     settings = fit_context(model, prompt.shape[1], settings)
-    return AnswerStream(model, tokenizer, template, prompt, settings), settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    stream = AnswerStream(model, tokenizer, template, prompt, settings, generator)
+    return stream, settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
 
 
 class _Cancelled:
@@ -446,11 +482,19 @@ class AnswerStream:
     its next token and waits for that (one generate on the model at a time). Once read to its end, `cut` says whether
     it ended at max_new_tokens rather than at the end of its turn: the text may stop mid-sentence."""
 
-    def __init__(self, model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        template: Template,
+        prompt: torch.Tensor,
+        settings: GenerationSettings,
+        generator: torch.Generator | None = None,
+    ):
         self.limit = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         self.stops = set(template.stop_token_ids) | {tokenizer.eos_token_id}
         self.cut = False
-        self._pieces = self._read(model, tokenizer, template, prompt, settings)
+        self._pieces = self._read(model, tokenizer, template, prompt, settings, generator)
 
     def __iter__(self) -> Iterator[str]:
         return self._pieces
@@ -458,8 +502,10 @@ class AnswerStream:
     def close(self) -> None:
         self._pieces.close()
 
-    def _read(self, model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings):
-        kwargs = settings.kwargs(template, tokenizer, model) | {
+    def _read(
+        self, model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings, generator
+    ):
+        kwargs = settings.kwargs(template, tokenizer, model, generator) | {
             "input_ids": prompt,
             "attention_mask": torch.ones_like(prompt),
         }
