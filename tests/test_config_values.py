@@ -35,3 +35,18 @@ def test_a_newline_in_the_prompt_format_flag_is_a_newline(tmp_path):
     config.write_text("classify:\n  prompt_format: 'Text: {text}\\nLabel:'\n")
     from_file = load_config(config, FlagValues(base)).config
     assert from_file.classify.prompt_format == "Text: {text}\\nLabel:"
+
+
+def test_a_newline_in_the_system_prompt_flag_is_a_newline(tmp_path):
+    """`--data.system_prompt "You answer for Skerry Line.\nBe brief."` trained on a system message holding a
+    backslash and an n, where the same text in a YAML file's "..." is two lines: the flag reads \\n, \\t and \\\\ as
+    `--classify.prompt_format` does; a Python override, a YAML value and the flag's null stay as they were."""
+    base = {"model.name": "x", "data.train": ["rows.jsonl"]}
+    typed = r"You answer for Skerry Line.\nBe brief.\tC:\path\\n"
+    flag = load_config(None, FlagValues(base | {"data.system_prompt": typed})).config
+    assert flag.data.system_prompt == "You answer for Skerry Line.\nBe brief.\tC:\\path\\n"
+    assert load_config(None, base | {"data.system_prompt": typed}).config.data.system_prompt == typed
+    config = tmp_path / "run.yaml"
+    config.write_text("data:\n  system_prompt: 'Be brief.\\nReally.'\n")
+    assert load_config(config, FlagValues(base)).config.data.system_prompt == "Be brief.\\nReally."
+    assert load_config(config, FlagValues(base | {"data.system_prompt": None})).config.data.system_prompt is None

@@ -72,7 +72,11 @@ class DataConfig:
         "prompt template (auto: the tokenizer's chat template, else chatml)",
         choices=("auto", "tokenizer", "chatml", "llama2", "alpaca"),
     )
-    system_prompt: str | None = opt(None, "system message added to every example that has none")
+    system_prompt: str | None = opt(
+        None,
+        "system message added to every example that has none; in the flag, \\n is a newline, \\t a tab, \\\\ a "
+        "backslash",
+    )
     max_length: int = opt(512, "maximum tokens per example (text is cut into blocks of this length)", min=8)
     overlong: str = opt(
         "drop",

@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 from tunelab.errors import ConfigError, article, not_text
 
-ESCAPED_FLAGS = ("classify.prompt_format",)  # text options whose line breaks a shell's quotes cannot type
+# Text options whose line breaks and tabs a shell's quotes cannot type: prompts of several lines. Not refusal
+# sentences (one line), paths, names, column names or reward patterns (a regex reads its own \n).
+ESCAPED_FLAGS = ("classify.prompt_format", "data.system_prompt")
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
 
