@@ -353,7 +353,7 @@ def _judge(
                 f"{last:.3f} at step {last_step} (the {curve})"
             )
         if early:
-            return Verdict("underfit", _underfit_stopped(why, early, lr), numbers)
+            return Verdict("underfit", _underfit_stopped(why, high, early, lr), numbers)
         longer = (
             f"train.max_steps: {2 * max_steps} (it was {max_steps})"
             if max_steps
@@ -373,10 +373,11 @@ def _judge(
     return Verdict("fine", f"fine: {curve}{evals_text}.", numbers)
 
 
-def _underfit_stopped(why: str, early: dict, lr: float) -> str:
+def _underfit_stopped(why: str, high: bool, early: dict, lr: float) -> str:
     """The underfit verdict of a run that early stopping ended: training longer would not help its eval loss, so
-    the advice is the rate (a loss still high) or the data (a loss still falling while the eval loss was not)."""
-    if "still high" in why:
+    the advice is the rate (`high`: the train loss still high) or the data (a loss still falling while the eval loss
+    was not)."""
+    if high:
         fix = (
             f"The model has not learned the training text and the held-out text stopped improving with it: a "
             f"higher rate may learn more before the eval loss settles, set train.lr: {2 * lr:.2g} (it was "
