@@ -18,6 +18,7 @@ _API = (
     "report",
     "merge",
     "export_gguf",
+    "push",
     "serve",
     "cache_entries",
     "cache_path",

@@ -9,7 +9,7 @@ A classify or reward run (`task: classify | reward`) is read by `tunelab.predict
 run also serves as a reward function: `tunelab.load_reward_model(run_dir)(prompts, completions) -> list[float]`.
 
 Where a module's function takes exactly the API's arguments it is the API's, with only its argument types checked
-here: `export_gguf` (export/gguf.py), `serve` (server/serve.py), `open_run` (infer/run.py).
+here: `export_gguf` (export/gguf.py), `push` (export/push.py), `serve` (server/serve.py), `open_run` (infer/run.py).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from tunelab.eval.compare import (
 from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, check_questions, configured_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as _export_gguf
+from tunelab.export.push import push as _push
 from tunelab.infer.conversation import as_trained
 from tunelab.infer.generate import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -94,6 +95,7 @@ def _shown_answers(show: bool, show_answers: bool) -> None:
 
 
 export_gguf = _checked(_export_gguf)
+push = _checked(_push)
 serve = _checked(_serve)
 open_run = _checked(_open_run)
 

@@ -4,7 +4,7 @@ Training options are generated from the config dataclasses, so `tunelab train --
 help text, allowed values and default, and a flag `--section.key value` overrides the YAML file. A negative number
 after a flag is its value (`--train.lr -1e-4`), and an unknown flag gets suggestions like an unknown YAML key.
 
-Exit codes: 0 done (check: passed), 1 check failed (or export's self-check: FAIL), 2 bad input (one paragraph on stderr, no traceback),
+Exit codes: 0 done (check: passed), 1 check failed (or export's self-check: FAIL) or a push to the hub failed, 2 bad input (one paragraph on stderr, no traceback),
 3 training stopped on NaN/inf (training/guard.py) or a federation that applied no update, 130 interrupted (Ctrl-C),
 143 stopped by SIGTERM, 141 stdout closed by its reader (`| head`).
 """
@@ -19,7 +19,7 @@ import sys
 from tunelab.cli_parser import build_parser, parse
 from tunelab.config.flags import CLI, join_negative_values, one_prompt
 from tunelab.config.load import FlagValues
-from tunelab.errors import ConfigError, Interrupted, TunelabError, stdout_closed
+from tunelab.errors import ConfigError, Interrupted, TunelabError, counted, stdout_closed
 
 
 def _settings(args):
@@ -213,6 +213,13 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print(f"model card: {gguf_card_path(path)}")
 
         return 1 if saved_verdict(path) == "fail" else 0  # the files stay, for inspection
+    if args.command == "push":
+        result = api.push(
+            args.path, args.repo, private=args.private, revision=args.revision, message=args.message, spelling=CLI
+        )
+        branch = f" (branch {result.revision})" if result.revision else ""
+        print(f"pushed {counted(len(result.files), 'file')} to {result.repo}{branch}: {result.url}")
+        return 0
     settings = _settings(args)
     if args.command == "eval":
         api.evaluate(

@@ -276,6 +276,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-questions", type=whole(1), help="questions the self-check asks both models (default: 8)"
     )
 
+    push = sub.add_parser(
+        "push",
+        help="publish a run's adapter, a merged folder or a GGUF export to the Hugging Face Hub (one commit)",
+        description="Commit PATH to a model repository on the Hugging Face Hub, created when missing: an adapter run's "
+        "adapter, tokenizer and a model card; a folder 'tunelab merge' wrote; or a .gguf file 'tunelab export' wrote "
+        "with its Modelfile and card. Needs a token: 'hf auth login', or HF_TOKEN. Prints the commit's URL.",
+    )
+    push.add_argument(
+        "path",
+        metavar="PATH",
+        help="a finished adapter run directory, a folder 'tunelab merge' wrote, or a .gguf file 'tunelab export' wrote",
+    )
+    push.add_argument("--repo", required=True, help="the hub repository, OWNER/NAME (created when missing)")
+    push.add_argument(
+        "--private", action="store_true", help="create the repository private (an existing one keeps its visibility)"
+    )
+    push.add_argument(
+        "--revision", help="the branch to commit to, created when missing (default: the repository's default branch)"
+    )
+    push.add_argument("--message", help="the commit message (default: Upload <what> with tunelab)")
+
     serve = sub.add_parser(
         "serve",
         help="an OpenAI-compatible HTTP server for the tuned model (/v1/chat/completions, /v1/completions, "

@@ -36,6 +36,13 @@ class CheckFailed(TunelabError):
     """`tunelab train`'s checks before training found a problem; `tunelab check` shows the details."""
 
 
+class HubRequestFailed(TunelabError):
+    """A request to the Hugging Face Hub failed (refused, not found, no network): exit code 1, since the input was
+    checked and may be right; the message names the repository and what the hub answered."""
+
+    exit_code = 1
+
+
 class TrainingStopped(TunelabError):
     """Training stopped because it could only produce garbage (NaN/inf losses or gradients), or a federation ended
     with no round's update applied (its adapter the untrained one): exit code 3."""

@@ -1,4 +1,5 @@
-"""The model cards an export writes: README.md in a merged folder, NAME.README.md beside a GGUF file (NAME.gguf).
+"""The model cards an export writes: README.md in a merged folder, NAME.README.md beside a GGUF file (NAME.gguf), and
+the README.md of an adapter that `tunelab push` sends to the hub (`adapter_card`, with the run's losses and scores).
 
 Both say what the model is (its base by `shared_name`, the method and task), how it is prompted (the run's template,
 with its system prompt where a conversation brings none), that it answers greedily as tunelab evaluated it (and the
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from transformers import GenerationConfig
 
+from tunelab.config.model import EMBEDDED
 from tunelab.export.modelfile import ollama_name
 from tunelab.infer.generate import NOT_APPLIED, REPLACED
 from tunelab.rundir import RunInfo
@@ -54,13 +56,11 @@ def card_head(library: str) -> str:
     return f"---\nlibrary_name: {library}\ntags:\n- tunelab\n"
 
 
-def _front(info: RunInfo, library: str, tags: tuple[str, ...] = ()) -> list[str]:
+def _front(info: RunInfo, library: str, tags: tuple[str, ...] = (), relation: str = "finetune") -> list[str]:
     base = shared_name(str(info.base_model))
     lines = [*card_head(library).splitlines(), f"- {info.method}", *(f"- {t}" for t in tags)]
-    if (
-        info.base_source == "hub"
-    ):  # the hub links to it; said a fine-tune, which it would take a GGUF for a quantization of
-        lines += [f"base_model: {json.dumps(base)}", "base_model_relation: finetune"]
+    if info.base_source == "hub":  # the hub links to it; said a fine-tune (it would take a GGUF for a quantization)
+        lines += [f"base_model: {json.dumps(base)}", f"base_model_relation: {relation}"]
     return [*lines, "---", ""]
 
 
@@ -175,5 +175,84 @@ def gguf_card(
         "```",
         "",
         *verdict,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _results(info: RunInfo, scores: dict | None) -> list[str]:
+    """What the run measured: its run.json's losses, and compare.json's scores of base and tuned where it has them."""
+    losses = [f"{info.steps} steps"]
+    if info.final_loss is not None:
+        losses.append(f"last train loss {info.final_loss:.4g}")
+    if info.eval_loss is not None:
+        losses.append(f"eval loss {info.eval_loss:.4g}")
+    lines = ["## Results", "", f"Training: {', '.join(losses)}."]
+    rows = [(kind, e) for kind, e in (scores or {}).items() if isinstance(e, dict)]
+    if rows:
+        lines += [
+            "",
+            "`tunelab compare` (share of answers that hold the expected text; refusals where it counts them):",
+        ]
+        lines += ["", "| questions | n | base | tuned | base refused | tuned refused |", "|---|---|---|---|---|---|"]
+        for kind, e in rows:
+            cells = [e.get(k) for k in ("base", "tuned", "base_refused", "tuned_refused")]
+            shown = ["" if not isinstance(c, int | float) else f"{100 * c:.1f}%" for c in cells]
+            lines.append(f"| {kind} | {e.get('n', '')} | " + " | ".join(shown) + " |")
+    return [*lines, ""]
+
+
+_ADAPTER_NAMES = {"lora": "LoRA", "dora": "DoRA"}
+
+
+def adapter_card(info: RunInfo, repo: str, scores: dict | None = None) -> str:
+    """The README.md of an adapter pushed to the hub repository `repo` (OWNER/NAME): its base (in the metadata only
+    where the base is a hub id, as `base_model_relation: adapter`), how it is prompted, what the run measured
+    (`scores`: compare.json's, None where the run has none) and a PEFT example that loads it from `repo`."""
+    base = shared_name(str(info.base_model))
+    hub = info.base_source == "hub"
+    qlora = (
+        [
+            "It was trained over the base quantized to NF4 (QLoRA); over the 16-bit base it answers nearly, not exactly,",
+            "as tunelab evaluated it.",
+            "",
+        ]
+        if info.quantize_base == "nf4"
+        else []
+    )
+    if hub:
+        load = [
+            "```python",
+            "from peft import AutoPeftModelForCausalLM",
+            "from transformers import AutoTokenizer",
+            "",
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+            'messages = [{"role": "user", "content": "Hello!"}]',
+            'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
+            "out = model.generate(**inputs, max_new_tokens=128)",
+            'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
+            "```",
+        ]
+    else:
+        where = (
+            f"tunelab's name for the model in the pip package {EMBEDDED[base][0]}"
+            if info.base_source == "alias" and base in EMBEDDED
+            else "a model on the machine it was trained on"
+        )
+        load = [
+            f"Its base, `{base}`, is not on the hub ({where}), so `adapter_config.json` names it by that name only:",
+            f'load that base yourself and put the adapter on it with `peft.PeftModel.from_pretrained(base, "{repo}")`.',
+        ]
+    lines = [
+        *_front(info, "peft", relation="adapter"),
+        f"# {repo.split('/')[-1]}",
+        "",
+        f"A {_ADAPTER_NAMES.get(info.method, info.method)} adapter of `{base}`, trained with "
+        f"tunelab (task {info.task}).",
+        "",
+        *qlora,
+        *_prompting(info, "The tokenizer's chat template writes"),
+        *_results(info, scores),
+        *load,
     ]
     return "\n".join(lines) + "\n"

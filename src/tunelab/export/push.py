@@ -1,0 +1,285 @@
+"""Publish a result to the Hugging Face Hub in one commit, through huggingface_hub: `tunelab push PATH --repo O/N`.
+
+What PATH is says what goes up:
+- a finished adapter run (lora, dora): adapter_config.json (its base named as others can find it: a hub id as it
+  is, a local base by its folder's or file's name, never this machine's path), adapter_model.safetensors, the
+  tokenizer files training saved (their chat template is the one the run trained with) and a model card written
+  here (`card.adapter_card`: base, prompting, the run's losses and compare.json's scores, a PEFT example);
+- a folder `tunelab merge` wrote: the files its tunelab_merge.json lists, less that record (it holds this machine's
+  paths), its card loading the model from the repository instead of the local folder;
+- a .gguf file `tunelab export` wrote: the file, its Modelfile and self-check, and its card as README.md.
+
+Everything that can be refused is refused before the first request (exit 2): a repository id that is not
+OWNER/NAME, a run that did not finish or holds no adapter, an adapter holding NaN or inf, huggingface_hub's offline
+mode, no token. The repository (and the branch of `revision`) is created when missing, then one `create_commit`
+holds every file. A request that fails is HubRequestFailed (exit 1), one line naming the repository; the token is
+never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.config.flags import PYTHON, Spelling
+from tunelab.errors import ConfigError, HubRequestFailed, RunDirError, TunelabError, article
+from tunelab.export.card import CARD, adapter_card, card_head, gguf_card_path, shared_name
+from tunelab.export.check import check_path
+from tunelab.export.modelfile import modelfile_path
+from tunelab.rundir import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    HEAD_TASKS,
+    MERGE_FILE,
+    WEIGHT_METHODS,
+    RunInfo,
+    check_result,
+    is_run_dir,
+    read_info,
+)
+from tunelab.training.guard import first_non_finite
+
+# What `tokenizer.save_pretrained` writes, across tokenizer kinds and transformers versions
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
+COMPARE_FILE = "compare.json"  # eval/compare.py writes it; read here as JSON, for the card's scores
+
+
+@dataclass
+class PushResult:
+    """What a push committed: the repository, the commit's URL and id, the branch (None: the default one) and the
+    files (paths in the repository)."""
+
+    repo: str
+    url: str
+    commit: str
+    revision: str | None
+    files: tuple[str, ...]
+
+
+@dataclass
+class Upload:
+    """What one push commits: {path in the repository: a local file or the bytes to write}, and what it is, in
+    words, for the commit message."""
+
+    files: dict[str, Path | bytes]
+    what: str
+
+
+def check_repo_id(repo: str, spelling: Spelling = PYTHON) -> str:
+    """`repo` if it is a hub model repository id, OWNER/NAME; ConfigError naming the option otherwise."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    named = f"{spelling.option('repo')} is {repo!r}"
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ConfigError(
+            f"{named}; give the repository as OWNER/NAME (your user name or an organization, then the model's name, "
+            "e.g. alice/my-model)."
+        )
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        raise ConfigError(f"{named}: {exc}") from None
+    return repo
+
+
+def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
+    """The files of a finished adapter run, checked: its adapter finite, its config naming the base as others find it."""
+    check_result(run_dir, info)
+    weights = run_dir / ADAPTER_WEIGHTS_FILE
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        bad = first_non_finite(load_file(str(weights)).items())
+    except (SafetensorError, OSError) as exc:
+        raise RunDirError(f"{weights}: the adapter cannot be read ({exc}); nothing was pushed.") from None
+    if bad is not None:
+        raise RunDirError(
+            f"{run_dir}: the adapter holds NaN or inf values (first: {bad} in {ADAPTER_WEIGHTS_FILE}), so it would "
+            "break every model it is put on; nothing was pushed. Train the run again (a lower train.lr)."
+        )
+    config_path = run_dir / ADAPTER_CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{config_path}: cannot be read as JSON ({exc}); nothing was pushed.") from None
+    if not isinstance(config, dict):
+        raise RunDirError(f"{config_path}: is not a JSON object; nothing was pushed.")
+    # a hub base by its id (PEFT loads it from there); any other by its name alone, not this machine's path
+    config["base_model_name_or_path"] = shared_name(str(info.base_model))
+    scores = None
+    try:
+        compared = json.loads((run_dir / COMPARE_FILE).read_text(encoding="utf-8"))
+        scores = compared.get("scores") if isinstance(compared, dict) else None
+    except (OSError, ValueError):
+        pass  # no comparison (or one that cannot be read): the card gives the losses alone
+    files: dict[str, Path | bytes] = {
+        ADAPTER_WEIGHTS_FILE: weights,
+        ADAPTER_CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
+    }
+    files |= {name: run_dir / name for name in TOKENIZER_FILES if (run_dir / name).is_file()}
+    files[CARD] = adapter_card(info, repo, scores if isinstance(scores, dict) else None).encode()
+    return Upload(files, f"{info.method} adapter")
+
+
+def _merged_upload(folder: Path, repo: str) -> Upload:
+    """The files of a folder `tunelab merge` wrote: those its record lists (all but the record, for a merge that
+    listed none), its card made to load the model from `repo`."""
+    try:
+        listed = json.loads((folder / MERGE_FILE).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise RunDirError(f"{folder / MERGE_FILE}: cannot be read ({exc}); nothing was pushed.") from None
+    names = listed if isinstance(listed, list) else [p.name for p in sorted(folder.iterdir())]
+    files: dict[str, Path | bytes] = {
+        n: folder / n for n in names if isinstance(n, str) and n != MERGE_FILE and (folder / n).is_file()
+    }
+    if not any(n.endswith(".safetensors") for n in files):
+        raise RunDirError(f"{folder}: the merged folder holds no *.safetensors weights; merge the run again.")
+    card = folder / CARD
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        if text.startswith(card_head("transformers")):  # tunelab's card: its example loads the folder by its name
+            text = text.replace(f'from_pretrained("{folder.resolve().name}")', f'from_pretrained("{repo}")')
+            text = text.replace(f"\n# {folder.resolve().name}\n", f"\n# {repo.split('/')[1]}\n", 1)
+        files[CARD] = text.encode()
+    return Upload(files, "merged model")
+
+
+def _gguf_upload(gguf: Path) -> Upload:
+    """An exported GGUF file with its Modelfile, self-check and card (NAME.README.md, pushed as README.md)."""
+    card = gguf_card_path(gguf)
+    if not card.is_file() or not card.read_text(encoding="utf-8").startswith(card_head("gguf")):
+        raise RunDirError(
+            f"{gguf}: has no model card tunelab wrote beside it ({card.name}); push a GGUF file that 'tunelab export' "
+            "wrote, with the files it wrote beside it."
+        )
+    files: dict[str, Path | bytes] = {gguf.name: gguf, CARD: card}
+    files |= {p.name: p for p in (modelfile_path(gguf), check_path(gguf)) if p.is_file()}
+    return Upload(files, "GGUF export")
+
+
+def collect(path: str | Path, repo: str, spelling: Spelling = PYTHON) -> Upload:
+    """What pushing `path` commits, every file checked; RunDirError (nothing sent) for what cannot be pushed."""
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise RunDirError(f"{path}: no such GGUF file.")
+        return _gguf_upload(path)
+    if path.is_dir() and (path / MERGE_FILE).is_file() and not is_run_dir(path):
+        return _merged_upload(path, repo)
+    info = read_info(path, spelling=spelling)  # a run that did not finish is refused here, saying how to resume it
+    if info.task in HEAD_TASKS:
+        raise RunDirError(
+            f"{path}: {article(info.task)} run (a head on the model's last token); pushing it is not supported: its "
+            "adapter and head are the run's adapter_config.json and adapter_model.safetensors."
+        )
+    if info.method in WEIGHT_METHODS:
+        merge = (
+            "'tunelab merge RUN --out DIR', then push DIR"
+            if spelling.flags
+            else "tunelab.merge(run, out), then push out"
+        )
+        raise RunDirError(
+            f"{path}: the run trained whole weights (method {info.method}), so it has no adapter to push; merge it "
+            f"into a model folder with its chat template and generation settings first ({merge})."
+        )
+    return _adapter_upload(path, info, repo)
+
+
+def _token(repo: str) -> str:
+    """The token huggingface_hub would send (HF_TOKEN, else the one `hf auth login` saved); TunelabError without one,
+    and in offline mode, where huggingface_hub makes no request."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise TunelabError(
+            f"cannot push to {repo}: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, and in offline mode "
+            "huggingface_hub makes no request. Unset it to push."
+        )
+    token = get_token()
+    if not token:
+        raise TunelabError(
+            f"cannot push to {repo}: no Hugging Face token. Log in with 'hf auth login' (older huggingface_hub: "
+            "'huggingface-cli login'), or set HF_TOKEN to a token with write access "
+            "(https://huggingface.co/settings/tokens)."
+        )
+    return token
+
+
+def _request_errors() -> tuple[type[BaseException], ...]:
+    """What a failed hub request raises: huggingface_hub's HTTP errors and the network's (OSError), and the errors of
+    the HTTP library it uses (httpx2, httpx or requests, by its version), where loaded."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    found = [HfHubHTTPError, OSError, ValueError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            found.append(error)
+    return tuple(found)
+
+
+def _failed(exc: BaseException, repo: str, token: str) -> HubRequestFailed:
+    """One line naming the repository and what the hub answered, with a hint for the answers a user can fix."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    said = " ".join(str(exc).split()).replace(token, "***")[:400] or type(exc).__name__
+    hint = {
+        401: " The token was refused: log in again ('hf auth login') or set HF_TOKEN.",
+        403: f" The token may not write to {repo.split('/')[0]}: a read-only token, or not a member of that"
+        " organization.",
+    }.get(status, "")
+    return HubRequestFailed(f"pushing to {repo} failed: {said}.{hint}")
+
+
+def push(
+    path: str | Path,
+    repo: str,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    *,
+    spelling: Spelling = PYTHON,
+) -> PushResult:
+    """Commit `path` (an adapter run, a merged folder or an exported .gguf file, see the module's docstring) to the
+    hub model repository `repo` (OWNER/NAME), created when missing (`private`: as a private one; an existing one keeps
+    its visibility). `revision`: the branch to commit to, created from the default branch when missing (None: the
+    default branch). `message`: the commit message. Returns the commit's URL and the files pushed. `spelling`: how
+    refusals name the arguments (these, or `tunelab push`'s flags)."""
+    check_repo_id(repo, spelling)
+    if revision is not None and (not revision.strip() or revision != revision.strip()):
+        raise ConfigError(
+            f"{spelling.option('revision')} is {revision!r}; give a branch name, without spaces around it."
+        )
+    upload = collect(path, repo, spelling)
+    token = _token(repo)
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in upload.files.items()]
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo, private=True if private else None, repo_type="model", exist_ok=True)
+        if revision and not revision.startswith("refs/"):
+            api.create_branch(repo, branch=revision, repo_type="model", exist_ok=True)
+        info = api.create_commit(
+            repo,
+            operations,
+            commit_message=message or f"Upload {upload.what} with tunelab",
+            repo_type="model",
+            revision=revision,
+        )
+    except _request_errors() as exc:
+        raise _failed(exc, repo, token) from None
+    return PushResult(repo, str(info.commit_url), str(info.oid), revision, tuple(upload.files))
