@@ -290,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.add_argument("--repo", required=True, help="the hub repository, OWNER/NAME (created when missing)")
     push.add_argument(
-        "--private", action="store_true", help="create the repository private (an existing one keeps its visibility)"
+        "--private",
+        action="store_true",
+        help="create the repository private (an existing public one is refused, nothing pushed)",
     )
     push.add_argument(
         "--revision", help="the branch to commit to, created when missing (default: the repository's default branch)"

@@ -15,6 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file, save_file
 
 import tunelab
+import tunelab.errors
 from tunelab.cli import main
 from tunelab.export.card import card_head
 
@@ -28,11 +29,14 @@ class Hub:
         self.calls = []
         self.files = {}
         self.fail = None  # an exception create_commit raises
+        self.private = True  # what repo_info says of the repository
 
     def install(self, monkeypatch):
         def record(name):
             def method(api, *args, **kwargs):
                 self.calls.append((name, args, kwargs))
+                if name == "repo_info":
+                    return SimpleNamespace(private=self.private)
                 if name != "create_commit":
                     return None
                 if self.fail is not None:
@@ -45,7 +49,7 @@ class Hub:
 
             return method
 
-        for name in ("create_repo", "create_branch", "create_commit"):
+        for name in ("create_repo", "create_branch", "repo_info", "create_commit"):
             monkeypatch.setattr(HfApi, name, record(name))
 
 
@@ -100,15 +104,23 @@ def test_a_hub_base_is_linked_and_the_scores_are_in_the_card(run, hub):
     (run / "run.json").write_text(json.dumps(info | hub_base | {"eval_loss": 1.25}))
     scores = {"fact": {"n": 4, "base": 0.25, "tuned": 0.75}}
     (run / "compare.json").write_text(json.dumps({"rows": [], "scores": scores}))
+    evaluated = {
+        "data_file": "/x/heldout.jsonl",
+        "loss_on": "answers",
+        "base": {"eval_loss": 2.5},
+        "tuned": {"eval_loss": 0.5},
+    }
+    (run / "eval.json").write_text(json.dumps(evaluated))
     result = tunelab.push(run, "alice/tiny-box", private=True, message="first")
     assert result.url.endswith("/commit/abc123") and result.revision is None and "README.md" in result.files
-    assert [c[0] for c in hub.calls] == ["create_repo", "create_commit"]  # no branch asked, none made
-    assert hub.calls[0][2]["private"] is True and hub.calls[1][2]["commit_message"] == "first"
+    assert [c[0] for c in hub.calls] == ["create_repo", "repo_info", "create_commit"]  # no branch asked, none made
+    assert hub.calls[0][2]["private"] is True and hub.calls[2][2]["commit_message"] == "first"
     card = _card(hub)
     front = card.split("---")[1]
     assert 'base_model: "HuggingFaceTB/SmolLM2-135M"' in front and "base_model_relation: adapter" in front
     assert "> Be brief." in card and "eval loss 1.25" in card
     assert "| fact | 4 | 25.0% | 75.0% |" in card
+    assert "`tunelab eval` on `heldout.jsonl`: loss on answers 2.5 (base), 0.5 (tuned)." in card
     assert 'AutoPeftModelForCausalLM.from_pretrained("alice/tiny-box")' in card
     assert json.loads(hub.files["adapter_config.json"])["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M"
 
@@ -133,7 +145,7 @@ def _full(run):
 @pytest.mark.parametrize(
     "change, repo, said",
     [
-        (_unfinished, "alice/tiny", "{run}"),
+        (_unfinished, "alice/tiny", "{run}: the run did not finish"),
         (_nan_adapter, "alice/tiny", "{run}: the adapter holds NaN or inf"),
         (_full, "alice/tiny", "{run}: the run trained whole weights (method full)"),
         (None, "tiny", "option '--repo' is 'tiny'; give the repository as OWNER/NAME"),
@@ -194,3 +206,18 @@ def test_a_merged_folder_and_a_gguf_export_push_the_files_their_commands_wrote(r
     assert main(["push", str(gguf), "--repo", "alice/tiny-gguf"]) == 0
     assert set(hub.files) == {"box.gguf", "box.Modelfile", "README.md"}
     assert hub.files["README.md"].decode().startswith(card_head("gguf"))
+
+
+def test_the_python_api_names_its_arguments_and_private_never_goes_public(run, hub):
+    with pytest.raises(tunelab.errors.ConfigError, match="argument 'repo' is 'tiny'"):
+        tunelab.push(run, "tiny")
+    with pytest.raises(tunelab.errors.ConfigError, match="repo"):
+        tunelab.push(run, None)
+    assert hub.calls == []
+    hub.private = False  # the repository exists, public: --private must not send the files there
+    with pytest.raises(
+        tunelab.errors.TunelabError,
+        match="private=True asks for a private repository, but alice/public-one exists and is public; nothing",
+    ) as refused:
+        tunelab.push(run, "alice/public-one", private=True)
+    assert refused.value.exit_code == 2 and "create_commit" not in [c[0] for c in hub.calls]

@@ -179,14 +179,27 @@ def gguf_card(
     return "\n".join(lines) + "\n"
 
 
-def _results(info: RunInfo, scores: dict | None) -> list[str]:
-    """What the run measured: its run.json's losses, and compare.json's scores of base and tuned where it has them."""
+def _evaluated(evaluated: dict | None) -> list[str]:
+    """The loss of base and tuned in eval.json (`tunelab eval`), where the run has one."""
+    if not isinstance(evaluated, dict):
+        return []
+    losses = [(evaluated.get(m) or {}).get("eval_loss") for m in ("base", "tuned")]
+    if not all(isinstance(x, int | float) for x in losses):
+        return []
+    data = Path(str(evaluated.get("data_file", ""))).name
+    on = evaluated.get("loss_on", "answers")
+    return ["", f"`tunelab eval` on `{data}`: loss on {on} {losses[0]:.4g} (base), {losses[1]:.4g} (tuned)."]
+
+
+def _results(info: RunInfo, scores: dict | None, evaluated: dict | None = None) -> list[str]:
+    """What the run measured: its run.json's losses, compare.json's scores of base and tuned and eval.json's losses
+    where it has them."""
     losses = [f"{info.steps} steps"]
     if info.final_loss is not None:
         losses.append(f"last train loss {info.final_loss:.4g}")
     if info.eval_loss is not None:
         losses.append(f"eval loss {info.eval_loss:.4g}")
-    lines = ["## Results", "", f"Training: {', '.join(losses)}."]
+    lines = ["## Results", "", f"Training: {', '.join(losses)}.", *_evaluated(evaluated)]
     rows = [(kind, e) for kind, e in (scores or {}).items() if isinstance(e, dict)]
     if rows:
         lines += [
@@ -204,10 +217,11 @@ def _results(info: RunInfo, scores: dict | None) -> list[str]:
 _ADAPTER_NAMES = {"lora": "LoRA", "dora": "DoRA"}
 
 
-def adapter_card(info: RunInfo, repo: str, scores: dict | None = None) -> str:
+def adapter_card(info: RunInfo, repo: str, scores: dict | None = None, evaluated: dict | None = None) -> str:
     """The README.md of an adapter pushed to the hub repository `repo` (OWNER/NAME): its base (in the metadata only
     where the base is a hub id, as `base_model_relation: adapter`), how it is prompted, what the run measured
-    (`scores`: compare.json's, None where the run has none) and a PEFT example that loads it from `repo`."""
+    (`scores`: compare.json's; `evaluated`: eval.json; None where the run has none) and a PEFT example that loads it
+    from `repo`."""
     base = shared_name(str(info.base_model))
     hub = info.base_source == "hub"
     qlora = (
@@ -252,7 +266,7 @@ def adapter_card(info: RunInfo, repo: str, scores: dict | None = None) -> str:
         "",
         *qlora,
         *_prompting(info, "The tokenizer's chat template writes"),
-        *_results(info, scores),
+        *_results(info, scores, evaluated),
         *load,
     ]
     return "\n".join(lines) + "\n"

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from tunelab.config.flags import PYTHON, Spelling
 from tunelab.errors import ConfigError, HubRequestFailed, RunDirError, TunelabError, article
+from tunelab.eval.compare import COMPARE_FILE
+from tunelab.eval.evaluate import EVAL_FILE
 from tunelab.export.card import CARD, adapter_card, card_head, gguf_card_path, shared_name
 from tunelab.export.check import check_path
 from tunelab.export.modelfile import modelfile_path
@@ -54,7 +56,16 @@ TOKENIZER_FILES = (
     "vocab.txt",
     "merges.txt",
 )
-COMPARE_FILE = "compare.json"  # eval/compare.py writes it; read here as JSON, for the card's scores
+
+
+def _saved(path: Path) -> dict | None:
+    """A result file of the run as a JSON object; None where it is missing or cannot be read (the card then gives
+    what the others hold)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 @dataclass
@@ -120,18 +131,14 @@ def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
         raise RunDirError(f"{config_path}: is not a JSON object; nothing was pushed.")
     # a hub base by its id (PEFT loads it from there); any other by its name alone, not this machine's path
     config["base_model_name_or_path"] = shared_name(str(info.base_model))
-    scores = None
-    try:
-        compared = json.loads((run_dir / COMPARE_FILE).read_text(encoding="utf-8"))
-        scores = compared.get("scores") if isinstance(compared, dict) else None
-    except (OSError, ValueError):
-        pass  # no comparison (or one that cannot be read): the card gives the losses alone
+    compared, evaluated = (_saved(run_dir / name) for name in (COMPARE_FILE, EVAL_FILE))
+    scores = compared.get("scores") if compared else None
     files: dict[str, Path | bytes] = {
         ADAPTER_WEIGHTS_FILE: weights,
         ADAPTER_CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
     }
     files |= {name: run_dir / name for name in TOKENIZER_FILES if (run_dir / name).is_file()}
-    files[CARD] = adapter_card(info, repo, scores if isinstance(scores, dict) else None).encode()
+    files[CARD] = adapter_card(info, repo, scores if isinstance(scores, dict) else None, evaluated).encode()
     return Upload(files, f"{info.method} adapter")
 
 
@@ -271,6 +278,12 @@ def push(
     api = HfApi(token=token)
     try:
         api.create_repo(repo, private=True if private else None, repo_type="model", exist_ok=True)
+        if private and not getattr(api.repo_info(repo, repo_type="model"), "private", False):
+            asked = "--private" if spelling.flags else "private=True"
+            raise TunelabError(
+                f"{asked} asks for a private repository, but {repo} exists and is public; nothing was pushed. Make "
+                "it private on the hub (its Settings), or push to another repository."
+            )
         if revision and not revision.startswith("refs/"):
             api.create_branch(repo, branch=revision, repo_type="model", exist_ok=True)
         info = api.create_commit(
