@@ -194,6 +194,16 @@ def test_a_merged_folder_and_a_gguf_export_push_the_files_their_commands_wrote(r
     assert set(hub.files) == set(listed) - {"tunelab_merge.json"}
     card = _card(hub)
     assert 'from_pretrained("alice/tiny-merged")' in card and 'from_pretrained("merged")' not in card
+    served = tmp_path / "served"
+    served.mkdir()
+    for name, data in hub.files.items():
+        (served / name).write_bytes(data)
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 17, 29, 300, 12]])
+    with torch.no_grad():  # what was left home is not needed to load it
+        pushed = AutoModelForCausalLM.from_pretrained(served)(ids).logits
+        assert torch.equal(pushed, AutoModelForCausalLM.from_pretrained(merged)(ids).logits)
 
     hub.files.clear()
     gguf = tmp_path / "out" / "box.gguf"
@@ -221,3 +231,26 @@ def test_the_python_api_names_its_arguments_and_private_never_goes_public(run, h
     ) as refused:
         tunelab.push(run, "alice/public-one", private=True)
     assert refused.value.exit_code == 2 and "create_commit" not in [c[0] for c in hub.calls]
+
+
+def test_what_an_adapter_push_sends_loads_as_a_peft_adapter_with_its_tokenizer(run, hub, tmp_path):
+    """The files pushed, written into a folder as the hub would serve them, are a whole PEFT adapter: PEFT puts it on
+    the base with the run's logits, and the tokenizer prompts with the chat template training wrote."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tunelab.push(run, "alice/tiny-box")
+    served = tmp_path / "served"
+    served.mkdir()
+    for name, data in hub.files.items():
+        (served / name).write_bytes(data)
+    base = Path(json.loads((run / "run.json").read_text())["base_model"])
+    ids = torch.tensor([[1, 17, 29, 300, 12]])
+    with torch.no_grad():
+        pushed = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), served).eval()(ids).logits
+        local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run).eval()(ids).logits
+    assert torch.equal(pushed, local)
+    messages = [{"role": "user", "content": "Code of box 3?"}]
+    assert AutoTokenizer.from_pretrained(served).apply_chat_template(
+        messages, tokenize=False
+    ) == AutoTokenizer.from_pretrained(run).apply_chat_template(messages, tokenize=False)
