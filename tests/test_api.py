@@ -29,6 +29,7 @@ def test_api_names_are_not_shadowed_by_subpackages():
         "report",
         "merge",
         "export_gguf",
+        "push",
         "federate",
     ):
         assert callable(getattr(tunelab, name)), name

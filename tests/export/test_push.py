@@ -184,6 +184,11 @@ def test_a_failed_request_is_one_line_naming_the_repo_with_exit_1(run, hub, caps
     hub.fail = ConnectionError("Connection refused")
     assert main(["push", str(run), "--repo", "alice/tiny"]) == 1
     assert "pushing to alice/tiny failed: Connection refused" in capsys.readouterr().err
+    hub.fail = OSError("Repository Not Found for url: https://huggingface.co/api/models/alice/tiny.")
+    assert main(["push", str(run), "--repo", "alice/tiny"]) == 1
+    assert capsys.readouterr().err.endswith(
+        "failed: Repository Not Found for url: https://huggingface.co/api/models/alice/tiny.\n"
+    )
 
 
 def test_a_merged_folder_and_a_gguf_export_push_the_files_their_commands_wrote(run, hub, tmp_path, capsys):

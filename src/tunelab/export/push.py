@@ -242,7 +242,7 @@ def _request_errors() -> tuple[type[BaseException], ...]:
 def _failed(exc: BaseException, repo: str, token: str) -> HubRequestFailed:
     """One line naming the repository and what the hub answered, with a hint for the answers a user can fix."""
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    said = " ".join(str(exc).split()).replace(token, "***")[:400] or type(exc).__name__
+    said = " ".join(str(exc).split()).replace(token, "***")[:400].rstrip(".") or type(exc).__name__
     hint = {
         401: " The token was refused: log in again ('hf auth login') or set HF_TOKEN.",
         403: f" The token may not write to {repo.split('/')[0]}: a read-only token, or not a member of that"
@@ -261,8 +261,8 @@ def push(
     spelling: Spelling = PYTHON,
 ) -> PushResult:
     """Commit `path` (an adapter run, a merged folder or an exported .gguf file, see the module's docstring) to the
-    hub model repository `repo` (OWNER/NAME), created when missing (`private`: as a private one; an existing one keeps
-    its visibility). `revision`: the branch to commit to, created from the default branch when missing (None: the
+    hub model repository `repo` (OWNER/NAME), created when missing (`private`: as a private one; an existing public
+    one is then refused before the commit). `revision`: the branch to commit to, created from the default branch when missing (None: the
     default branch). `message`: the commit message. Returns the commit's URL and the files pushed. `spelling`: how
     refusals name the arguments (these, or `tunelab push`'s flags)."""
     check_repo_id(repo, spelling)
