@@ -4,6 +4,9 @@ before any request (exit 2), and a failed request as one line with exit 1."""
 
 import json
 import shutil
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -259,3 +262,46 @@ def test_what_an_adapter_push_sends_loads_as_a_peft_adapter_with_its_tokenizer(r
     assert AutoTokenizer.from_pretrained(served).apply_chat_template(
         messages, tokenize=False
     ) == AutoTokenizer.from_pretrained(run).apply_chat_template(messages, tokenize=False)
+
+
+class _Forbidding(BaseHTTPRequestHandler):
+    """A hub that refuses every request as the real one refuses a token without write access to the namespace."""
+
+    def do_POST(self):
+        body = json.dumps(
+            {"error": 'You don\'t have the rights to create a model under the namespace "alice"'}
+        ).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+def test_real_requests_that_fail_are_one_line_with_exit_1(run, monkeypatch, capsys):
+    """huggingface_hub's own requests (nothing replaced but the endpoint): a 403 from a server, and a port where none
+    listens, each end as one line naming the repository, exit 1, the token not in it."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: TOKEN)
+    server = HTTPServer(("127.0.0.1", 0), _Forbidding)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = free.getsockname()[1]
+    try:
+        for endpoint, said in [
+            (f"http://127.0.0.1:{server.server_port}", 'under the namespace "alice"'),
+            (f"http://127.0.0.1:{closed}", "refused"),
+        ]:
+            monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+            assert main(["push", str(run), "--repo", "alice/tiny"]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("tunelab push: error: pushing to alice/tiny failed: ") and said in err
+            assert err.count("\n") == 1 and TOKEN not in err
+    finally:
+        server.shutdown()
