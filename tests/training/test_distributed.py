@@ -108,7 +108,7 @@ def _task_config(folder: Path, config: dict, task: str) -> dict:
             for i in range(24)
         ]
         extra = {"dpo": {"beta": 0.5}}
-    elif task == "kto":  # unpaired rows: each micro-batch's rows estimate its z0, on one rank as on two
+    elif task == "kto":  # unpaired rows: the micro-batches the ranks run side by side share one z0 (`ONE_PROCESS_AS`)
         rows = [
             {
                 "prompt": f"Code of box {i}?",
@@ -127,11 +127,18 @@ def _task_config(folder: Path, config: dict, task: str) -> dict:
         extra = {"grpo": {"num_generations": 4, "prompts_per_step": 3, "max_new_tokens": 6, "rewards": rewards}}
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     train = config["train"] | ({"micro_batch": 4, "grad_accum": 1, "max_steps": 4} if task == "grpo" else {})
+    train |= {"grad_accum": 2} if task == "kto" else {}
     return (
         config
         | extra
         | {"task": "dpo" if task == "kto" else task, "data": config["data"] | {"train": [str(data)]}, "train": train}
     )
+
+
+# What one process runs to train what two ranks train, where the config alone does not say it: kto's z0 is the mean
+# over the rows of the micro-batches the ranks run side by side (2 ranks x 4 rows x grad_accum 2), the micro-batch of
+# 8 rows one process runs (the same rows: the epoch's order does not depend on the micro-batch's size).
+ONE_PROCESS_AS = {"kto": {"train.micro_batch": 8, "train.grad_accum": 1}}
 
 
 def _rank_env() -> dict[str, str]:
@@ -210,7 +217,7 @@ def runs(tmp_path_factory, tiny_model_dir):
         if (ranks, method) not in made:
             run_dir = folder / f"{ranks}-{method}"
             if ranks == "one":
-                recipe.train(configs[method], {"output_dir": str(run_dir)})
+                recipe.train(configs[method], {"output_dir": str(run_dir)} | ONE_PROCESS_AS.get(method, {}))
             else:
                 done = _launch_here(configs[method], run_dir)
                 assert done.returncode == 0, done.stderr[-3000:]

@@ -63,6 +63,7 @@ from tunelab.tasks.log_probs import sequence_log_probs
 from tunelab.tasks.preference_data import PreferenceRow, build_preferences
 from tunelab.tasks.task import Task, eval_mode, metric_means
 from tunelab.training.build import BuiltModel
+from tunelab.training.distributed import weight
 
 METRICS = ("margin", "accuracy", "chosen_logp", "rejected_logp")
 ORPO_METRICS = ("log_odds", "nll")
@@ -181,7 +182,9 @@ def count(batch: dict) -> int:
     return int(batch["input_ids"].shape[0]) // 2
 
 
-def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores | kto.KtoScores:
+def scores(model: nn.Module, batch: dict, cfg: DpoConfig, share: float | None = None) -> PairScores | kto.KtoScores:
+    """share (loss kto, a training micro-batch): its rows' weight in the reference point the ranks share
+    (`kto.reference_point`); None: the micro-batch's own, as eval (the same batches on every rank) reads it."""
     policy, lengths = sequence_log_probs(model, batch)  # (2P,) each: one forward for chosen and rejected
     reference = batch.get("reference")
     if cfg.loss not in REFERENCE_FREE and reference is None:
@@ -190,7 +193,7 @@ def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores | kto.Kt
         if "desirable" not in batch:
             raise ValueError("dpo: loss kto needs rows of prompt, completion and label (tasks/kto_data.py)")
         w = (cfg.desirable_weight, cfg.undesirable_weight)
-        return kto.kto_scores(policy, reference.to(policy.device), batch["desirable"], cfg.beta, *w)
+        return kto.kto_scores(policy, reference.to(policy.device), batch["desirable"], cfg.beta, *w, share=share)
     return pair_scores(policy, reference, lengths, cfg)
 
 
@@ -256,7 +259,7 @@ def make_task(cfg: DpoConfig) -> Task:
     """The dpo task with its loss settings bound."""
 
     def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        s = scores(model, batch, cfg)
+        s = scores(model, batch, cfg, share=weight(batch))  # kto: z0 over the ranks' side-by-side micro-batches
         return s.loss.sum(), all_metric_sums(s)
 
     @torch.no_grad()

@@ -4,15 +4,18 @@ Optimization" (arXiv 2402.01306), on unpaired rows of a prompt, a completion and
 
 With r = pi - ref, the log ratio of a row's completion (summed log p under the policy minus the reference's):
 
-    z0   = max(0, mean over the micro-batch of (pi - ref) of the mismatched rows)    detached: no gradient
+    z0   = max(0, mean over the micro-batch (and the ranks) of (pi - ref) of the mismatched rows)    detached
     loss = desirable_weight   * (1 - sigmoid(beta * (r - z0)))     a desirable row
            undesirable_weight * (1 - sigmoid(beta * (z0 - r)))     an undesirable row
 
 z0 is the paper's reference point, a biased estimate of KL(policy || reference) made from each row's prompt with the
 completion of another row (`kto_data.FeedbackRow`'s rejected side), as TRL's KTOTrainer makes it; it is clamped at 0
-(a KL is never negative) and detached, so it shifts the sigmoid without being trained on. A micro-batch makes its own
-estimate (TRL: each batch, averaged over processes; here over its rows in that micro-batch only, so a micro-batch of
-one row estimates from one mismatched row). The mismatched rows go through the same forward as the matched ones (one
+(a KL is never negative) and detached, so it shifts the sigmoid without being trained on. Each micro-batch makes an
+estimate from its rows (a micro-batch of one row estimates from one mismatched row); with several ranks
+(training/distributed.py) a training micro-batch's estimate is the mean over the rows of the micro-batches the ranks
+run side by side, as TRL gathers a batch's estimate over its processes: the sums and the row counts are summed over the
+ranks (`reference_point`; a blank micro-batch adds none), so every rank uses the same z0, the one a process holding all
+those rows would have. Eval batches are the same on every rank, so their estimate stays the micro-batch's own. The mismatched rows go through the same forward as the matched ones (one
 batch of 2B rows, as dpo's pairs), which costs their backward through the layers though z0 takes no gradient.
 
 The reward of a row is beta * r. The metrics, summed over rows and divided by the step's rows as every dpo metric:
@@ -26,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from tunelab.tasks.task import OWN_COUNT
 
@@ -34,7 +38,8 @@ METRICS = ("kl", "desirable_reward", "undesirable_reward", "accuracy")
 
 @dataclass
 class KtoScores:
-    """Per row (B,): the loss, the reward beta * r, and the label; z0: the micro-batch's KL estimate (0-dim)."""
+    """Per row (B,): the loss, the reward beta * r, and the label; z0: the KL estimate (0-dim) the rows were scored
+    against."""
 
     loss: torch.Tensor
     reward: torch.Tensor
@@ -50,12 +55,14 @@ def kto_scores(
     beta: float,
     desirable_weight: float,
     undesirable_weight: float,
+    share: float | None = None,
 ) -> KtoScores:
     """policy, reference: (2B,) summed log p, the B rows' own completions first, then the B mismatched ones;
-    desirable: (B,) bool."""
+    desirable: (B,) bool; share: None for the micro-batch's own z0, else its rows' weight in the z0 of all ranks
+    (`reference_point`)."""
     b = policy.shape[0] // 2
     ratio = policy - reference
-    z0 = ratio[b:].detach().mean().clamp(min=0)
+    z0 = reference_point(ratio[b:], share)
     r = ratio[:b]
     desirable = desirable.to(policy.device)
     loss = torch.where(
@@ -64,6 +71,20 @@ def kto_scores(
         undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))),
     )
     return KtoScores(loss, beta * r, desirable, z0, beta)
+
+
+def reference_point(kl: torch.Tensor, share: float | None = None) -> torch.Tensor:
+    """z0 = max(0, mean of `kl`), the mismatched rows' log ratios (B,), detached. With `share` (1, or 0 for a blank
+    micro-batch, whose rows must not count) and torch.distributed initialised with several ranks, the mean is over the
+    rows of every rank: their sum and their count are summed with all_reduce (in float64) and divided once, so ranks of
+    different row counts weigh their rows alike and every rank gets the same z0. One process (or share None) computes
+    the micro-batch's mean as it always has."""
+    kl = kl.detach()
+    if share is None or not dist.is_initialized() or dist.get_world_size() == 1:
+        return kl.mean().clamp(min=0)
+    totals = torch.stack([kl.double().sum(), kl.new_tensor(kl.numel(), dtype=torch.float64)]) * share
+    dist.all_reduce(totals)
+    return (totals[0] / totals[1].clamp(min=1)).to(kl.dtype).clamp(min=0)
 
 
 def metric_sums(s: KtoScores) -> dict[str, torch.Tensor]:

@@ -15,7 +15,9 @@ average), so the update is the one of a single process with the same micro-batch
     grad = sum over ranks r, micro-batches b of r: d loss_sum(b) / d w  /  sum over all b of loss_tokens(b)
 
 up to the order of the floating-point additions. The same config therefore trains the same run on 1 or N ranks,
-and a run may resume on another rank count. The non-finite guard's decision is taken on the summed loss and the
+and a run may resume on another rank count. One exception by design: dpo's loss kto estimates its reference point z0
+over the micro-batches the ranks run side by side (`tasks/kto.py`, as TRL gathers it over processes), so N ranks train
+what one process trains with micro-batches N times larger. The non-finite guard's decision is taken on the summed loss and the
 global gradient norm and agreed with `Ranks.all`, so all ranks skip the same steps.
 """
 
