@@ -2,12 +2,15 @@
 completion is desirable (true: a thumbs up) or undesirable (false: a thumbs down), TRL's unpaired preference format.
 
 Accepted rows (`data.fields` maps the names to your columns; a column named as a field but for its case is read as it):
-- `prompt` (or question, instruction + optional input and history, read as sft reads alpaca's): a text or a message
-  list ending with the user's turn;
+- `prompt` (or question, instruction + optional input and history, read as sft reads alpaca's; or messages or
+  conversations): a text or a message list ending with the user's turn, rendered with the chat template (or
+  data.template; the tokenizer's own, else chatml), as dpo renders a prompt with chosen and rejected texts;
 - `completion`: a text, one message ({role, content} / ShareGPT {from, value}) or a message list: the answer turns;
 - `label`: true or false; also yes/no, 1/0 (numbers or text, any case), as .csv files write them.
 A row's `system` (else data.system_prompt) is prepended. A row without a prompt or completion, or with a label that is
-none of these, is a DataError naming file, line and field; a row whose completion is empty is a counted skip. Rows
+none of these, is a DataError naming file, line and field; it says why a whole text (no prompt: the KL estimate puts
+another row's completion after a row's prompt, so the two must be apart) and a preference pair (chosen and rejected:
+other dpo losses read those) are not rows of kto; a row whose completion is empty is a counted skip. Rows
 that give one prompt and completion both labels (train and eval alike) are a data note, counted, with the first two
 file:line, as the other tasks' contradicting rows are (`data.repeats.note_conflicting`).
 
@@ -32,6 +35,7 @@ from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, DataError, counted
 from tunelab.tasks.head_data import (
+    CHAT_FIELDS,
     PROMPT_FIELDS,
     column,
     counted_records,
@@ -51,7 +55,7 @@ from tunelab.tasks.preference_data import (
 )
 from tunelab.tasks.reward import read_prompt
 
-FIELDS = (*PROMPT_FIELDS, "completion", "label", "system", "input", "history")
+FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "completion", "label", "system", "input", "history")
 TRUE = ("true", "yes", "1")
 FALSE = ("false", "no", "0")
 BALANCE = (1.0, 4 / 3)  # desirable_weight x desirable rows / (undesirable_weight x undesirable rows): KTO's advice
@@ -111,17 +115,20 @@ def read_feedback(
     out = []
     for record in counted_records(paths, report, "feedback rows", fields, lenient, delimiter, "dpo", FIELDS, transform):
         row, where = record.row, location(record.path, record.line)
+        pair = _pair_hint(row)
         prompt = read_prompt(row, fields, where, lenient)
         if prompt is None:
             raise DataError(
-                f"{where}: no prompt; loss kto reads rows of prompt, completion and label. Add the row's prompt, or "
-                "map its column with data.fields (e.g. {prompt: question})."
+                f"{where}: no prompt; loss kto reads rows of prompt, completion and label: it scores the completion "
+                "after its prompt and estimates its KL reference point from the prompt with another row's completion, "
+                "so each row needs its prompt apart from its completion (a whole text has none). "
+                + (pair or "Add the row's prompt, or map its column with data.fields (e.g. {prompt: question}).")
             )
         key = column(row, fields, "completion", lenient)
         if key is None:
             raise DataError(
                 f"{where}: field 'completion' is missing; loss kto reads rows of prompt, completion and label. "
-                "Add it, or map its column with data.fields (e.g. {completion: answer})."
+                + (pair or "Add it, or map its column with data.fields (e.g. {completion: answer}).")
             )
         value = row[key]
         turns = (
@@ -136,6 +143,17 @@ def read_feedback(
             continue
         out.append(Feedback(context, turns, desirable, record.path, record.line))
     return out
+
+
+def _pair_hint(row: dict) -> str | None:
+    """What to do with a row of a preference pair (chosen and rejected columns, any case) given to loss kto."""
+    if not {"chosen", "rejected"} <= {k.lower() for k in row if isinstance(k, str)}:
+        return None
+    return (
+        "This row is a preference pair (chosen and rejected): loss kto reads unpaired rows. Train pairs with another "
+        "dpo.loss (sigmoid, ipo, simpo, orpo), or write each pair as two rows, the chosen completion labelled true "
+        "and the rejected one false (examples/kto_feedback/prepare.py does)."
+    )
 
 
 def completion_and_label(item: Feedback) -> tuple[str, str]:
