@@ -56,3 +56,26 @@ def reward_module(tmp_path, monkeypatch):
     (tmp_path / "grpo_test_rewards.py").write_text(REWARD_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     return "grpo_test_rewards"
+
+
+COLUMN_REWARDS = """
+def own_spelling(prompt, answer, row):
+    return float(row["Expected"] in answer)
+
+def by_parameter(prompt, answer, row, Answer, bonus=0.0):
+    return float(str(Answer) in answer) + bonus
+
+def lower_parameter(prompt, answer, row, answer_key):
+    return float(answer_key in answer)
+
+def every_column(prompt, answer, row, **columns):
+    return float(set(columns) == {"Prompt", "Expected", "Answer", "ANSWER_KEY", "thought"})
+"""
+
+
+@pytest.fixture
+def column_rewards(tmp_path, monkeypatch):
+    """Reward functions that read the row's columns under the file's own names (`grpo_column_rewards`)."""
+    (tmp_path / "grpo_column_rewards.py").write_text(COLUMN_REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "grpo_column_rewards"

@@ -69,7 +69,7 @@ def test_a_reward_function_gets_the_answer_and_may_ask_for_the_thought(tokenizer
         "def with_thought(prompt, answer, row, thought=None):\n"
         "    return float(thought is not None and '43' in thought)\n"
         "def any_keywords(prompt, answer, row, **extra):\n"
-        "    return float(extra == {'thought': None})\n"
+        "    return float(extra == {'expected': '42', 'thought': None})\n"  # the columns too, but prompt (bound)
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     sample = _sampled(tokenizer, WRITTEN)

@@ -34,7 +34,9 @@ class CaseMatch:
         self._moves: dict[tuple, dict[str, str]] = {}  # a row's column names -> its renamings (rows share them)
 
     def match(self, record: Record) -> Record:
-        """`record` with its columns in other case renamed (`moves`); the record itself when there are none."""
+        """`record` with its columns in other case renamed (`moves`, kept as its `renamed`, so that what hands the
+        row to a user's code can give the columns back under their own names); the record itself when there are
+        none."""
         keys = tuple(record.row)
         moves = self._moves.get(keys)
         if moves is None:
@@ -42,7 +44,8 @@ class CaseMatch:
         if not moves:
             return record
         self.renamed.setdefault(record.path, {}).update(moves)
-        return dataclasses.replace(record, row={moves.get(k, k): v for k, v in record.row.items()})
+        row = {moves.get(k, k): v for k, v in record.row.items()}
+        return dataclasses.replace(record, row=row, renamed=moves)
 
     def moves(self, keys: tuple, where: str) -> dict[str, str]:
         """{column: name} of the columns `keys` to rename; DataError (at `where`) for two columns that differ only by

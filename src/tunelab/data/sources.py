@@ -23,7 +23,7 @@ import gzip
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.data import csv_rows, json_rows
@@ -43,6 +43,7 @@ class Record:
     path: str
     line: int
     row: dict
+    renamed: dict[str, str] = field(default_factory=dict)  # {column as written: name read} (`data.case`)
 
 
 def _kind(path: Path) -> str | None:

@@ -160,7 +160,8 @@ def _samples(rows: list[PromptRow], answers: list[list[int]], stops: set[int], t
         elif not text.lstrip().startswith(OPEN):  # the prompt wrote <think>: it opens the text as written
             text = f"{OPEN}{text}"
         where = location(row.path, row.line)
-        out.append(reward_fns.Sample(row.prompt, answer or "", row.row, len(ids), where, thought, text))
+        sample = reward_fns.Sample(row.prompt, answer or "", row.row, len(ids), where, thought, text, row.spelled)
+        out.append(sample)
     return out
 
 
@@ -207,6 +208,7 @@ def make_task(cfg: GrpoConfig, spelling: Spelling = CLI) -> Task:
 
     def build_data(run: RunConfig, tokenizer, seed: int) -> Datasets:
         data = build_prompts(run, tokenizer, seed, columns)
+        reward_fns.refuse_missing_columns(specs, data.train + data.eval)  # a function's column parameters
         online.tokenizer, online.pad_id, online.stop_ids = (
             tokenizer,
             data.facts["pad_id"],

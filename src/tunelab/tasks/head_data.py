@@ -488,6 +488,6 @@ def train_and_held(read, data, seed: int, report) -> tuple[list, list]:
 
 def item_key(item) -> str:
     """What two word for word equal items of a task share (a label row's input and label, a pair's sides, a prompt's
-    chat and columns): every field of the item's dataclass but its place."""
-    fields = {k: v for k, v in dataclasses.asdict(item).items() if k not in ("path", "line")}
+    chat and columns): every field of the item's dataclass but its place and how its file spelled its columns."""
+    fields = {k: v for k, v in dataclasses.asdict(item).items() if k not in ("path", "line", "spelled")}
     return json.dumps(fields, sort_keys=True, default=str)

@@ -9,8 +9,8 @@ the model was asked: the user's text (an `instruction` joined with its `input`),
 messages for a chat or an instruction with a `history` (data.system_prompt and the row's `system` field are not in it).
 A row is the one data.transform returned, where the run has one (the function may build `prompt` and `expected` of
 the file's own columns, or make several rows of a record): the readers of every task take it first. Column names are
-then matched whatever their case (`data.case`: `Prompt`, `Expected`), and the row the reward functions receive names
-such columns as read. A prompt's text that already holds chat-template markup (`[INST]`, `<|user|>`) is noted, as sft notes such texts: it is
+then matched whatever their case (`data.case`: `Prompt`, `Expected`); a reward function gets such a column under both
+names, the one read and its own (`tasks/rewards.py`), so `row["Expected"]` finds the file's `Expected` column. A prompt's text that already holds chat-template markup (`[INST]`, `<|user|>`) is noted, as sft notes such texts: it is
 read as plain characters inside the user's turn (the text of a special token of the run's tokenizer is refused there,
 as in every chat).
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunelab.config import RunConfig
 from tunelab.data.loader import Datasets
@@ -56,6 +56,7 @@ class Prompt:
     row: dict
     path: str
     line: int
+    spelled: dict[str, str] = field(default_factory=dict)  # {name read: column as written} of the renamed columns
 
 
 @dataclass
@@ -65,6 +66,7 @@ class PromptRow:
     row: dict
     path: str
     line: int
+    spelled: dict[str, str] = field(default_factory=dict)  # as Prompt's: what reward functions get the columns as
 
     @property
     def input_ids(self) -> list[int]:
@@ -116,7 +118,8 @@ def read_prompts(
             report.skip(flaw, record.path, record.line)
             continue
         asked = turns[0]["content"] if len(turns) == 1 and isinstance(record.row[key], str) else turns
-        out.append(Prompt(asked, messages, record.row, record.path, record.line))
+        spelled = {read: own for own, read in record.renamed.items()}
+        out.append(Prompt(asked, messages, record.row, record.path, record.line, spelled))
     return out
 
 
@@ -170,7 +173,7 @@ def to_rows(
                 "answer, or remove the row."
             )
         report.used(p.path)
-        rows.append(PromptRow(prompt_ids, p.prompt, p.row, p.path, p.line))
+        rows.append(PromptRow(prompt_ids, p.prompt, p.row, p.path, p.line, p.spelled))
     return rows
 
 

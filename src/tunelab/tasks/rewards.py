@@ -14,8 +14,14 @@ Built-in kinds (`grpo.rewards` entries; a bare kind takes the defaults):
     function   a user's `module:function` or `file.py:function` (relative to the YAML config), called as
                f(prompt, answer, row) -> float: the prompt the model was asked (`prompt_data`: the user's text, an
                instruction joined with its input, or the turns of a chat or history as {role, content} messages),
-               the answer text, the whole row (a dict: expected and any other column); a function that takes a
-               `thought` keyword (or **kwargs) gets the answer's thought too (None where it has none)
+               the answer text, the whole row (a dict: expected and any other column; a column read under another
+               case, `Expected` as `expected`, is in it under both names); a function that takes a `thought` keyword
+               (or **kwargs) gets the answer's thought too (None where it has none). Further parameters are
+               columns, as TRL passes a data set's columns as keywords: `def score(prompt, answer, row, Answer)`
+               gets the row's `Answer` (its name as the file writes it, else as read, else the one column of that
+               name in another case); a **kwargs function gets every column so. A parameter without a default
+               that no column of a row gives is an error naming the function, the parameter and the row's columns
+               (`refuse_missing_columns`, when the data is read)
     model      a finished `task: reward` run (its directory), loaded with `tasks.head_run.load_reward_model`
 
 A reasoning model's thought is read apart (`Sample`): all but `regex` and `length` read the answer after it.
@@ -44,8 +50,9 @@ from tunelab.config import RewardSpec
 from tunelab.config.flags import CLI, Spelling
 from tunelab.data.formats import scalar_text
 from tunelab.data.match import contains, exact_match
+from tunelab.data.report import location
 from tunelab.data.transform import load_transform
-from tunelab.errors import ConfigError, RunDirError, TunelabError, article
+from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError, article
 from tunelab.rundir import open_info
 from tunelab.tasks.head_run import load_reward_model
 
@@ -66,6 +73,7 @@ class Sample:
     where: str  # file:line of the row
     thought: str | None = None  # the thought, None where the answer opens with none
     text: str | None = None  # the whole answer as written; None: `answer` is all of it
+    spelled: dict[str, str] | None = None  # {name read: column as written} of the columns read under another case
 
     @property
     def written(self) -> str:
@@ -191,7 +199,7 @@ def _refuse_uncallable(fn: Callable, name: str, where: str) -> None:
     except (TypeError, ValueError):  # a builtin without a signature: its call says what is wrong
         return
     try:
-        signature.bind("prompt", "answer", {})
+        signature.bind("prompt", "answer", {}, **dict.fromkeys(takes(fn).required))
     except TypeError as exc:
         raise ConfigError(
             f"{where}: {name}{signature} cannot be called as f(prompt, answer, row) ({exc}); a reward function takes "
@@ -199,13 +207,95 @@ def _refuse_uncallable(fn: Callable, name: str, where: str) -> None:
         ) from None
 
 
-def _takes_thought(fn: Callable) -> bool:
-    """Whether `fn` takes a `thought` keyword (by that name, or through **kwargs)."""
+@dataclass(frozen=True)
+class Takes:
+    """What a user's function takes beside the prompt, answer and row it is given by position."""
+
+    bound: tuple[str, ...] = ()  # the names of the parameters that take prompt, answer and row
+    columns: tuple[str, ...] = ()  # further keyword parameters: columns of the row (`column_value`)
+    required: tuple[str, ...] = ()  # those of them without a default
+    thought: bool = False  # a `thought` keyword, or **kwargs
+    every: bool = False  # **kwargs: every column of the row, under its own name
+
+
+def takes(fn: Callable) -> Takes:
     try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is p.VAR_KEYWORD or (p.name == "thought" and p.kind is not p.POSITIONAL_ONLY) for p in parameters)
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: given prompt, answer and row only
+        return Takes()
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:3]
+    named = [p for p in parameters if p not in positional and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    every = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    columns = [p for p in named if p.name != "thought"]
+    return Takes(
+        bound=tuple(p.name for p in positional),
+        columns=tuple(p.name for p in columns),
+        required=tuple(p.name for p in columns if p.default is p.empty),
+        thought=every or len(columns) < len(named),
+        every=every,
+    )
+
+
+def own_columns(s: Sample) -> dict:
+    """The row under the file's own column names (a column read under another case by its name as written)."""
+    spelled = s.spelled or {}
+    return {spelled.get(k, k): v for k, v in s.row.items()}
+
+
+MISSING = object()
+
+
+def column_value(name: str, s: Sample) -> Any:
+    """The row's column for parameter `name`: the column of that name as the file writes it, else as read, else the
+    one column whose name is `name` in another case; MISSING where none is (or two are, in other cases)."""
+    own = own_columns(s)
+    if name in own:
+        return own[name]
+    if name in s.row:
+        return s.row[name]
+    alike = [k for k in own if isinstance(k, str) and k.lower() == name.lower()]
+    return own[alike[0]] if len(alike) == 1 else MISSING
+
+
+def _missing_column(name: str, function: str, s: Sample) -> str:
+    columns = ", ".join(map(str, own_columns(s))) or "none"
+    return (
+        f"{s.where}: reward function {function} takes the parameter '{name}', which no column of the row gives (its "
+        f"columns: {columns}); parameters after prompt, answer and row are read from the row's columns by name, "
+        "in any case. Add the column, give the parameter a default, or read it from row."
+    )
+
+
+def call(fn: Callable, took: Takes, function: str, s: Sample) -> Any:
+    """fn(prompt, answer, row, **what it takes by keyword): the row with its renamed columns under their own names
+    too; the columns its parameters name; every column for **kwargs; the thought."""
+    row = {**s.row, **{own: s.row[read] for read, own in (s.spelled or {}).items() if read in s.row}}
+    keywords = {}
+    if took.every:
+        keywords = {k: v for k, v in own_columns(s).items() if isinstance(k, str) and k not in (*took.bound, "thought")}
+    for name in took.columns:
+        value = column_value(name, s)
+        if value is not MISSING:
+            keywords[name] = value
+        elif name in took.required:
+            raise DataError(_missing_column(name, function, s))
+    if took.thought:
+        keywords["thought"] = s.thought
+    return fn(s.prompt, s.answer, row, **keywords)
+
+
+def refuse_missing_columns(specs: list[RewardSpec], rows: list) -> None:
+    """DataError naming the row, the function, its parameter and the row's columns where a function's parameter
+    without a default has no column in a row (`rows`: prompt_data.PromptRow), before the model loads."""
+    for spec in specs:
+        if spec.kind != "function":
+            continue
+        required = takes(user_function(spec.function, f"option 'grpo.rewards', reward {spec.name!r}")).required
+        for r in rows if required else ():
+            s = Sample(r.prompt, "", r.row, 0, location(r.path, r.line), spelled=r.spelled)
+            for name in required:
+                if column_value(name, s) is MISSING:
+                    raise DataError(_missing_column(name, spec.function, s))
 
 
 class _Exited(Exception):
@@ -258,10 +348,8 @@ def build(spec: RewardSpec, device: torch.device | str = "cpu") -> Reward:
         fn = _each(lambda s: -max(0, s.tokens - spec.max_tokens) / spec.max_tokens)
     elif spec.kind == "function":
         user = user_function(spec.function, f"option 'grpo.rewards', reward {spec.name!r}")
-        if _takes_thought(user):
-            fn = _each(lambda s: user(s.prompt, s.answer, s.row, thought=s.thought))
-        else:
-            fn = _each(lambda s: user(s.prompt, s.answer, s.row))
+        took = takes(user)
+        fn = _each(lambda s: call(user, took, spec.function, s))
     else:
         try:
             from_model = load_reward_model(spec.run, device=str(device))
