@@ -57,8 +57,9 @@ def sums(row):
 
 
 def checks(prompt, answer, row):
-    """1 when the row is the one sums returned (its column named as read) and the answer is its sum."""
-    named = sorted(row) == ["expected", "level", "prompt"] and prompt == row["prompt"]
+    """1 when the row is the one sums returned (its column Expected named as read, and as sums wrote it) and the
+    answer is its sum."""
+    named = sorted(row) == ["Expected", "expected", "level", "prompt"] and prompt == row["prompt"]
     return float(named and answer == str(row["expected"]))
 '''
 
