@@ -227,3 +227,15 @@ def test_orpo_takes_a_quarter_of_the_sft_rate_not_dpos_fortieth():
         assert orpo.reason.startswith("task dpo, loss orpo: SFT's rate / 4, as ORPO's authors")
         assert auto_lr(method, shape, "dpo", "sigmoid") == auto_lr(method, shape, "dpo")  # dpo keeps its fortieth
     assert auto_lr(MethodConfig(), ModelShape(576, 30), "sft", "orpo") == auto_lr(MethodConfig(), ModelShape(576, 30))
+
+
+def test_the_auto_rate_says_what_loraplus_makes_of_it_for_b():
+    """The rule is LoRA's and is not lowered for LoRA+: its reason says B's rate, ratio x the rate chosen."""
+    plain = _plan(184)
+    plus = _plan(184, loraplus_lr_ratio=16.0)
+    lr = plus.chosen["train.lr"]
+    assert lr.value == plain.chosen["train.lr"].value  # the same rate: the rule is unchanged
+    assert lr.reason.startswith(plain.chosen["train.lr"].reason + "; ")
+    assert f"LoRA+ trains B at 16 x this rate ({lr.value * 16:.3g})" in lr.reason
+    assert "LoRA+" not in plain.chosen["train.lr"].reason
+    assert "LoRA+ trains B at 16" in plus.describe()

@@ -104,7 +104,9 @@ class AutoPlan:
         """The plan with the learning rate chosen too (when it is `auto`): it needs the model's shape."""
         if self.train.lr != AUTO:
             return self
-        choice = self.kept.get("train.lr") or auto_lr(method, shape, task, dpo_loss)
+        choice = self.kept.get("train.lr") or loraplus_noted(
+            auto_lr(method, shape, task, dpo_loss), self.train.loraplus_lr_ratio
+        )
         train = dataclasses.replace(self.train, lr=choice.value)
         return AutoPlan(train, {"train.lr": choice} | self.chosen, self.total_steps, self.kept)
 
@@ -162,6 +164,15 @@ def auto_lr(method: MethodConfig, shape: ModelShape, task: str = "sft", dpo_loss
     return Choice(
         _round(choice.value / PREFERENCE_DIVISOR), f"task dpo: SFT's rate / {PREFERENCE_DIVISOR:g} ({choice.reason})"
     )
+
+
+def loraplus_noted(choice: Choice, ratio: float | None) -> Choice:
+    """The auto rate's reason, saying what LoRA+ (train.loraplus_lr_ratio) makes of it for the B matrices: the rule
+    was chosen for plain LoRA and is not lowered for it (README, LoRA+ measures what that costs)."""
+    if not ratio:
+        return choice
+    b = f"{choice.value * ratio:.3g}"
+    return Choice(choice.value, f"{choice.reason}; LoRA+ trains B at {ratio:g} x this rate ({b}), not lowered for it")
 
 
 def _sft_lr(method: MethodConfig, shape: ModelShape) -> Choice:
