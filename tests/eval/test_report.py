@@ -671,3 +671,23 @@ def test_the_lr_plot_draws_b_beside_a_for_a_loraplus_run(monkeypatch):
     drawn.clear()
     plots.training_plots([{k: v for k, v in r.items() if k != "lr_B"} for r in records], ["sft"])
     assert [len(d[0]) for d in drawn if d[1] == "Learning rate schedule"] == [1]
+
+
+def test_the_lr_plot_draws_a_heads_own_rate_beside_train_lr(monkeypatch):
+    """A head run with classify.head_lr logs lr_head beside lr: both are drawn on one chart (with LoRA+'s lr_B too
+    when the run logs it)."""
+    import tunelab.eval.report_plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "curve_plot", lambda series, ylabel, text, **k: drawn.append((series, text, k)) or "")
+    records = [{"step": s, "lr": 1e-4 * s, "lr_head": 5e-3 * s} for s in (1, 2, 3)]
+    plots.training_plots(records, ["classify"])
+    series, caption, options = next(d for d in drawn if d[1].startswith("Learning rate"))
+    assert [name for name, _, _ in series] == ["train.lr", "head"]
+    assert series[1][1] == [(r["step"], r["lr_head"]) for r in records] and options == {"log": True}
+    assert "classify.head_lr" in caption and "LoRA+" not in caption
+    drawn.clear()
+    plots.training_plots([r | {"lr_B": r["lr"] * 16} for r in records], ["classify"])
+    series, caption, _ = next(d for d in drawn if d[1].startswith("Learning rate"))
+    assert [name for name, _, _ in series] == ["A and the rest (train.lr)", "B matrices (LoRA+)", "head"]
+    assert "LoRA+" in caption and "classify.head_lr" in caption

@@ -43,7 +43,7 @@ from tunelab.checks.model import (
     untrained_item,
 )
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
-from tunelab.config import RunConfig, describe
+from tunelab.config import AUTO, RunConfig, describe
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.config.validate import unused_notes
@@ -61,6 +61,7 @@ from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data, shown
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.early_stop import check_not_stopped_early, require_eval_split
+from tunelab.training.optim import rate_lines
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
@@ -202,6 +203,16 @@ def auto_item(cfg, data, resume: bool, source=None) -> tuple[AutoPlan, CheckItem
     return plan, CheckItem("auto values", "info", summary, details)
 
 
+def rates_items(cfg, train) -> list[CheckItem]:
+    """The rates beside train.lr as train prints them at its start (training/optim.py rate_lines): LoRA+'s B matrices
+    and a head's own rate; no item when every parameter trains at train.lr. `train`: cfg.train with the auto values
+    chosen (train.lr still auto when the model's config cannot be read here)."""
+    task = get_task(cfg.task, cfg)
+    lrs = task.learning_rates(cfg) if task.learning_rates else None
+    lines = rate_lines(train.lr if train.lr != AUTO else None, train.loraplus_lr_ratio, lrs)
+    return [CheckItem("learning rates", "info", "as train prints them at its start", lines)] if lines else []
+
+
 def _free(*objects) -> None:
     del objects
     gc.collect()
@@ -311,6 +322,7 @@ def run_check(
             items += resume_data_items(before, data, "stage 1: " if plans else "")
     plan, item = auto_item(cfg, data, resume, inputs.source)
     items += [item] if item else []
+    items += rates_items(cfg, plan.train)
     planned = plans_memory(cfg.train, plan)  # train weighs the GPU's free memory only when it plans memory
     cfg = dataclasses.replace(cfg, train=plan.train)  # the micro-batch the data checks and the first step use
     items += start_items(cfg, inputs, planned)  # the GPU's budget and the trackers, as train says them at its start

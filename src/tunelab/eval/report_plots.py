@@ -91,9 +91,10 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None, i
         return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
 
     train, evals = loss_curves(records)
-    lr, lr_b, speed, grad = (
+    lr, lr_b, lr_head, speed, grad = (
         points("lr"),
         points("lr_B"),  # LoRA+: the B matrices' rate, lr x train.loraplus_lr_ratio
+        points("lr_head"),  # classify, reward: the head's own rate, classify.head_lr
         points("tokens_per_s"),
         points("grad_norm"),
     )
@@ -107,13 +108,17 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None, i
         if marks:
             caption += "; marked: " + ", ".join(label for _, label, _ in marks)
         figures.append(curve_plot(series, loss_axis(tasks or []), f"Loss: {caption}", marks=marks))
-    if lr and lr_b:  # a log axis: B's curve is A's times the ratio, the same shape; a linear one flattens A's
+    if lr and (lr_b or lr_head):  # a log axis: each curve is lr's times a constant, the same shape; a linear one
+        # flattens the lowest
+        others = ([("B matrices (LoRA+)", lr_b, "--")] if lr_b else []) + ([("head", lr_head, ":")] if lr_head else [])
+        said = ["LoRA+ trains the adapters' B matrices at train.lr x train.loraplus_lr_ratio"] if lr_b else []
+        said += ["the head trains at classify.head_lr"] if lr_head else []
         figures.append(
             curve_plot(
-                [("A and the rest (train.lr)", lr, "-"), ("B matrices (LoRA+)", lr_b, "--")],
+                [("A and the rest (train.lr)" if lr_b else "train.lr", lr, "-"), *others],
                 "learning rate",
-                "Learning rate schedule: LoRA+ trains the adapters' B matrices at train.lr x train.loraplus_lr_ratio",
-                log=all(y > 0 for _, y in lr + lr_b),
+                f"Learning rate schedule: {'; '.join(said)}",
+                log=all(y > 0 for _, y in lr + lr_b + lr_head),
             )
         )
     elif lr:

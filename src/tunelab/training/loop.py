@@ -76,7 +76,9 @@ class Run:
     progress: Callable[[dict], None] | None = None
     early: EarlyStop | None = None  # train.early_stopping_patience's count (training/early_stop.py)
     spelling: Spelling = CLI  # how the messages of a stop name --resume: as a flag, or as train's argument
-    lr_b_group: int | None = None  # LoRA+: the optimizer's group of B matrices, logged as lr_B (training/optim.py)
+    # the rates logged beside lr: {lr_B (LoRA+'s B matrices), lr_head (a head's own rate): optimizer group index}
+    # (training/optim.py rate_groups)
+    rate_groups: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def stopped_early(self) -> bool:
@@ -165,8 +167,7 @@ def loop(run: Run) -> float | None:
                     position["overflow_steps"] = position.get("overflow_steps", 0) + stats["overflow"]
                     position["loss_scale"] = run.loss_scale.saved()
                 record = _record(position, len(batches), stats, rates[0], tokens / (time.perf_counter() - tic))
-                if run.lr_b_group is not None:  # LoRA+: B's rate beside A's
-                    record["lr_B"] = rates[run.lr_b_group]
+                record |= {key: rates[index] for key, index in run.rate_groups.items()}  # lr_B, lr_head
                 last_loss = last_loss if stats["skipped"] else stats["loss"]
                 if (
                     position["step"] % t.log_every == 0
@@ -252,8 +253,9 @@ def _postfix(record: dict, skipped: int, overflows: int) -> dict[str, str]:
     loss = record["loss"]
     postfix = {"loss": f"{loss:.4f}" if loss is not None else record.get("bad_loss", "?")}
     postfix["lr"] = f"{record['lr']:.2e}"
-    if "lr_B" in record:  # LoRA+: the B matrices' rate
-        postfix["lr_B"] = f"{record['lr_B']:.2e}"
+    for key in ("lr_B", "lr_head"):  # LoRA+'s B matrices' rate, a head's own
+        if key in record:
+            postfix[key] = f"{record[key]:.2e}"
     postfix["tok_s"] = f"{record['tokens_per_s']:.0f}"
     if "reward" in record:  # grpo: the mean reward of the step's sampled answers
         postfix["reward"] = f"{record['reward']:.3f}"

@@ -16,6 +16,8 @@ create_loraplus_optimizer gives every 1-D tensor B's rate; we do not). The B mat
 a LambdaLR schedule scales all of them by one factor, and a checkpoint's param_groups restore them.
 """
 
+import math
+
 import torch
 from torch import nn
 
@@ -75,14 +77,59 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
 
-def loraplus_group(optimizer: torch.optim.Optimizer, model: nn.Module) -> int | None:
-    """The index in optimizer.param_groups of LoRA+'s group of B matrices (`build_optimizer`'s group that holds
-    nothing else), whose rate the metrics log as lr_B; None without LoRA+ (A and B share the groups at lr)."""
+def start_rates(lr: float, loraplus_ratio: float | None, lrs: dict[str, float] | None) -> dict[str, float]:
+    """The rates `build_optimizer`'s groups start from (warmup and the schedule scale them all by one factor), by the
+    keys metrics.jsonl logs them under: lr (train.lr: A's, and every parameter without a rate of its own), lr_B
+    (LoRA+'s B matrices: lr x ratio) and lr_head (a head's rate, `lrs`' one entry, when it differs from lr)."""
+    rates = {"lr": lr}
+    if loraplus_ratio:
+        rates["lr_B"] = lr * loraplus_ratio
+    for own in (lrs or {}).values():
+        if own != lr:
+            rates["lr_head"] = own
+    return rates
+
+
+def rate_lines(lr: float | None, loraplus_ratio: float | None, lrs: dict[str, float] | None) -> list[str]:
+    """What train prints at its start, and `tunelab check` shows, of the rates beside train.lr (`start_rates`'): one
+    line for LoRA+'s B and one for a head's own rate; none when every group trains at train.lr. `lr` None: train.lr
+    is auto and not chosen yet (check, where the model's config cannot be read): the rates are said by their
+    options."""
+    rates = start_rates(lr if lr is not None else math.nan, loraplus_ratio, lrs)  # NaN: a head's rate differs
+    a = f"{lr:.3g}" if lr is not None else "train.lr (auto: from the model's width when training starts)"
+    named = f"train.lr {a}" if lr is not None else a
+    lines = []
+    if "lr_B" in rates:
+        b = f"{rates['lr_B']:.3g} (train.lr {lr:.3g} x " if lr is not None else "train.lr x ("
+        lines.append(
+            f"LoRA+: the adapters' B matrices train at {b}train.loraplus_lr_ratio {loraplus_ratio:g}), A at {a}; "
+            "metrics.jsonl logs B's as lr_B"
+        )
+    if "lr_head" in rates:
+        lines.append(
+            f"head: trains at {rates['lr_head']:.3g} (classify.head_lr), {named}; metrics.jsonl logs the "
+            "head's as lr_head"
+        )
+    return lines
+
+
+def rate_groups(
+    optimizer: torch.optim.Optimizer, model: nn.Module, lr: float, loraplus_ratio: float | None, lrs: dict | None
+) -> dict[str, int]:
+    """{metrics.jsonl key: index in optimizer.param_groups} of the rates logged beside lr (`start_rates`): lr_B,
+    LoRA+'s group of B matrices (`build_optimizer`'s group that holds nothing else); lr_head, the first group of the
+    head's parameters. A checkpoint's param_groups restore the groups in this order, so the indices hold on resume."""
+    rates = start_rates(lr, loraplus_ratio, lrs)
     b_ids = {id(m.lora_B.weight) for m in model.modules() if isinstance(m, LoRALinear)}
+    own = {id(p) for name, p in model.named_parameters() for k in (lrs or {}) if name == k or name.startswith(k + ".")}
+    found = {}
     for index, group in enumerate(optimizer.param_groups):
-        if group["params"] and all(id(p) in b_ids for p in group["params"]):
-            return index
-    return None
+        ids = {id(p) for p in group["params"]}
+        if "lr_B" in rates and ids and ids <= b_ids:
+            found.setdefault("lr_B", index)
+        if "lr_head" in rates and ids and ids <= own:
+            found.setdefault("lr_head", index)
+    return found
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -59,7 +59,7 @@ from tunelab.training.loop import Run, evaluate_at, loop
 from tunelab.training.loss_scale import LossScale, uses_loss_scale
 from tunelab.training.metrics import MetricsLog
 from tunelab.training.neftune import add_embedding_noise, noise_width
-from tunelab.training.optim import build_optimizer, loraplus_group
+from tunelab.training.optim import build_optimizer, rate_groups, rate_lines
 from tunelab.training.outdir import OutputPlan, failure_noted, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.plan import MemoryPlan, longest_prompt, longest_row, plan_memory
 from tunelab.training.prepare import Inputs, load_inputs, load_model, protected_paths
@@ -273,11 +273,8 @@ def _train_planned(
         info.extra["dpo"] = {"loss": cfg.dpo.loss, "beta": cfg.dpo.beta}
     if t.loraplus_lr_ratio:  # the rate B starts from, train.lr auto resolved (config.yaml keeps the ratio as written)
         info.extra["loraplus"] = {"lr_ratio": t.loraplus_lr_ratio, "lr_B": t.lr * t.loraplus_lr_ratio}
-        print(
-            f"LoRA+: the adapters' B matrices train at {t.lr * t.loraplus_lr_ratio:.3g} (train.lr {t.lr:.3g} x "
-            f"train.loraplus_lr_ratio {t.loraplus_lr_ratio:g}), A at {t.lr:.3g}; metrics.jsonl logs B's as lr_B",
-            flush=True,
-        )
+    for line in rate_lines(t.lr, t.loraplus_lr_ratio, lrs):  # B's and a head's rates (tunelab check shows the same)
+        print(line, flush=True)
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
@@ -357,7 +354,7 @@ def _train_planned(
         progress=lambda at: _record_at_checkpoint(run_dir, info, at, track_to),
         early=early if early.patience else None,
         spelling=resolved.spelling,
-        lr_b_group=loraplus_group(optimizer, model) if t.loraplus_lr_ratio else None,
+        rate_groups=rate_groups(optimizer, model, t.lr, t.loraplus_lr_ratio, lrs),
     )
     last_loss = _train_steps(run, info, trainable)
     try:
