@@ -262,3 +262,21 @@ def test_a_round_line_names_the_clients_in_one_order_every_round():
     replies = [ClientRound(name, n, "ok", examples=3, train_loss=1.0) for n, name in enumerate(("c-2", "c-10", "c-1"))]
     line = _line(RoundReport(1, sampled=3, applied=True, clients=replies), 2, 0.5)
     assert line.index("c-1:") < line.index("c-2:") < line.index("c-10:")
+
+
+def test_each_clients_rates_reach_its_metrics_record(flower_message):
+    """metrics.jsonl's record of a client and round holds the rates it replied (lr; lr_B with LoRA+); a reply or a
+    federated.json from before them has none."""
+    from tunelab.federated.history import round_records
+
+    recorded = _recorded()
+    plus = _reply(flower_message, 1, "a", _adapter(1), 10, **{"lr": 5e-4, "lr-B": 8e-3})
+    older = _reply(flower_message, 2, "b", _adapter(2), 30)
+    recorded.aggregate_train(1, [plus, older])
+    report = recorded.reports[1].to_dict()
+    by_client = {r["client"]: r for r in round_records(report, None, 1.0)[1:]}
+    assert (by_client["a"]["lr"], by_client["a"]["lr_B"]) == (5e-4, 8e-3)
+    assert "lr" not in by_client["b"] and "lr_B" not in by_client["b"]
+    for c in report["clients"]:
+        del c["rates"]  # a federated.json written before the clients replied their rates
+    assert not any("lr" in r for r in round_records(report, None, 1.0))

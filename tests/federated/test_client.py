@@ -78,7 +78,8 @@ def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model
     content = reply.content
     assert list(content["arrays"].keys()) == list(initial)  # exactly the PEFT adapter tensors, in order
     assert set(content.array_records) == {"arrays"} and set(content.config_records) == {"client"}
-    assert dict(content["client"]) == {"name": "ward-7", "dtype": "float32"}  # the CPU's: what it trained in
+    said = dict(content["client"])
+    assert said.pop("lr") > 0 and said == {"name": "ward-7", "dtype": "float32"}  # the CPU's: what it trained in
     assert set(content["metrics"]) == {
         "num-examples", "uniform-weight", "train-loss", "local-steps", "loss-tokens", "tokens", "train-seconds"
     }  # fmt: skip
@@ -258,3 +259,21 @@ def test_flowers_warning_as_the_simulation_stops_its_workers_is_not_passed_on(se
         logger.removeHandler(handler)
         logger.filters[:] = filters
     assert seen == ["a warning of its own"]
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_a_client_replies_the_rates_its_rounds_first_step_ran_at(tiny_model_dir, secret_client, flower_message, round_):
+    """The clients logged no learning rate: a user could not see the schedule they followed. Each reply holds the
+    rate of its round's first local step (round 2 starts at local step 2 of 2 x 2: past the warmup, in the decay),
+    and B's beside it with LoRA+."""
+    from tunelab.training.schedule import lr_factor
+
+    config = _config(tiny_model_dir)
+    plus = dataclasses.replace(config, train=dataclasses.replace(config.train, warmup_ratio=0.5, loraplus_lr_ratio=4.0))
+    _, msg = _train_message(flower_message, plus, {ROUND: round_})
+    reply = _call(make_client_app([secret_client]), msg)
+    assert not reply.has_error(), reply.error
+    metrics = reply.content["client"]
+    expected = 1e-2 * lr_factor(2 * (round_ - 1), 4, 2, plus.train.scheduler)
+    assert metrics["lr"] == pytest.approx(expected) and metrics["lr"] > 0
+    assert metrics["lr-B"] == pytest.approx(4 * expected)

@@ -25,6 +25,7 @@ from tunelab.federated.payload import (
     CLIENT,
     CONFIG,
     METRICS,
+    RATE_KEYS,
     RECIPE,
     ROUND,
     ROUNDS,
@@ -82,9 +83,10 @@ def train_reply(msg: Message, client: ClientData, echo: bool = True) -> Message:
         }
     )
     arrays = to_record({key: result.adapter[key] for key in received.keys()})  # the order the server sent
-    content = RecordDict(
-        {ARRAYS: arrays, METRICS: metrics, CLIENT: ConfigRecord({"name": client.name, "dtype": result.dtype})}
-    )
+    # the rates (lr, lr-B) go with the name, not the metrics: Flower aggregates MetricRecords only when every reply
+    # has the same keys, which a client of an earlier version (none) beside this one would break
+    said = {"name": client.name, "dtype": result.dtype} | {RATE_KEYS[key]: r for key, r in result.rates.items()}
+    content = RecordDict({ARRAYS: arrays, METRICS: metrics, CLIENT: ConfigRecord(said)})
     return Message(content, reply_to=msg)
 
 

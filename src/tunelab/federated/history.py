@@ -287,6 +287,8 @@ def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> li
                 "status": c["status"],
                 "examples": c["examples"],
                 "tokens": c.get("tokens", 0),
+                # lr (and lr_B): the rates its first local step ran at (none in a federated.json from before them)
+                **(c["rates"] if isinstance(c.get("rates"), dict) else {}),
                 "bytes_sent": c["bytes_sent"],
                 "bytes_received": c["bytes_received"],
                 "reason": c["reason"],

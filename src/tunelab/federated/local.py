@@ -50,7 +50,7 @@ from tunelab.training.auto import MICRO_BATCH, AutoPlan, Choice, ModelShape, mod
 from tunelab.training.build import build_model, checkpoint_mode
 from tunelab.training.loss_scale import LossScale, uses_loss_scale
 from tunelab.training.neftune import add_embedding_noise, noise_width
-from tunelab.training.optim import build_optimizer
+from tunelab.training.optim import build_optimizer, rate_groups
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import train_step
 
@@ -65,6 +65,8 @@ class LocalResult:
     steps: int
     seconds: float
     dtype: str = ""  # what the client trained in (model.dtype auto: its own host's choice), as run.json names it
+    # the rates the round's first local step ran at, by their metrics.jsonl keys: lr, and lr_B with LoRA+
+    rates: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientData) -> Datasets:
@@ -271,6 +273,9 @@ def local_train(
     total, first = rounds * steps, (round_ - 1) * steps
     warmup = int(t.warmup_ratio * total) if warmup is None else warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(first + s, total, warmup, t.scheduler))
+    at_start = scheduler.get_last_lr()  # the rates the round's first step runs at, as train logs each step's
+    groups = rate_groups(optimizer, built.model, t.lr, t.loraplus_lr_ratio, None)
+    rates = {"lr": at_start[0]} | {key: at_start[index] for key, index in groups.items()}
     stream = BatchStream(datasets, config, tokenizer.pad_token_id)
     loss_sum, loss_tokens, tokens = 0.0, 0, 0
     loss_scale = LossScale() if uses_loss_scale(built.dtype) else None  # fp16: a round's own, from the start value
@@ -290,4 +295,5 @@ def local_train(
         steps=steps,
         seconds=time.perf_counter() - tic,
         dtype=str(built.dtype).removeprefix("torch."),
+        rates=rates,
     )

@@ -10,7 +10,8 @@
       arrays   ArrayRecord   the client's adapter after its local steps, same keys in the same order
       metrics  MetricRecord  num-examples (FedAvg's weight), uniform-weight (1: DP weighs clients equally),
                              train-loss, local-steps, loss-tokens, train-seconds
-      client   ConfigRecord  name
+      client   ConfigRecord  name, dtype, lr (and lr-B with LoRA+: the rates the round's first local step ran at;
+                             not metrics, which Flower aggregates only when every reply has the same keys)
 
     server -> client (a QUERY message, once per node before it first trains)
       config   ConfigRecord  tunelab-ask: name
@@ -38,6 +39,7 @@ from tunelab.peft.save import PREFIX, adapter_state_dict
 
 ARRAYS, CONFIG, METRICS, CLIENT = "arrays", "config", "metrics", "client"
 ROUND, ROUNDS, RECIPE, WARMUP = "tunelab-round", "tunelab-rounds", "tunelab-recipe", "tunelab-warmup"
+RATE_KEYS = {"lr": "lr", "lr_B": "lr-B"}  # a client's rates: metrics.jsonl's key -> the reply's metric
 WEIGHT, UNIFORM_WEIGHT = "num-examples", "uniform-weight"
 ASK = "tunelab-ask"
 

@@ -33,6 +33,7 @@ from tunelab.federated.payload import (
     CLIENT,
     CONFIG,
     METRICS,
+    RATE_KEYS,
     RECIPE,
     ROUND,
     ROUNDS,
@@ -59,6 +60,8 @@ class ClientRound:
     bytes_sent: int = 0
     bytes_received: int = 0
     dtype: str | None = None  # what the client trained in, as it replied (None: a client that does not say)
+    # the rates its round's first local step ran at, by metrics.jsonl key (lr; lr_B with LoRA+); {}: none said
+    rates: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,6 +256,9 @@ class Recorded(Strategy):
             entry = ClientRound(name, node, "ok", bytes_sent=sent.get(node, 0), bytes_received=payload_bytes(content))
             if CLIENT in content.config_records and "dtype" in content[CLIENT]:
                 entry.dtype = str(content[CLIENT]["dtype"])
+            if CLIENT in content.config_records:  # a client of an earlier version says no rates
+                said = content[CLIENT]
+                entry.rates = {key: float(said[sent]) for key, sent in RATE_KEYS.items() if sent in said}
             metrics = content.metric_records.get(METRICS)
             if metrics is not None:
                 entry.examples = int(metrics.get(WEIGHT, 0))
