@@ -3,6 +3,7 @@ reads it (its file, or its shard of a shared file), the server's eval set, and t
 first micro-batch; bad input exits 2 naming the client, as `tunelab federate` does."""
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -138,3 +139,25 @@ def test_federate_says_which_rows_a_client_skips(tiny_model_dir, tmp_path, capsy
     assert lines[first + 1].startswith("  skipped 1: longer than max_length (64 tokens; data.overlong=drop)")
     assert lines[first + 1].endswith("site0.jsonl:11)")
     assert lines[first + 2].startswith("client site1: 10 examples")  # nothing skipped, nothing said
+
+
+def test_with_loraplus_check_shows_b_rate_as_federate_prints_it(tiny_model_dir, tmp_path, capsys):
+    """check said nothing of the rate LoRA+ gives the clients' B matrices; it shows federate's start line now."""
+    from tunelab.config import load_config
+    from tunelab.federated.local import federation_plan
+    from tunelab.federated.server import same_for_every_client
+    from tunelab.training.auto import ModelShape
+
+    plain = _config(tmp_path, tiny_model_dir)
+    assert main(_check(plain, tmp_path, "--data-only")) == 0
+    assert "learning rates" not in capsys.readouterr().out
+    config = yaml.safe_load(Path(plain).read_text())
+    config["train"]["loraplus_lr_ratio"] = 8
+    path = tmp_path / "plus.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(_check(str(path), tmp_path, "--data-only")) == 0
+    out = capsys.readouterr().out
+    line = "LoRA+: the adapters' B matrices train at 0.008 (train.lr 0.001 x train.loraplus_lr_ratio 8), A at 0.001"
+    assert f"[INFO] client site0: learning rates: as federate prints them at its start\n           {line}" in out
+    cfg = load_config(str(path)).config
+    assert line in same_for_every_client(federation_plan(cfg.train, cfg.method, ModelShape(64, 2), 6))

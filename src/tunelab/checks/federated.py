@@ -19,12 +19,13 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.config import ResolvedConfig, RunConfig
+from tunelab.config import AUTO, ResolvedConfig, RunConfig
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.data.checks import CheckItem, data_checks
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.load import resolve_source
+from tunelab.training.optim import rate_lines
 from tunelab.training.prepare import Inputs
 
 if TYPE_CHECKING:
@@ -103,6 +104,8 @@ def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[Ru
     later = "; train.lr: from the model's width when the client trains" if plan.train.lr == "auto" else ""
     summary = f"{len(plan.chosen)} chosen by the federation, the same on every client{later}"
     items = [CheckItem(prefix + "auto values", "info", summary, details)] if plan.chosen or later else []
+    if rates := rate_lines(plan.train.lr if plan.train.lr != AUTO else None, plan.train.loraplus_lr_ratio, None):
+        items.append(CheckItem(prefix + "learning rates", "info", "as federate prints them at its start", rates))
     items += [dataclasses.replace(item, name=prefix + item.name) for item in data_checks(local, inputs)]
     return local, items
 

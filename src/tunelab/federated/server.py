@@ -54,6 +54,7 @@ from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, read_info, write_
 from tunelab.training.auto import MICRO_BATCH, model_shape
 from tunelab.training.build import SHORT, build_model
 from tunelab.training.metrics import MetricsLog
+from tunelab.training.optim import rate_lines
 from tunelab.training.outdir import (
     OutputPlan,
     failure_note,
@@ -403,6 +404,7 @@ def same_for_every_client(auto) -> str:
         "each round"
     ]
     lines += [f"  {name:<24} = {c.value!s:<10} auto: {c.reason}" for name, c in auto.chosen.items()]
+    lines += [f"  {line}" for line in rate_lines(t.lr, t.loraplus_lr_ratio, None)]  # LoRA+'s B, as train says it
     return "\n".join(lines)
 
 
