@@ -404,7 +404,8 @@ def test_the_plan_counts_the_weights_and_activations_in_the_dtype_the_model_trai
     import torch
 
     from tunelab.config import MethodConfig
-    from tunelab.training.plan import plan_memory, planned_dtype
+    from tunelab.training.plan import plan_memory
+    from tunelab.training.plan_report import planned_dtype
 
     cfg, auto = _auto(micro_batch=8, gpu_memory="1GiB")
     cfg = dataclasses.replace(cfg, method=MethodConfig(name="full"))
