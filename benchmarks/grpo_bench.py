@@ -52,7 +52,8 @@ def _sync(device: str) -> float:
 def _predicted(config, args) -> dict:
     """What `tunelab plan` predicts for this iteration: the memory model's peak (the sampler's KV cache and prefill
     among its phases) and the sampler's seconds (`training.speed.sample_time`), for the setup the bench runs."""
-    from tunelab.training.memory import Setup, estimate
+    from tunelab.training.memory import estimate
+    from tunelab.training.memory_setup import Setup
     from tunelab.training.speed import sample_time
 
     setup = Setup(

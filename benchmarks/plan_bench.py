@@ -31,7 +31,8 @@ import torch  # noqa: E402
 from train_bench import SHAPES, TARGETS, build  # noqa: E402
 
 from tunelab.models.llama_config import LlamaConfig  # noqa: E402
-from tunelab.training.memory import GIB, Setup, estimate  # noqa: E402
+from tunelab.training.memory import GIB, estimate  # noqa: E402
+from tunelab.training.memory_setup import Setup  # noqa: E402
 
 R = 16
 # (seq, micro_batch, checkpointed layers (None: all), offload)

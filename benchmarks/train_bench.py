@@ -155,7 +155,7 @@ def planned(args) -> tuple[int, int, int | None, bool | str]:
         return args.batch, 1, args.checkpoint_layers, checkpointing
     from tunelab.models.llama_config import LlamaConfig
     from tunelab.training.memory import GIB as PLAN_GIB
-    from tunelab.training.memory import Setup
+    from tunelab.training.memory_setup import Setup
     from tunelab.training.plan import plan
 
     setup = Setup(method="lora", quantized=args.method == "qlora", rank=args.r, optimizer=args.optimizer, seq=args.seq)

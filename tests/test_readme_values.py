@@ -144,7 +144,8 @@ def test_what_the_readme_says_the_planner_counts_of_a_sharded_qlora_base_is_what
     """The README's QLoRA-with-FSDP2 part said the memory planner did not know about sharding, to set
     train.micro_batch by hand; since the planner learned fsdp2, it counts each rank's share of the NF4 base."""
     from tunelab.models.llama_config import LlamaConfig
-    from tunelab.training.memory import Setup, estimate
+    from tunelab.training.memory import estimate
+    from tunelab.training.memory_setup import Setup
 
     said = " ".join(README[README.index("- **QLoRA with FSDP2**") :].split("\n- **")[0].split())
     assert "does not know about sharding" not in said

@@ -5,7 +5,7 @@ projections, micro_batch 2 x seq 24: N = 48 tokens.
 """
 
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.memory import Setup
+from tunelab.training.memory_setup import Setup
 
 TINY_HF = dict(
     model_type="llama",

@@ -12,19 +12,17 @@ import pytest
 import tunelab.training.memory as memory
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.memory import (
-    Setup,
-    adamw8bit_bytes,
     attention_saved,
     estimate,
     gib,
     mlp_saved,
-    nf4_bytes,
     optimizer_step_bytes,
     parse_size,
     scratch_bytes,
     training_state_bytes,
     weight_bytes,
 )
+from tunelab.training.memory_setup import Setup, adamw8bit_bytes, nf4_bytes
 from tunelab.training.plan import calibrate
 
 from .memory_tiny import LORA, TINY
@@ -327,7 +325,7 @@ def test_the_optimizer_help_says_what_a_bf16_weight_costs_as_the_memory_model_co
     help_text = next(f for f in dataclasses.fields(TrainConfig) if f.name == "optimizer").metadata["help"]
     n = 2**20  # one large bf16 weight matrix
     for kind in ("adamw", "adamw_8bit"):
-        per_weight = (memory.adamw8bit_bytes(n) if kind == "adamw_8bit" else 8 * n) + 2 * n  # moments + compensation
+        per_weight = (adamw8bit_bytes(n) if kind == "adamw_8bit" else 8 * n) + 2 * n  # moments + compensation
         assert f"{per_weight / n:.3g} for a bf16 weight" in help_text, (kind, per_weight / n)
     full = Setup(method="full", micro_batch=2, seq=24)  # the model counts that compensation: 8 + 2 bytes a weight
     assert training_state_bytes(TINY, full)["optimizer (adamw)"] == 10 * 118208

@@ -6,15 +6,16 @@ import dataclasses
 import pytest
 
 import tunelab.training.memory as memory
+import tunelab.training.memory_setup as memory_setup
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.memory import (
-    Setup,
     attention_saved,
     estimate,
     mlp_saved,
     scratch_bytes,
     training_state_bytes,
 )
+from tunelab.training.memory_setup import Setup
 
 from .memory_tiny import LORA, TINY, TINY_HF
 
@@ -54,10 +55,10 @@ def test_dora_s_weight_norm_and_backward_transients():
     (gate, up 96 x 64 and down 64 x 96: 6144 values) takes 3 x 4 x 6144 = 73728 bytes, over NF4 its whole W dequantized
     to bf16 first (2 x 6144 more), in fp32 two blocks (the cast is W itself). Backward of y = g L(x) holds dy g and
     dy * L(x), 2 x N x 96 x 2 bytes beside LoRA's d act and two (N, d) gradients."""
-    assert memory.dora_norm_bytes(TINY, DORA) == 73728
-    assert memory.dora_norm_bytes(TINY, dataclasses.replace(DORA, quantized=True)) == 73728 + 12288
-    assert memory.dora_norm_bytes(TINY, dataclasses.replace(DORA, dtype="fp32")) == 2 * 4 * 6144
-    assert memory.dora_norm_bytes(TINY, LORA) == 0
+    assert memory_setup.dora_norm_bytes(TINY, DORA) == 73728
+    assert memory_setup.dora_norm_bytes(TINY, dataclasses.replace(DORA, quantized=True)) == 73728 + 12288
+    assert memory_setup.dora_norm_bytes(TINY, dataclasses.replace(DORA, dtype="fp32")) == 2 * 4 * 6144
+    assert memory_setup.dora_norm_bytes(TINY, LORA) == 0
     e = estimate(TINY, DORA)
     saved = 3 * (memory.attention_saved(TINY, DORA, 48) + mlp_saved(TINY, DORA, 48))
     assert e.saved == {"activations: kept layers": saved, "activations: checkpointed inputs": 0}
@@ -74,7 +75,7 @@ def test_dora_s_weight_norm_and_backward_transients():
 def test_dora_s_rows_per_norm_block_are_the_layer_s():
     from tunelab.peft import dora
 
-    assert memory.DORA_ROWS == dora._ROWS
+    assert memory_setup.DORA_ROWS == dora._ROWS
 
 
 def test_a_dora_config_is_planned_as_dora():
@@ -104,7 +105,7 @@ def test_dora_saves_per_token_what_the_model_counts(r):
 
     per_token = (_saved_bytes(layer, 80) - _saved_bytes(layer, 16)) / 64
     s = Setup(method="lora", rank=r, targets=("gate_proj",), dora=True)
-    assert per_token == 2 * (r + memory.dora_outputs(TINY, s, ("gate_proj",)))  # gate_proj: 64 -> 96
+    assert per_token == 2 * (r + memory_setup.dora_outputs(TINY, s, ("gate_proj",)))  # gate_proj: 64 -> 96
 
 
 def test_ungrouped_q_k_v_keep_only_v_of_their_outputs():
@@ -190,7 +191,7 @@ def test_lora_dropout_saves_per_token_what_the_model_counts():
 
     per_token = (_saved_bytes(layer, 80) - _saved_bytes(layer, 16)) / 64
     s = Setup(method="lora", rank=4, targets=("down_proj",), dropout=True)
-    assert per_token == 2 * 4 + memory.dropout_masks(TINY, s, ("down_proj",)) == 2 * 4 + 96
+    assert per_token == 2 * 4 + memory_setup.dropout_masks(TINY, s, ("down_proj",)) == 2 * 4 + 96
 
 
 def _saved_bytes(layer, tokens: int) -> int:
@@ -226,9 +227,9 @@ def test_a_lora_layer_run_alone_keeps_its_a_and_b_in_the_model_s_dtype():
     torch.manual_seed(0)
     layer = LoRALinear(NF4Linear.from_linear(torch.nn.Linear(96, 64, bias=False).to(torch.bfloat16)), 4, 8.0).train()
     down = Setup(method="lora", rank=4, targets=("down_proj",))
-    assert memory.adapter_casts(TINY, down, ("down_proj",)) == 2 * 4 * (96 + 64)
-    assert _saved_bytes(layer, 16) == 2 * 16 * 4 + memory.adapter_casts(TINY, down, ("down_proj",))
-    assert memory.adapter_casts(TINY, dataclasses.replace(down, dtype="fp32"), ("down_proj",)) == 0
+    assert memory_setup.adapter_casts(TINY, down, ("down_proj",)) == 2 * 4 * (96 + 64)
+    assert _saved_bytes(layer, 16) == 2 * 16 * 4 + memory_setup.adapter_casts(TINY, down, ("down_proj",))
+    assert memory_setup.adapter_casts(TINY, dataclasses.replace(down, dtype="fp32"), ("down_proj",)) == 0
 
 
 def test_grpo_s_sampler_computes_dora_s_norm_beside_its_kv_cache():
@@ -268,7 +269,7 @@ def test_dora_s_weight_norm_peaks_where_the_model_says(dtype):
         peak = max(peak, live)
     shape = LlamaConfig.from_hf(dict(TINY_HF, hidden_size=96, intermediate_size=5000))
     s = Setup(method="lora", rank=4, targets=("gate_proj",), dora=True, dtype=dtype)
-    predicted = memory.dora_norm_bytes(shape, s)
+    predicted = memory_setup.dora_norm_bytes(shape, s)
     assert predicted == (3 if dtype == "bf16" else 2) * 4 * 2048 * 96
     assert predicted <= peak <= predicted + 3 * 4 * 5000
 

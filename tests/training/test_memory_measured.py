@@ -17,7 +17,8 @@ import pytest
 
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.graphs import bucket_width
-from tunelab.training.memory import GIB, Setup, estimate
+from tunelab.training.memory import GIB, estimate
+from tunelab.training.memory_setup import Setup
 
 MIB = 2**20
 V = 49152

@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.memory import GIB, Setup, estimate
+from tunelab.training.memory import GIB, estimate
+from tunelab.training.memory_setup import Setup
 from tunelab.training.plan import BudgetError, Fixed, calibrate, candidates, plan, require_fit
 from tunelab.training.speed import step_time
 

@@ -6,7 +6,7 @@ import pytest
 
 import tunelab.training.speed as speed
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.memory import Setup
+from tunelab.training.memory_setup import Setup
 
 # 2 layers, d 64, m 128, 4 heads of 16 (q 64), 2 kv heads (kv 32), vocab 256. One layer's projections:
 # q 64 x 64 + k, v 64 x 32 each + o 64 x 64 + gate, up, down 64 x 128 each = 4,096 + 2 x 2,048 + 4,096 + 3 x 8,192

@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from tunelab.training.memory import GIB, Setup, estimate
+from tunelab.training.memory import GIB, estimate
+from tunelab.training.memory_setup import Setup
 from tunelab.training.plan import plan
 from tunelab.training.workspaces import cublas_workspace_bytes, step_workspaces
 

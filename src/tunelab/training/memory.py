@@ -103,64 +103,26 @@ from dataclasses import dataclass
 from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the planner's terms)
 from tunelab.kernels.head_chunk import head_chunk_tokens
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.workspaces import BLAS_WORKSPACE, step_workspaces
+from tunelab.training.memory_setup import (
+    MLP,
+    QKV,
+    Setup,
+    adamw8bit_bytes,
+    adapter_casts,
+    adapter_ranks,
+    dora_norm_bytes,
+    dora_outputs,
+    dropout_masks,
+    held_norm_bytes,
+    nf4_bytes,
+    projection_shapes,
+    spare_columns,
+)
+from tunelab.training.workspaces import step_workspaces
 
-E = 2  # bytes of a bf16 (or fp16) weight or activation: `Setup.dtype_bytes`' default
 MLP_CHUNK = 4096  # tokens per chunk of checkpointing's MLP backward (`LlamaDecoderLayer.mlp_chunk_tokens`)
-NF4_TABLES = (16 + 256) * 4  # the fp32 code tables every NF4 layer keeps as buffers
 FOREACH_VALUES = 2**25  # values a chunk of CompensatedAdamW's foreach step gathers (`training.compensated`)
-MIN_8BIT = 4096  # adamw_8bit keeps smaller tensors' moments in fp32 (`training.adamw8bit.MIN_8BIT_SIZE`)
-ADAMW8_BLOCK = 256
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-QKV = ("q_proj", "k_proj", "v_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
-DORA_ROWS = 2048  # rows of W per block of DoRA's weight norm (`peft.dora._ROWS`)
 GIB = 1024**3
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What the memory depends on besides the model's shape."""
-
-    method: str = "lora"  # lora | full | layers
-    quantized: bool = False  # QLoRA: NF4 frozen linears
-    rank: int = 16
-    targets: tuple[str, ...] = PROJECTIONS  # adapted projections (lora)
-    top_layers: int = 2  # method=layers
-    optimizer: str = "adamw"  # adamw | adamw_8bit
-    micro_batch: int = 1
-    seq: int = 2048
-    rows: int = 1  # sequences a micro-batch example puts through the model (dpo: its chosen and rejected sides, 2)
-    checkpointed: int = 0  # the lowest this many decoder layers are recomputed in backward
-    offload: bool = False  # checkpointed inputs wait in host memory
-    grouped: bool = True  # LoRA groups run as one GEMM (CUDA)
-    graphs: bool = False  # micro-batches may replay from CUDA graphs (training/graphs.py; not with offload)
-    shards: int = 1  # FSDP2 ranks the weights, gradients and optimizer state are cut across (1: every rank all)
-    ddp: bool = False  # DDP on several ranks: its gradient buckets hold a second copy of the gradients
-    dtype: str = "bf16"  # the model's weights and activations: bf16, fp16 or fp32 (e = `dtype_bytes`)
-    sampled: int = 0  # grpo: answers the sampler generates at once (a rank's share); 0 for the other tasks
-    sample_len: int = 0  # grpo: the sampler's KV cache length, the longest prompt + grpo.max_new_tokens
-    sample_prompt: int = 0  # grpo: the longest prompt, the prefill's length (T of its (B, T) batch)
-    fixed_forwards: int = 0  # grpo: forwards over the sampled answers for their reference (and old) log-probs
-    reference_copy: bool = False  # grpo with a reference of its own: the trained tensors' starting values, kept
-    lm_head: bool = True  # False for classify and reward: the body alone, its small head on each row's last token
-    dora: bool = False  # method lora with DoRA (`peft.dora`): a magnitude per output row, no grouped projections
-    dropout: bool = False  # LoRA dropout on (method.dropout > 0): a keep-mask per adapted layer, no grouping
-    packed: bool = False  # data.packing: a micro-batch is one row of N tokens, its documents apart (cu_seqlens)
-    epoch_rows: int = 0  # rows (dpo: pairs) an epoch holds: no micro-batch has more (0: micro_batch rows always)
-    graph_bucket: int = 0  # a graphed micro-batch's width is padded to a multiple of this (0: not padded)
-    blas_workspace: int = BLAS_WORKSPACE  # one cuBLAS workspace's bytes (`training.workspaces`; 0: none, the CPU)
-
-    @property
-    def tokens(self) -> int:
-        """A micro-batch's: its rows (micro_batch, or the epoch's where fewer) x `rows` x the longest row, padded up
-        to a multiple of graph_bucket when graphed (`training.graphs.pad_to`)."""
-        bucket = self.graph_bucket if self.graphs and not self.offload and self.graph_bucket > 0 else 1
-        return min(self.micro_batch, self.epoch_rows or self.micro_batch) * self.rows * -(-self.seq // bucket) * bucket
-
-    @property
-    def dtype_bytes(self) -> int:
-        return 4 if self.dtype == "fp32" else E
 
 
 @dataclass
@@ -197,114 +159,12 @@ class Estimate:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Shapes
-
-
-def projection_shapes(c: LlamaConfig) -> dict[str, tuple[int, int]]:
-    """(in, out) of each decoder projection."""
-    q, kv, d, m = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, c.intermediate_size
-    return {
-        "q_proj": (d, q),
-        "k_proj": (d, kv),
-        "v_proj": (d, kv),
-        "o_proj": (q, d),
-        "gate_proj": (d, m),
-        "up_proj": (d, m),
-        "down_proj": (m, d),
-    }
-
-
-def nf4_bytes(n: int) -> int:
-    """One NF4 matrix of n weights with double quantization (`quant.nf4`), its code tables included."""
-    blocks = -(-n // 64)
-    return -(-n // 2) + blocks + 4 * -(-blocks // 256) + 4 + NF4_TABLES
-
-
-def adamw8bit_bytes(n: int) -> int:
-    """adamw_8bit's state for one tensor of n values (`quant.adamw8bit`)."""
-    if n < MIN_8BIT:
-        return 8 * n
-    return 2 * n + 8 * -(-n // ADAMW8_BLOCK)
+# Static parts
 
 
 def _bias_count(c: LlamaConfig) -> int:
     q, kv, d, m = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, c.intermediate_size
     return (q + 2 * kv) * c.qkv_bias + d * c.o_bias + (2 * m + d) * c.mlp_bias
-
-
-def adapter_ranks(c: LlamaConfig, s: Setup) -> dict[str, int]:
-    """LoRA rank of each projection (0: not adapted)."""
-    adapted = s.method == "lora"
-    return {name: s.rank if adapted and name in s.targets else 0 for name in PROJECTIONS}
-
-
-def _groups(c: LlamaConfig, s: Setup) -> tuple[int, int]:
-    """Spare columns R_qkv, R_gu: the sum of a group's ranks when it runs as one GEMM (every member adapted)."""
-    if not s.grouped or s.method != "lora" or s.dora or s.dropout:  # these run one by one (`peft.group`)
-        return 0, 0
-    r = adapter_ranks(c, s)
-    qkv = sum(r[n] for n in ("q_proj", "k_proj", "v_proj")) if all(r[n] for n in ("q_proj", "k_proj", "v_proj")) else 0
-    gu = r["gate_proj"] + r["up_proj"] if r["gate_proj"] and r["up_proj"] else 0
-    return qkv, gu
-
-
-def grouped_projections(c: LlamaConfig, s: Setup) -> set[str]:
-    """The projections that run as members of a grouped GEMM (`_groups`), whose weights are copied into its stacked
-    matrix at every pass; the others run alone."""
-    r_qkv, r_gu = _groups(c, s)
-    return set(QKV if r_qkv else ()) | ({"gate_proj", "up_proj"} if r_gu else set())
-
-
-def dora_outputs(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
-    """Columns of the L(x) (N, out) that each DoRA layer among `names` saves for m's gradient (`peft.dora`): the sum
-    of their out widths; 0 without DoRA."""
-    if not s.dora:
-        return 0
-    shapes, r = projection_shapes(c), adapter_ranks(c, s)
-    return sum(shapes[n][1] for n in names if r[n])
-
-
-def dropout_masks(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
-    """Bytes per token of the bool keep-masks (N, in) that the adapted layers among `names` save with LoRA dropout on
-    (`kernels.lora`: one mask per layer, 1 byte an element); 0 without dropout."""
-    if not s.dropout:
-        return 0
-    shapes, r = projection_shapes(c), adapter_ranks(c, s)
-    return sum(shapes[n][0] for n in names if r[n])
-
-
-def adapter_casts(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
-    """Bytes of A and B in the model's dtype that the adapted layers among `names`, run one by one, save for backward
-    (`kernels.lora`: cast once in forward and kept), r (in + out) e each; none in fp32, whose cast is the parameter."""
-    if s.dtype_bytes >= 4:
-        return 0
-    shapes, r = projection_shapes(c), adapter_ranks(c, s)
-    return sum(s.dtype_bytes * r[n] * (shapes[n][0] + shapes[n][1]) for n in names if r[n])
-
-
-def dora_norm_bytes(c: LlamaConfig, s: Setup) -> int:
-    """The working set of DoRA's weight norm ||W + s B A|| (`DoRALinear.weight_norm`), the largest over the DoRA
-    layers: W + s B A in fp32 blocks of DORA_ROWS rows, three (the block of W cast to fp32, s B A, their sum; two for
-    fp32 weights, whose cast is W itself), and an NF4 W dequantized whole first, out x in x e."""
-    if not s.dora:
-        return 0
-    blocks = 3 if s.dtype_bytes < 4 else 2
-    sizes = [
-        blocks * 4 * min(o, DORA_ROWS) * i + (s.dtype_bytes * o * i if s.quantized else 0)
-        for n, (i, o) in projection_shapes(c).items()
-        if adapter_ranks(c, s)[n]
-    ]
-    return max(sizes, default=0)
-
-
-def held_norm_bytes(c: LlamaConfig, s: Setup) -> int:
-    """Every DoRA layer's norm n, (out,) fp32, that grpo's sampler keeps from its prefill to its last decode step
-    (`peft.dora.norms_held`); 0 without DoRA."""
-    return 4 * c.num_layers * dora_outputs(c, s, PROJECTIONS)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Static parts
 
 
 def layer_weight_bytes(c: LlamaConfig, s: Setup) -> int:
@@ -397,7 +257,7 @@ def optimizer_step_bytes(c: LlamaConfig, s: Setup) -> int:
 
 def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
     shapes, e = projection_shapes(c), s.dtype_bytes
-    r_qkv, r_gu = _groups(c, s)
+    r_qkv, r_gu = spare_columns(c, s)
     out: dict[str, int] = {}
     stacked = []
     if r_qkv:
@@ -429,7 +289,7 @@ def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
 def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     """Bytes the attention half of one kept layer saves for backward, for n tokens."""
     q, kv, d, e = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, s.dtype_bytes
-    grouped, _ = _groups(c, s)
+    grouped, _ = spare_columns(c, s)
     r = adapter_ranks(c, s)
     r_qkv = r["q_proj"] + r["k_proj"] + r["v_proj"]  # x A^T: in the norm's spare columns, or one (N, r) per layer
     # Grouped, one buffer that v (a view of it) keeps whole; one by one, q and k are freed by rope (which saves only
@@ -460,7 +320,7 @@ def qk_norm_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     if not c.qk_norm:
         return 0
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    copies = s.dtype_bytes * n * (q + kv) if _groups(c, s)[0] else 0
+    copies = s.dtype_bytes * n * (q + kv) if spare_columns(c, s)[0] else 0
     return 4 * n * (c.num_heads + c.num_kv_heads) + copies
 
 
@@ -470,7 +330,7 @@ def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     r = adapter_ranks(c, s)
     r_gu = r["gate_proj"] + r["up_proj"]  # x A^T: in the norm's spare columns, or one (N, r) per layer
     down = r["down_proj"] + dora_outputs(c, s, ("gate_proj", "up_proj", "down_proj"))
-    casts = adapter_casts(c, s, ("down_proj",) if _groups(c, s)[1] else MLP)
+    casts = adapter_casts(c, s, ("down_proj",) if spare_columns(c, s)[1] else MLP)
     return e * n * (d + (d + r_gu) + 2 * m + m + down) + 4 * n + n * dropout_masks(c, s, MLP) + casts
 
 

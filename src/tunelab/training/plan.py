@@ -20,7 +20,8 @@ from tunelab.errors import ConfigError
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode
-from tunelab.training.memory import GIB, Estimate, Setup, estimate, gib, saving_layers
+from tunelab.training.memory import GIB, Estimate, estimate, gib, saving_layers
+from tunelab.training.memory_setup import Setup
 from tunelab.training.plan_setup import config_setup, rows_per_step
 from tunelab.training.speed import fixed_time, sample_time, step_time
 from tunelab.training.workspaces import cublas_workspace_bytes

@@ -8,7 +8,7 @@ import torch
 from tunelab.config import RunConfig, TrainConfig
 from tunelab.errors import counted
 from tunelab.training.graphs import bucket_width, unsupported_reason
-from tunelab.training.memory import PROJECTIONS, Setup
+from tunelab.training.memory_setup import PROJECTIONS, Setup
 
 
 def config_setup(

@@ -71,9 +71,9 @@ from __future__ import annotations
 import dataclasses
 
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.memory import (
+from tunelab.training.memory import MLP_CHUNK, recomputed_layers, sampler_cache_bytes, saving_layers
+from tunelab.training.memory_setup import (
     MLP,
-    MLP_CHUNK,
     PROJECTIONS,
     QKV,
     E,
@@ -82,9 +82,6 @@ from tunelab.training.memory import (
     grouped_projections,
     nf4_bytes,
     projection_shapes,
-    recomputed_layers,
-    sampler_cache_bytes,
-    saving_layers,
 )
 
 THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
@@ -142,7 +139,7 @@ def layer_forward_flops(c: LlamaConfig, seq: int) -> tuple[float, float, float, 
 
 def pass_bytes(c: LlamaConfig, s: Setup, skipped: tuple[str, ...] = ()) -> float:
     """Bytes one pass over a decoder layer moves of its weights (module docstring): WEIGHT_BYTES e / E a parameter of
-    a copied weight (an NF4 one, or a member of a grouped GEMM: `memory.grouped_projections`), e of one its GEMM
+    a copied weight (an NF4 one, or a member of a grouped GEMM: `memory_setup.grouped_projections`), e of one its GEMM
     reads as it is; none of the `skipped` projections, whose GEMM the pass does not run."""
     grouped = grouped_projections(c, s)
     copied = WEIGHT_BYTES * s.dtype_bytes / E
@@ -154,7 +151,7 @@ def pass_bytes(c: LlamaConfig, s: Setup, skipped: tuple[str, ...] = ()) -> float
 
 
 def group_builds(c: LlamaConfig, s: Setup) -> dict[str, tuple[int, int]]:
-    """Per micro-batch, for each group that runs as one GEMM ("qkv", "gate_up"; `memory.grouped_projections`): (the
+    """Per micro-batch, for each group that runs as one GEMM ("qkv", "gate_up"; `memory_setup.grouped_projections`): (the
     passes over one layer's group, summed over the layers, the times its stacked matrix is built in them). Forward
     builds every group; backward goes top down, and a group finds its matrix still there when the group before it in
     that order was itself (module docstring): with k of L layers checkpointed, gate/up is reused k times (once per
