@@ -45,7 +45,7 @@ class RunInfo:
 
     base_model: str
     """The model the run started from: an alias or hub id as the config named it, a local directory or .gguf file
-    as its absolute path (`models.load.recorded_name`)."""
+    as its absolute path (`models.base_record.recorded_name`)."""
     method: str
     """lora | dora | full | layers: whether the result is an adapter or whole weights."""
     base_source: str = ""
@@ -106,7 +106,7 @@ class RunInfo:
     base_problem: str = field(default="", compare=False, repr=False, metadata={"saved": False})
     """Why the base cannot be opened as the run trained over it (not saved): a base kept as typed by a run written
     before 2026-12-03 names no model from here (`_typed_base`), or an old adapter run's config.yaml, which says whether
-    it was QLoRA, is gone (`_from_config`). The commands that load the base refuse with it (`models.load.run_base`);
+    it was QLoRA, is gone (`_from_config`). The commands that load the base refuse with it (`models.base_record.run_base`);
     the others read the run."""
 
     @property

@@ -468,7 +468,8 @@ def test_the_merge_record_names_the_run_relative_to_the_merged_folder(lora_run, 
 
 def _gguf_run(tiny_gguf, tmp_path, monkeypatch):
     """A LoRA run over a copy of the tiny GGUF base (converted into a cache of its own), as training records it."""
-    from tunelab.models.load import base_record, materialize, resolve_source
+    from tunelab.models.base_record import base_record
+    from tunelab.models.load import materialize, resolve_source
 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     base = tmp_path / "base.gguf"

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from tunelab import api
 from tunelab.errors import ConfigError
-from tunelab.models.load import base_record, load_hf_model, resolve_source, run_base
+from tunelab.models.base_record import base_record, run_base
+from tunelab.models.load import load_hf_model, resolve_source
 from tunelab.rundir import read_info
 from tunelab.training.build import trained_base
 from tunelab.training.recipe import train

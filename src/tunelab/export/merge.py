@@ -39,7 +39,8 @@ from tunelab.data.templates import Template, trained_chat_template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.export.card import CARD, base_sampling, model_card
 from tunelab.infer.run import open_run
-from tunelab.models.load import load_hf_config, resolve_source, run_base
+from tunelab.models.base_record import run_base
+from tunelab.models.load import load_hf_config, resolve_source
 from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.places import data_of, models_of

@@ -48,7 +48,8 @@ from tunelab.federated.resume import check_resume, check_same_eval, started_warm
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.federated.setup import flower_warnings_only
 from tunelab.federated.shards import federation_protected
-from tunelab.models.load import base_record, load_tokenizer, pinned_source, recorded_commit
+from tunelab.models.base_record import base_record, pinned_source, recorded_commit
+from tunelab.models.load import load_tokenizer
 from tunelab.peft.save import adapter_state_dict
 from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, read_info, write_info
 from tunelab.training.auto import MICRO_BATCH, model_shape

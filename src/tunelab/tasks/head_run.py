@@ -34,7 +34,8 @@ from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.reasoning import answer_apart
 from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError, DataError, RunDirError, article, counted
-from tunelab.models.load import ModelSource, load_tokenizer, run_base
+from tunelab.models.base_record import run_base
+from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.models.untrained import repair_rows
 from tunelab.rundir import HEAD_TASKS, RunInfo, federation_stopped, open_info, read_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, attach_head, load_head_model, run_labels

@@ -19,9 +19,10 @@ from tunelab.config import MethodConfig, ModelConfig, TrainConfig
 from tunelab.config.validate import quantize_needs_adapter
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.kernels import select as select_ops
+from tunelab.models.base_record import run_base
 from tunelab.models.hf_adapter import from_hf_model
 from tunelab.models.llama import unsupported_reason
-from tunelab.models.load import ModelSource, load_hf_model, native_bf16, pick_device, pick_dtype, run_base
+from tunelab.models.load import ModelSource, load_hf_model, native_bf16, pick_device, pick_dtype
 from tunelab.models.quiet import quiet_progress
 from tunelab.models.untrained import embedding_matrices, repair_rows
 from tunelab.peft.lora import attach_lora

@@ -16,7 +16,8 @@ from tunelab.config import DataConfig, DataSource, RunConfig
 from tunelab.config.paths import function_file
 from tunelab.data.loader import Datasets
 from tunelab.errors import ConfigError, DataError, RunDirError
-from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer, pinned_source
+from tunelab.models.base_record import pinned_source
+from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer
 from tunelab.models.untrained import UntrainedReport, every_token, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
 from tunelab.rundir import HEAD_TASKS, RunInfo, is_run_dir, read_info

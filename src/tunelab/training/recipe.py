@@ -41,7 +41,7 @@ from tunelab.errors import (
     article,
 )
 from tunelab.kernels.lora import accumulate_into_grads
-from tunelab.models.load import base_record, recorded_commit, run_base
+from tunelab.models.base_record import base_record, recorded_commit, run_base
 from tunelab.models.untrained import UntrainedReport
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, resume_warning, write_info
 from tunelab.tasks import get_task

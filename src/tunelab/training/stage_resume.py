@@ -21,7 +21,7 @@ from tunelab.config import ResolvedConfig, stage_where
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import STAGE_PREFIX
 from tunelab.errors import ConfigError
-from tunelab.models.load import recorded_commit
+from tunelab.models.base_record import recorded_commit
 from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info
 from tunelab.training.prepare import load_inputs
 from tunelab.training.resume import check_same_data, data_digest, file_digests, split_changed

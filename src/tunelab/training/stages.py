@@ -56,7 +56,8 @@ from tunelab.errors import (
     article,
     counted,
 )
-from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source, run_base
+from tunelab.models.base_record import base_record, run_base
+from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
 from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
