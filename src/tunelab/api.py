@@ -14,7 +14,6 @@ here: `export_gguf` (export/gguf.py), `push` (export/push.py), `serve` (server/s
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -22,14 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from tunelab import _API
-from tunelab.api_args import a as _a
+from tunelab.api_args import at_least as _at_least
 from tunelab.api_args import checked as _checked
+from tunelab.api_args import checked_text as _text
+from tunelab.api_args import checked_texts as _texts
+from tunelab.api_args import refuse_overwrite_unsaved as _refuse_overwrite_unsaved
+from tunelab.api_args import shown_answers as _shown_answers
+from tunelab.api_args import with_batch_size as _with_batch_size
 from tunelab.config import ResolvedConfig, RunConfig, stage_config
 from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.config.load import FlagValues
 from tunelab.data.report import DataReport
 from tunelab.data.sources import refuse_missing_file
-from tunelab.errors import ConfigError, DataError, counted, not_text
+from tunelab.errors import ConfigError, DataError, counted
 from tunelab.eval.compare import (
     Comparison,
     check_writable,
@@ -68,30 +72,6 @@ from tunelab.training.stages import train_stages
 from tunelab.training.verdict import Verdict
 
 __all__ = list(_API)
-
-
-def _at_least(value: int, name: str, low: int, spelling: Spelling = PYTHON) -> None:
-    """ConfigError for a count below `low`, as the CLI refuses it (-1 examples previewed all but one); named as the
-    caller gave it: argument 'nproc', or option '--nproc' from the command line."""
-    if value < low:
-        raise ConfigError(f"{spelling.option(name)} is {value}; give a whole number, {low} or more.")
-
-
-def _refuse_overwrite_unsaved(save: bool, overwrite: bool, what: str, spelling: Spelling) -> None:
-    """ConfigError for --overwrite with --no-save: nothing is written, so nothing is replaced, and the command did
-    one and dropped the other without a word."""
-    if overwrite and not save:
-        unsaved, given = ("--no-save", "--overwrite") if spelling.flags else ("save=False", "overwrite=True")
-        raise ConfigError(f"{unsaved} writes no {what}, so {given} has nothing to replace; give one of them.")
-
-
-def _shown_answers(show: bool, show_answers: bool) -> None:
-    """show_answers prints the answers after the printed scores; without show nothing is printed, without a word."""
-    if show_answers and not show:
-        raise ConfigError(
-            "argument 'show_answers' prints the answers after the scores, and show=False prints nothing; pass "
-            "show=True too (the answers are in the result's rows either way)."
-        )
 
 
 export_gguf = _checked(_export_gguf)
@@ -162,32 +142,6 @@ def train(
     return result
 
 
-def _texts(value, name: str, blank: bool = True, flag: str | None = None) -> list[str]:
-    """A list-of-texts argument as a list: one text given alone is a list of one (iterating it would ask each of its
-    characters). Each must be a str that can be tokenized (errors.not_text), and not blank unless `blank`. `flag`:
-    the CLI's name for the argument where it is not --name (texts is --text), said beside it."""
-    if value is None:
-        return []
-    named = f"argument '{name}'" + (f" ({flag})" if flag else "")
-    if not isinstance(value, str | list | tuple):
-        raise ConfigError(f"{named} must be a text or a list of texts, got {_a(value)}.")
-    texts = [value] if isinstance(value, str) else list(value)
-    for i, text in enumerate(texts, 1):
-        which = named if isinstance(value, str) else f"{named}, item {i},"
-        if not isinstance(text, str):
-            raise ConfigError(f"{which} must be a text, got {_a(text)} ({str(text)[:40]!r}).")
-        if problem := not_text(text):
-            raise ConfigError(f"{which}: {problem}.")
-        if not blank and not text.strip():
-            raise ConfigError(f"{which} is empty; give the text itself.")
-    return texts
-
-
-def _text(value: str, name: str, blank: bool = True, flag: str | None = None) -> str:
-    """A text argument (its type checked by `_checked`), checked as `_texts` checks each item."""
-    return _texts(value, name, blank, flag)[0]
-
-
 @_checked
 def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None = None, nproc: int = 1):
     """The memory planner for a config (`tunelab plan`): a PlanReport whose .memory holds the candidates with their
@@ -238,18 +192,6 @@ def check(
         model=model,
         show=show,
     )
-
-
-def _with_batch_size(settings: GenerationSettings | None, batch_size: int | None) -> GenerationSettings | None:
-    """`settings` with the `batch_size` argument in them; ConfigError when both name one and they differ."""
-    if batch_size is None:
-        return settings
-    _at_least(batch_size, "batch_size", 1)
-    if settings is not None and settings.batch_size not in (batch_size, GenerationSettings.batch_size):
-        raise ConfigError(
-            f"argument 'batch_size' is {batch_size} and settings.batch_size is {settings.batch_size}; give one of them."
-        )
-    return dataclasses.replace(settings or GenerationSettings(), batch_size=batch_size)
 
 
 @_checked
