@@ -69,7 +69,7 @@ from tunelab.training.progress import overflow_steps
 from tunelab.training.recipe import TrainResult, config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages
-from tunelab.training.verdict import Verdict
+from tunelab.training.verdict_curve import Verdict
 
 __all__ = list(_API)
 

@@ -28,7 +28,8 @@ from tunelab.training.outdir import OutputPlan
 from tunelab.training.progress import end_record, note_overflows
 from tunelab.training.result import save_final, tidy_up
 from tunelab.training.sharded_checkpoint import full_weights
-from tunelab.training.verdict import Verdict, judge_metrics
+from tunelab.training.verdict import judge_metrics
+from tunelab.training.verdict_curve import Verdict
 
 
 @dataclass

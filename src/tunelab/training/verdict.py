@@ -43,7 +43,18 @@ nothing at lr 2e-4 ended at 1.3.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+
+from tunelab.training.verdict_curve import (
+    MIN_EVALS,
+    MIN_JUDGED,
+    Verdict,
+    landmarks,
+    no_longer,
+    pass_share,
+    stopped_early_note,
+    too_short,
+    unseen_percent,
+)
 
 HIGH_LOSS = 0.5  # nats per token: "still high" after two passes or more
 FALLING_RELATIVE = 0.2  # the last quarter's fall that counts as "still learning"
@@ -54,24 +65,10 @@ DIVERGED_RELATIVE = 0.10  # the train loss rise, start to end, that counts as di
 DIVERGED_ABSOLUTE = 0.1
 RISE_RELATIVE = 0.10  # the eval loss rise that counts as overfitting
 RISE_ABSOLUTE = 0.05
-MIN_EVALS = 3
-WINDOW = 3  # the fewest steps a landmark averages
-MIN_JUDGED = 2 * WINDOW  # the fewest logged steps whose start and end windows do not share steps
 # The scale of a task's loss, for the numbers the verdict quotes (sft: nats a token; a head: a row; dpo and reward: a
 # pair; dpo's loss kto: `kto_unit`); grpo is judged on its rewards.
 LOSS_UNITS = {"classify": "nats an example", "reward": "nats a pair", "dpo": "nats a pair"}
 PAIR_TASKS = ("dpo", "reward")
-
-
-def _share(epochs: float) -> str:
-    """The share of one pass a run made: 0.30, or 0.004 for 2 of 449 steps (not 0.00)."""
-    return f"{epochs:.2f}" if epochs >= 0.01 else f"{epochs:.1g}"
-
-
-def _unseen(epochs: float) -> str:
-    """The percentage of rows never trained on: 70, or 99.6 where whole numbers would say 100 of a run that trained."""
-    unseen = 100 * (1 - epochs)
-    return f"{unseen:.0f}" if round(unseen) < 100 else f"{unseen:.1f}"
 
 
 def kto_unit(weight: float) -> str:
@@ -114,82 +111,6 @@ REWARD_MOVE = 0.02  # a change of the mean reward that counts as moving (most re
 REWARD_FALL = 0.05  # the fall of the held-out reward from its highest that counts as overfitting
 
 
-@dataclass
-class Verdict:
-    kind: str  # diverged | underfit | overfit | fine | too_short
-    text: str
-    numbers: dict[str, float | int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _landmarks(values: list[float]) -> tuple[float, float, float]:
-    """Means over a tenth of the steps (at least 3, at most half of them, so that the start and the end of a short run
-    do not share steps): at the start, ending at three quarters of the run, at the end."""
-    window = max(1, min(max(WINDOW, len(values) // 10), len(values) // 2))
-    three_quarters = max(window, (3 * len(values)) // 4)
-    return _mean(values[:window]), _mean(values[three_quarters - window : three_quarters]), _mean(values[-window:])
-
-
-def _too_short(
-    series: list[tuple[int, float]],
-    what: str,
-    *,
-    steps_per_epoch: int,
-    epochs: float,
-    max_steps: int | None,
-    numbers: dict,
-    early: dict | None = None,
-) -> Verdict:
-    """The verdict of a run that logged fewer than MIN_JUDGED values of `what` (train loss, reward): the count, why
-    it is not enough, and the length that would be (for a run that early stopping ended, what lets it run longer)."""
-    count = len(series)
-    (first_step, first), (last_step, last) = series[0], series[-1]
-    said = f"{count} {what} value{'' if count == 1 else 's'} logged" + (
-        f" (step {first_step}: {first:.3f})"
-        if count == 1
-        else f" ({first:.3f} at step {first_step}, {last:.3f} at step {last_step})"
-    )
-    unseen = ""
-    if max_steps and epochs < 1 and steps_per_epoch:
-        unseen = (
-            f" train.max_steps ({max_steps}) stopped it after {_share(epochs)} of one pass over the training rows "
-            f"({steps_per_epoch} steps a pass), so about {_unseen(epochs)}% of them were never trained on."
-        )
-    if last_step >= MIN_JUDGED:  # the steps were there, the log skipped most of them
-        enough = f"The run made {last_step} steps: set train.log_every: 1 to log each of them."
-    elif early:  # a longer planned length would not have trained longer
-        unseen = ""
-        enough = (
-            f"Early stopping ended it after step {early['step']} of the {early['planned_steps']} planned: a larger "
-            f"train.early_stopping_patience (it was {early['patience']}) lets it run long enough for a verdict."
-        )
-    elif max_steps:
-        enough = (
-            f"Set train.max_steps: {steps_per_epoch} for one full pass"
-            + ("." if steps_per_epoch >= MIN_JUDGED else f", {MIN_JUDGED} or more for a verdict.")
-            if unseen
-            else f"Set train.max_steps: {MIN_JUDGED} or more for a verdict."
-        )
-    else:
-        enough = (
-            f"A run of {MIN_JUDGED} steps or more gets one (more rows, more train.epochs, or fewer rows a step: "
-            "train.micro_batch x train.grad_accum)."
-        )
-    return Verdict(
-        "too_short",
-        f"too short to judge: {said}. The verdict compares the mean of the first {WINDOW} logged steps with the mean "
-        f"of the last {WINDOW}, so it needs {MIN_JUDGED} or more; between single steps the change is mostly the "
-        f"noise of their micro-batches, not a trend.{unseen} {enough}",
-        numbers,
-    )
-
-
 def judge(
     train: list[tuple[int, float]],
     evals: list[tuple[int, float]],
@@ -226,29 +147,6 @@ def judge(
     return stopped_early_note(verdict, early)
 
 
-def stopped_early_note(verdict: Verdict, early: dict | None) -> Verdict:
-    """The verdict of a run that early stopping ended says so, where its own advice did not."""
-    if early and "train.early_stopping_patience" not in verdict.text:
-        verdict.text += (
-            f" The run stopped early after step {early['step']} of the {early['planned_steps']} planned: "
-            f"{len(early['waited'])} evaluations in a row without a new best "
-            f"(train.early_stopping_patience {early['patience']})."
-        )
-    return verdict
-
-
-def _no_longer(early: dict, what: str = "eval loss") -> str:
-    """Why more steps would not help a run that early stopping ended, with its numbers."""
-    best = early["best_eval_loss"]
-    figure = -best if what == "held-out reward" else best
-    return (
-        f"early stopping ended the run after step {early['step']} of the {early['planned_steps']} planned, because "
-        f"the {what} had not improved on step {early['best_step']}'s ({figure:.3f}) for {len(early['waited'])} "
-        f"evaluations in a row (train.early_stopping_patience {early['patience']}), so more steps would not "
-        f"{'raise' if what == 'held-out reward' else 'lower'} it"
-    )
-
-
 def _judge(
     train: list[tuple[int, float]],
     evals: list[tuple[int, float]],
@@ -265,7 +163,7 @@ def _judge(
 ) -> Verdict:
     if not train:
         return Verdict("fine", "no train loss was logged: nothing to judge.")
-    start, before, end = _landmarks([loss for _, loss in train])
+    start, before, end = landmarks([loss for _, loss in train])
     numbers: dict = {"train_start": round(start, 4), "train_end": round(end, 4), "train_at_75pct": round(before, 4)}
     curve = f"train loss {start:.3f} -> {end:.3f}"
     if lr == 0:  # allowed (a stage that only carries weights on), but nothing trained: no advice to double it
@@ -310,7 +208,7 @@ def _judge(
                 numbers,
             )
     if short:
-        return _too_short(
+        return too_short(
             train,
             "train loss",
             steps_per_epoch=steps_per_epoch,
@@ -324,8 +222,8 @@ def _judge(
     if max_steps and epochs < 1 and end >= high_at and not early:
         return Verdict(
             "underfit",
-            f"underfit: train.max_steps ({max_steps}) stopped the run after {_share(epochs)} of one pass over the training "
-            f"rows ({steps_per_epoch} steps a pass), so about {_unseen(epochs)}% of them were never trained on, "
+            f"underfit: train.max_steps ({max_steps}) stopped the run after {pass_share(epochs)} of one pass over the "
+            f"training rows ({steps_per_epoch} steps a pass), so about {unseen_percent(epochs)}% of them were never trained on, "
             f"and the train loss is still high: {start:.3f} -> {end:.3f} {unit}. Set train.max_steps: "
             f"{steps_per_epoch} for one full pass, or remove it so that train.epochs sets the length.",
             numbers,
@@ -388,7 +286,7 @@ def _underfit_stopped(why: str, high: bool, early: dict, lr: float) -> str:
             "The model kept fitting the training rows without doing better on held-out ones: more steps would fit "
             "them closer still. Give it more, and more varied, training examples."
         )
-    return f"underfit: {why}, but {_no_longer(early)}. {fix}"
+    return f"underfit: {why}, but {no_longer(early)}. {fix}"
 
 
 def judge_metrics(
@@ -485,7 +383,7 @@ def _judge_rewards(
     steps_per_epoch: int,
     early: dict | None,
 ) -> Verdict:
-    start, before, end = _landmarks([r for _, r in train])
+    start, before, end = landmarks([r for _, r in train])
     numbers: dict = {"reward_start": round(start, 4), "reward_end": round(end, 4), "reward_at_75pct": round(before, 4)}
     curve = f"train reward {start:.3f} -> {end:.3f}"
     length = "train.max_steps" if max_steps else "train.epochs"
@@ -538,7 +436,7 @@ def _judge_rewards(
                 numbers,
             )
     if len(train) < MIN_JUDGED:
-        return _too_short(
+        return too_short(
             train,
             "train reward",
             steps_per_epoch=steps_per_epoch,
@@ -570,7 +468,7 @@ def _judge_rewards(
         if early:
             return Verdict(
                 "underfit",
-                f"underfit: {why}, but {_no_longer(early, 'held-out reward')}. The policy learned to score on its "
+                f"underfit: {why}, but {no_longer(early, 'held-out reward')}. The policy learned to score on its "
                 "training prompts, not on new ones: give it more, and more varied, prompts, or keep it nearer the "
                 "base (a larger grpo.beta).",
                 numbers,
