@@ -229,6 +229,29 @@ def test_missing_inputs_are_said_not_fatal(tmp_path):
     assert "No config" in page and "no (the run stopped early" in page
 
 
+def test_a_missing_evaluation_names_the_runs_own_eval_command(tmp_path):
+    """The page said 'tunelab eval RUN_DIR --data FILE' of every run: it names this run's directory, and --overwrite
+    where an unreadable eval.json is in the way, for the command line and for Python."""
+    import html
+    import shlex
+
+    run = make_run(tmp_path / "my run")
+    (run / "eval.json").unlink(missing_ok=True)
+    where = str(run.resolve())
+    page = html.unescape(render_report(run))
+    assert "RUN_DIR" not in page
+    assert f"tunelab eval {shlex.quote(where)} --data FILE'" in page
+    assert f"tunelab.evaluate({where!r}, data=FILE)" in page
+    (run / "eval.json").write_text("{torn")
+    page = html.unescape(render_report(run))
+    assert f"tunelab eval {shlex.quote(where)} --data FILE --overwrite'" in page
+    assert f"tunelab.evaluate({where!r}, data=FILE, overwrite=True)" in page
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"task": "classify"}))
+    page = html.unescape(render_report(run))
+    assert "RUN " not in page and f"tunelab eval {shlex.quote(where)} --data FILE --overwrite'" in page
+
+
 def test_a_torn_metrics_line_or_a_damaged_data_report_leave_the_rest(tmp_path):
     run = make_run(tmp_path / "run")
     with (run / "metrics.jsonl").open("a") as f:

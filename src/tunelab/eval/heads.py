@@ -38,6 +38,7 @@ from tunelab.data.report import DataReport, location
 from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, article, counted
 from tunelab.eval.metrics import UNDEFINED_RULE, label_scores
+from tunelab.eval.report_inputs import eval_hint
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run, refuse_other_input_kind
 from tunelab.peft.lora import adapters_disabled
 from tunelab.places import check_output_file
@@ -471,10 +472,12 @@ def weights_scored(data: dict) -> str:
     return f"the run's result ({at})" if at else ""
 
 
-def head_eval_html(data: dict | None, problem: str | None = None) -> str:
-    """The report's evaluation section for a head run's eval.json (a dict as `HeadEvalResult.to_dict` wrote it)."""
+def head_eval_html(data: dict | None, problem: str | None = None, run_dir: Path | None = None) -> str:
+    """The report's evaluation section for a head run's eval.json (a dict as `HeadEvalResult.to_dict` wrote it);
+    where there is none, how to write it for `run_dir`."""
     if not isinstance(data, dict) or data.get("task") not in ("classify", "reward"):
-        why = problem or "eval.json holds no scores of a classify or reward run; run 'tunelab eval RUN --data FILE'"
+        why = problem or "eval.json holds no scores of a classify or reward run"
+        why += f"; {eval_hint(run_dir)}" if run_dir is not None else ""
         return f'<p class="missing">No evaluation: {_e(why)}.</p>'
     t, b, name = data["tuned"], data["baseline"], data.get("baseline_name", "baseline")
     head = (

@@ -90,10 +90,16 @@ def render_report(run_dir: str | Path) -> str:
     inputs = read_inputs(run_dir)
     run, metrics, ev, cmp, config = inputs.run, inputs.metrics, inputs.eval, inputs.compare, inputs.config
     if inputs.task in HEAD_TASKS:  # a classifier or reward model
-        evaluation = [("evaluation", "Evaluation", _drawn(lambda: head_eval_html(ev.data, ev.problem), ev.name))]
+        evaluation = [
+            ("evaluation", "Evaluation", _drawn(lambda: head_eval_html(ev.data, ev.problem, run_dir), ev.name))
+        ]
     else:
         evaluation = [
-            ("evaluation", "Evaluation: base vs tuned", _drawn(lambda: eval_section(ev, cmp), ev.name, cmp.name)),
+            (
+                "evaluation",
+                "Evaluation: base vs tuned",
+                _drawn(lambda: eval_section(ev, cmp, run_dir), ev.name, cmp.name),
+            ),
             ("answers", "Answers side by side", _drawn(lambda: answer_rows(ev, cmp), ev.name, cmp.name)),
         ]
     clients = _drawn(lambda: clients_data_section(run_dir), STATE_FILE)

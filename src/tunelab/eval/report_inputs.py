@@ -6,6 +6,7 @@ An input that is missing or unreadable is not an error: its section of the page 
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,19 @@ class Input:
 
     def missing(self, what: str) -> str:
         return f'<p class="missing">No {esc(what)}: {esc(self.problem or "")}</p>'
+
+
+def eval_hint(run_dir: Path) -> str:
+    """How to write the run's eval.json, for a page read from the command line and from Python alike: the run's own
+    directory (absolute, since the page is opened from anywhere), and --overwrite where an unusable eval.json is in
+    the way (tunelab eval refuses to replace one without it)."""
+    where = run_dir.resolve()
+    there = (run_dir / "eval.json").exists()
+    flag, keyword = (" --overwrite", ", overwrite=True") if there else ("", "")
+    return (
+        f"run 'tunelab eval {shlex.quote(str(where))} --data FILE{flag}' (in Python: "
+        f"tunelab.evaluate({str(where)!r}, data=FILE{keyword}))"
+    )
 
 
 def load_input(run_dir: Path, name: str) -> Input:

@@ -5,10 +5,12 @@ compare.json (`tunelab compare`: the share of answers containing the expected te
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tunelab.errors import counted
 from tunelab.eval.metrics import UNDEFINED_RULE
 from tunelab.eval.report_html import esc, fmt, metric_rows
-from tunelab.eval.report_inputs import Input
+from tunelab.eval.report_inputs import Input, eval_hint
 from tunelab.eval.report_plots import scores_plot
 
 # What `tunelab compare` counts (eval.metrics.correct); compare.json does not say which kinds are label tasks.
@@ -74,10 +76,10 @@ def _label_tables(kind: str, b: dict, t: dict) -> str:
     return per_class + f'<div style="display:flex;gap:28px;flex-wrap:wrap">{confusion}</div>'
 
 
-def eval_section(ev: Input, cmp: Input) -> str:
+def eval_section(ev: Input, cmp: Input, run_dir: Path) -> str:
     parts = []
     if ev.data is None:
-        parts.append(ev.missing("eval scores (run 'tunelab eval RUN_DIR --data FILE')"))
+        parts.append(ev.missing(f"eval scores ({eval_hint(run_dir)})"))
     else:
         d: dict = ev.data
         b, t = d.get("base") or {}, d.get("tuned") or {}
