@@ -479,6 +479,21 @@ def test_generate_system_none_asks_for_no_system_prompt(monkeypatch, capsys):
     capsys.readouterr()
 
 
+def test_generate_reads_a_newline_in_its_text_flags_as_data_system_prompt_does(monkeypatch, capsys):
+    """`tunelab generate --system "A.\\nB."` gave the model a backslash and an n, where --data.system_prompt and
+    --classify.prompt_format read \\n as a newline; PROMPT, --prompt and --system now read it so too."""
+    import tunelab.api
+
+    asked = []
+    monkeypatch.setattr(
+        tunelab.api, "generate", lambda run, prompt, system, **_: asked.append((prompt, system)) or "ok"
+    )
+    assert main(["generate", "runs/a", "Line one\\nline two", "--system", "Be brief.\\tOk.\\nBye."]) == 0
+    assert main(["generate", "runs/a", "--prompt", "a\\\\nb"]) == 0  # typed a\\nb: a backslash, then n
+    assert asked == [("Line one\nline two", "Be brief.\tOk.\nBye."), ("a\\nb", None)]
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(
     "argv, field, value",
     [

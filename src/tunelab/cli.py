@@ -19,6 +19,7 @@ import sys
 from tunelab.cli_parser import build_parser, parse
 from tunelab.config.flags import CLI, join_negative_values, one_prompt
 from tunelab.config.load import FlagValues
+from tunelab.config.values import read_escapes
 from tunelab.errors import ConfigError, Interrupted, TunelabError, counted, stdout_closed
 
 
@@ -276,10 +277,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             spelling=CLI,
         )
     elif args.command == "generate":
+        system = args.system and read_escapes(args.system)  # \n a newline, as --data.system_prompt reads it
         answer = api.generate(
             args.run_dir,
-            one_prompt(args.text, args.prompt),
-            system=False if (args.system or "").strip().lower() == "none" else args.system,
+            read_escapes(one_prompt(args.text, args.prompt)),
+            system=False if (system or "").strip().lower() == "none" else system,
             base=args.base,
             settings=settings,
             device=args.device,

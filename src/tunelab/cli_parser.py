@@ -196,9 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="one answer to one prompt, for scripts")
     generate.add_argument("run_dir", help="a finished run directory")
-    generate.add_argument("text", nargs="?", metavar="PROMPT", help="the user message (or --prompt)")
-    generate.add_argument("--prompt", help="the user message")
-    generate.add_argument("--system", help="a system message (none: none at all, not the run's data.system_prompt)")
+    generate.add_argument(
+        "text", nargs="?", metavar="PROMPT", help="the user message (or --prompt); \\n is a newline, \\t a tab"
+    )
+    generate.add_argument("--prompt", help="the user message; \\n is a newline, \\t a tab, \\\\ a backslash")
+    generate.add_argument(
+        "--system",
+        help="a system message (none: none at all, not the run's data.system_prompt); \\n is a newline, \\t a tab",
+    )
     generate.add_argument("--base", action="store_true", help="answer with the base model instead of the tuned one")
     _generation_options(generate)
     _seed_option(
