@@ -104,7 +104,8 @@ def train(
         source = resolve_source(resolved.config.model.name, resolved.config.model.revision)
         stages = resolved.config.stages  # a staged run's questions are asked of its last stage, with its settings
         asked = stage_config(resolved, len(stages) - 1, "").config if stages else resolved.config
-        check_questions(asked, source, load_tokenizer(source, resolved.config.model.trust_remote_code))
+        tokenizer = load_tokenizer(source, resolved.config.model.trust_remote_code, resolved.spelling)
+        check_questions(asked, source, tokenizer, resolved.spelling)
     if nproc is not None and from_environment().world == 1:
         check_launch(resolved.config, nproc, resolved.spelling)  # stages and head tasks train in one process
     if resolved.config.stages:

@@ -79,10 +79,13 @@ def test_remote_code_error_names_our_option(tiny_model_dir, tmp_path, capsys):
     assert "set model.trust_remote_code: true" in str(err.value) and "trust_remote_code=True" not in str(err.value)
 
 
-def test_remote_code_error_names_the_option_as_a_python_caller_sets_it(tiny_model_dir, tmp_path, tiny_overrides):
-    """tunelab.train(...) was told to give --model.trust_remote_code true, a flag it has no way to type: the
-    refusal is raised below every caller, so it says how the command line and Python each set the option."""
+def test_remote_code_error_names_the_option_as_its_caller_sets_it(
+    tiny_model_dir, tmp_path, tiny_overrides, cli_flags, capsys
+):
+    """tunelab.train(...) was told to give --model.trust_remote_code true, a flag it has no way to type, and then both
+    spellings at once: the loaders take the caller's spelling, so Python reads the override and the CLI the flag."""
     import tunelab
+    from tunelab.cli import main
 
     folder = tmp_path / "custom"
     shutil.copytree(tiny_model_dir, folder)
@@ -94,7 +97,16 @@ def test_remote_code_error_names_the_option_as_a_python_caller_sets_it(tiny_mode
     )
     with pytest.raises(ModelError) as err:
         tunelab.train(None, tiny_overrides | {"model.name": str(folder)}, check=False)
-    assert "overrides['model.trust_remote_code'] = True" in str(err.value)
+    assert "overrides['model.trust_remote_code'] = True" in str(err.value) and "--model" not in str(err.value)
+    assert not (tmp_path / "run" / "run.json").exists()
+    for command in ("train", "check", "plan"):
+        flags = cli_flags(tiny_overrides | {"model.name": str(folder)})
+        assert main([command, *flags, *(["--gpu-memory", "8GiB"] if command == "plan" else [])]) == 2
+        said = capsys.readouterr().err
+        assert "(or --model.trust_remote_code true)" in said and "overrides[" not in said, command
+    with pytest.raises(ModelError, match=r"overrides\['model.trust_remote_code'\]") as err:
+        tunelab.plan(None, tiny_overrides | {"model.name": str(folder)}, gpu_memory="8GiB")
+    assert "--model" not in str(err.value)
     assert not (tmp_path / "run" / "run.json").exists()
 
 

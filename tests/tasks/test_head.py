@@ -5,6 +5,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from tunelab.config import load_config
+from tunelab.config.flags import CLI, PYTHON
 from tunelab.errors import ConfigError
 from tunelab.kernels import select as select_ops
 from tunelab.models.hf_adapter import from_hf_model
@@ -95,11 +96,37 @@ def test_packing_is_refused(task, tmp_path):
 
 @pytest.mark.parametrize("task", ["classify", "reward"])
 def test_eval_questions_are_refused(task, tmp_path):
-    """Questions answered by generation after training: a head run generates nothing, so it is said before loading."""
+    """Questions answered by generation after training: a head run generates nothing, so it is said before loading;
+    the way to score held-out rows is named as the caller gives it, the command or the Python call, not both."""
     over = {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "eval.questions": str(tmp_path / "q.jsonl")}
     with pytest.raises(ConfigError, match="eval.questions.*tunelab eval RUN_DIR --data") as err:
-        get_task(task).build_data(load_config(None, over).config, None, 0)
-    assert "evaluate(run_dir, data=file)" in str(err.value)  # a Python caller's own way, beside the command's
+        get_task(task, spelling=CLI).build_data(load_config(None, over).config, None, 0)
+    assert "evaluate(" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"eval.questions.*tunelab\.evaluate\(run_dir, data=file\)") as err:
+        get_task(task, spelling=PYTHON).build_data(load_config(None, over).config, None, 0)
+    assert "tunelab eval " not in str(err.value)
+
+
+def test_a_checks_refusal_of_eval_questions_names_the_callers_way_to_score(tiny_model_dir, tmp_path, cli_flags, capsys):
+    """tunelab check and tunelab.check read the config as train does: each names only its own way to score rows."""
+    import tunelab
+    from tunelab.cli import main
+
+    rows = tmp_path / "labels.jsonl"
+    rows.write_text("".join(f'{{"text": "row {i}", "label": "{"ab"[i % 2]}"}}\n' for i in range(8)))
+    over = {
+        "task": "classify",
+        "model.name": str(tiny_model_dir),
+        "data.train": [str(rows)],
+        "eval.questions": str(rows),
+        "output_dir": str(tmp_path / "run"),
+    }
+    assert main(["check", "--data-only", *cli_flags(over)]) == 2
+    err = capsys.readouterr().err
+    assert "`tunelab eval RUN_DIR --data FILE`" in err and "evaluate(" not in err
+    with pytest.raises(ConfigError, match=r"tunelab\.evaluate\(run_dir, data=file\)") as raised:
+        tunelab.check(None, over, model=False)
+    assert "tunelab eval " not in str(raised.value)
 
 
 @pytest.mark.parametrize("task", ["classify", "reward"])

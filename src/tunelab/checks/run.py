@@ -245,10 +245,10 @@ def model_items(cfg, inputs, resumed: RunInfo | None = None, federation: bool = 
     return items + [compared(name, "the first micro-batch", fast_loss, generic_loss, dtype)]
 
 
-def _stage_inputs(cfg: RunConfig, task, k: int):
+def _stage_inputs(cfg: RunConfig, task, k: int, spelling: Spelling):
     """load_inputs for stage k of a staged run, its errors naming the stage (as tunelab train names them)."""
     try:
-        return load_inputs(cfg, task)
+        return load_inputs(cfg, task, spelling=spelling)
     except (ConfigError, RunDirError) as exc:
         raise type(exc)(f"stage {k}: {exc}") from None
 
@@ -304,8 +304,10 @@ def run_check(
     grpo = cfg.task == "grpo"  # checks/grpo.py
     task = get_task("grpo", cfg, resolved.spelling) if grpo else None  # grpo's rollout reads what its build_data saw
     # DataError (file:line) for a row without input (or label), a classifier of one class
+    spelling = resolved.spelling
     try:
-        inputs = _stage_inputs(cfg, task, 1) if resolved.config.stages else load_inputs(cfg, task)
+        staged = resolved.config.stages
+        inputs = _stage_inputs(cfg, task, 1, spelling) if staged else load_inputs(cfg, task, spelling=spelling)
         require_eval_split(cfg.train.early_stopping_patience, inputs.data.eval)  # train refuses it here too (exit 2)
     except (ConfigError, DataError) as exc:
         raise locate(exc, resolved.origins) from None
@@ -343,7 +345,7 @@ def run_check(
         # reads its rows with their tokenizer once they exist; before that, with stage 1's, and says so
         done = _finished_stage(stage_dir(top, k - 1)) and Path(stage.model.name).expanduser().is_dir()
         own = stage.model.name == cfg.model.name or done
-        stage_inputs = _stage_inputs(stage if own else dataclasses.replace(stage, model=cfg.model), None, k)
+        stage_inputs = _stage_inputs(stage if own else dataclasses.replace(stage, model=cfg.model), None, k, spelling)
         read_with = (
             ""
             if own
@@ -353,7 +355,7 @@ def run_check(
         labels.append(stage_inputs.data.facts.get("labels"))
         if k in compared:  # read over the stage's own model, the stage before's result, as the stage read them
             info = read_info(stage_dir(top, k), require_finished=False)
-            items += resume_data_items(info, _stage_inputs(stage, None, k).data, f"stage {k}: ")
+            items += resume_data_items(info, _stage_inputs(stage, None, k, spelling).data, f"stage {k}: ")
         items += [
             dataclasses.replace(item, name=f"stage {k}: {item.name}") for item in _stage_items(stage, stage_inputs)
         ]

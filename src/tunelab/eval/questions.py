@@ -364,11 +364,11 @@ def refuse_unaskable(questions: list[Question], tokenizer, template, context: in
         refuse_no_room(len(ids), context, q.where or None)
 
 
-def check_questions(cfg: RunConfig, source: ModelSource, tokenizer) -> list[Question]:
+def check_questions(cfg: RunConfig, source: ModelSource, tokenizer, spelling: Spelling = PYTHON) -> list[Question]:
     """The run's eval.questions, read and rendered with its tokenizer and template within its model's context, as the
     comparison after training will ask them: what it would refuse is refused now (train before training, check)."""
     questions = read_questions(cfg.eval.questions, cfg.data)
-    context = getattr(load_hf_config(source, cfg.model.trust_remote_code), "max_position_embeddings", None)
+    context = getattr(load_hf_config(source, cfg.model.trust_remote_code, spelling), "max_position_embeddings", None)
     refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer), context)
     return questions
 

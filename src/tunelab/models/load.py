@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.config.model import DEVICE_NAMES, EMBEDDED, is_device
 from tunelab.errors import ConfigError, ModelError, WriteFailed, counted
 from tunelab.models.converted import (
@@ -175,13 +176,13 @@ def check_gguf(source: ModelSource) -> None:
         ) from None
 
 
-def _remote_code(name: str, exc: Exception) -> ModelError | None:
-    """The refusal of a model's own code; raised below every caller, so it names the option as each of them sets it."""
+def _remote_code(name: str, exc: Exception, spelling: Spelling) -> ModelError | None:
+    """The refusal of a model's own code, naming the option as the loader's caller (`spelling`) sets it."""
     if "trust_remote_code" in str(exc):
+        given = "--model.trust_remote_code true" if spelling.flags else "overrides['model.trust_remote_code'] = True"
         return ModelError(
             f"model '{name}' ships its own Python code, which tunelab runs only when asked: set "
-            "model.trust_remote_code: true (on the command line --model.trust_remote_code true, in Python "
-            "overrides['model.trust_remote_code'] = True) if you trust its author."
+            f"model.trust_remote_code: true in the config (or {given}) if you trust its author."
         )
     return None
 
@@ -336,8 +337,7 @@ EXPECTED_TOKENIZER = (
 
 
 def _the_folder(source: ModelSource) -> str:
-    """How a message names a local model's folder: a run directory's, or the model's (by its name, and its path when
-    the name is not that path)."""
+    """How a message names a local model's folder: a run directory's, or the model's (its name, and path if other)."""
     if (Path(source.path) / RUN_FILE).is_file():
         return f"run {source.path}: the run directory"
     return f"model '{source.name}': " + ("the folder" if source.name == source.path else f"its folder {source.path}")
@@ -380,7 +380,7 @@ def _embedded_instead(source: ModelSource) -> str:
     return f" The embedded model is this one and loads without a network: model.name: {alias}."
 
 
-def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, spelling: Spelling = PYTHON):
     from transformers import AutoTokenizer
 
     folder = Path(source.path)
@@ -395,7 +395,7 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     except StrictDataclassError as exc:
         raise _config_problem(source, exc) from None
     except (OSError, ValueError, TypeError) as exc:
-        raise _remote_code(source.name, exc) or _tokenizer_problem(source, exc) from None
+        raise _remote_code(source.name, exc, spelling) or _tokenizer_problem(source, exc) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -435,7 +435,9 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
 
 
-def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+def load_hf_model(
+    source: ModelSource, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False, spelling=PYTHON
+):
     """The transformers model (the generic path, and the source of weights for the fast path), in eval mode."""
     from transformers import AutoModelForCausalLM
 
@@ -457,12 +459,12 @@ def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
     except SafetensorError as exc:
         raise damaged_weights(source, exc) from None
     except ValueError as exc:
-        raise _remote_code(source.name, exc) or ModelError(f"model '{source.name}': {exc}") from None
+        raise _remote_code(source.name, exc, spelling) or ModelError(f"model '{source.name}': {exc}") from None
     _check_loaded(source, report, model.config)
     return model.to(device).eval()
 
 
-def load_hf_config(source: ModelSource, trust_remote_code: bool = False):
+def load_hf_config(source: ModelSource, trust_remote_code: bool = False, spelling: Spelling = PYTHON):
     """The transformers config alone (shapes, no weights): what the memory planner reads."""
     from transformers import AutoConfig
 
@@ -475,4 +477,4 @@ def load_hf_config(source: ModelSource, trust_remote_code: bool = False):
     except OSError as exc:
         raise ModelError(f"model '{source.name}': could not load its config ({exc}).") from None
     except ValueError as exc:
-        raise _remote_code(source.name, exc) or ModelError(f"model '{source.name}': {exc}") from None
+        raise _remote_code(source.name, exc, spelling) or ModelError(f"model '{source.name}': {exc}") from None

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 from tunelab.config import RunConfig
 from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import ConfigError
@@ -18,11 +21,14 @@ CONFIGURED = ("dpo", "grpo")  # tasks built from their config section by get_tas
 
 def get_task(name: str, cfg: RunConfig | None = None, spelling: Spelling = CLI) -> Task:
     """The task `name` (bound to its section of `cfg` for dpo and grpo); `spelling`: how grpo's refusal of a reward
-    model's run names the commands (as the caller gave them)."""
+    model's run, and a head task's of eval.questions, name the commands (as the caller gave them)."""
     if name == "dpo":
         return dpo.make_task((cfg or RunConfig()).dpo)
     if name == "grpo":
         return grpo.make_task((cfg or RunConfig()).grpo, spelling)
     if name not in TASKS:
         raise ConfigError(f"option 'task' is {name!r}; allowed values: {', '.join([*TASKS, *CONFIGURED])}.")
-    return TASKS[name]
+    task = TASKS[name]
+    if name in ("classify", "reward"):
+        return dataclasses.replace(task, build_data=functools.partial(task.build_data, spelling=spelling))
+    return task

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import ClassifyConfig, RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import scalar_text
 from tunelab.data.loader import Datasets, note_system_on_texts
@@ -86,9 +87,10 @@ class LabelledRow:
         return [self.label]
 
 
-def refuse_head_options(cfg: RunConfig) -> None:
+def refuse_head_options(cfg: RunConfig, spelling: Spelling = CLI) -> None:
     """The options a head run cannot honour: packing (one example per row), eval.questions (answered by text
-    generation after training), and the sft data recipes (weighted sources, group_by_length; data.transform is read)."""
+    generation after training), and the sft data recipes (weighted sources, group_by_length; data.transform is read).
+    `spelling`: how the way to score held-out rows is named, as tunelab eval's command or as the API's evaluate."""
     if cfg.data.packing:
         raise ConfigError(
             f"option 'data.packing' cannot be used with task {cfg.task}: the head reads each row's last token, so every "
@@ -98,7 +100,7 @@ def refuse_head_options(cfg: RunConfig) -> None:
         raise ConfigError(
             f"option 'eval.questions' cannot be used with task {cfg.task}: its questions are answered by generating "
             f"text, which {article(cfg.task)} run does not do. Remove it and score held-out rows after training "
-            "with `tunelab eval RUN_DIR --data FILE` (in Python: evaluate(run_dir, data=file))."
+            f"with {'`tunelab eval RUN_DIR --data FILE`' if spelling.flags else 'tunelab.evaluate(run_dir, data=file)'}."
         )
     refuse_sft_recipes(cfg)
 
@@ -371,8 +373,8 @@ def _stats(rows: list[LabelledRow], examples: int) -> SplitStats:
     return SplitStats(examples=examples, used=len(rows), rows=len(rows), tokens=tokens, loss_tokens=len(rows))
 
 
-def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
-    refuse_head_options(cfg)
+def build_data(cfg: RunConfig, tokenizer, seed: int, spelling: Spelling = CLI) -> Datasets:
+    refuse_head_options(cfg, spelling)
     d = cfg.data
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of rows with a text and a label.")

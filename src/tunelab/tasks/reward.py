@@ -349,8 +349,8 @@ def _stats(rows: list[PairRow], examples: int) -> SplitStats:
     return SplitStats(examples=examples, used=len(rows), rows=2 * len(rows), tokens=tokens, loss_tokens=2 * len(rows))
 
 
-def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
-    refuse_head_options(cfg)
+def build_data(cfg: RunConfig, tokenizer, seed: int, spelling: Spelling = CLI) -> Datasets:
+    refuse_head_options(cfg, spelling)
     d = cfg.data
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of preference pairs.")

@@ -48,7 +48,9 @@ def plan_config(
         model = dataclasses.replace(stage.config.model, name=base.name, adapter=None)
         s = dataclasses.replace(stage.config, model=model)
         try:
-            reports.append((cfg.stages[k - 1].get("name") or s.task, plan_run(s, gpu_memory, budget_name=budget_name)))
+            reports.append(
+                (cfg.stages[k - 1].get("name") or s.task, plan_run(s, gpu_memory, 1, budget_name, resolved.spelling))
+            )
         except TunelabError as exc:
             raise type(exc)(f"stage {k}: {exc}") from None
     return StagesPlanReport(reports)

@@ -74,7 +74,7 @@ def plan_run(
     `nproc` processes (tunelab train --nproc) as train runs them: train.sharding picked as train picks it (auto:
     fsdp2 for method full), fsdp2 with each rank's 1/nproc share of the weights and training state and auto
     checkpointing and offload off, ddp with the whole model on every rank; the budget is each GPU's. `spelling`: how
-    a refusal of nproc names it (--nproc, or the argument)."""
+    refusals name nproc and options (--nproc, or the argument)."""
     from tunelab.data.loader import epoch_rows
     from tunelab.models.load import load_hf_config
     from tunelab.training.auto import plan_from_data
@@ -90,8 +90,8 @@ def plan_run(
     if budget is None:
         where = "model.device is cpu, which has no GPU memory" if not on_cuda else "no GPU here to read the budget from"
         raise ConfigError(f"{where}: give {budget_name}{'' if budget_name.endswith('=') else ' '}SIZE (like 24GiB).")
-    inputs = load_inputs(cfg, weights=False)  # a local folder of config.json and tokenizer plans before its download
-    hf_config = load_hf_config(inputs.source, cfg.model.trust_remote_code)
+    inputs = load_inputs(cfg, weights=False, spelling=spelling)  # a local folder's config.json and tokenizer will do
+    hf_config = load_hf_config(inputs.source, cfg.model.trust_remote_code, spelling)
     if pick_impl(cfg.model.impl, hf_config) != "fast":
         raise ConfigError(f"model '{cfg.model.name}' trains on the generic path, which the planner has no model of.")
     shape = LlamaConfig.from_hf(hf_config)

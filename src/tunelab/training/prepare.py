@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DataConfig, DataSource, RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.config.paths import function_file
 from tunelab.data.loader import Datasets
 from tunelab.errors import ConfigError, DataError, RunDirError
@@ -34,27 +35,34 @@ class Inputs:
     data: Datasets
 
 
-def load_inputs(cfg: RunConfig, task: Task | None = None, commit: str | None = None, weights: bool = True) -> Inputs:
+def load_inputs(
+    cfg: RunConfig,
+    task: Task | None = None,
+    commit: str | None = None,
+    weights: bool = True,
+    spelling: Spelling = CLI,
+) -> Inputs:
     """The data as `task` (default: the config's) builds it, over the model at the hub `commit` a resumed run recorded
     (None: model.revision, resolved to its commit now). `weights=False`: a local model folder may hold no weights yet
-    (tunelab plan reads the model's config.json alone)."""
-    task = task or get_task(cfg.task, cfg)
+    (tunelab plan reads the model's config.json alone). `spelling`: how refusals name options and commands (the
+    flags, or the Python calls), where the config's own name for them is not the caller's."""
+    task = task or get_task(cfg.task, cfg, spelling)
     source = pinned_source(cfg.model.name, commit or cfg.model.revision, weights)
     if cfg.model.adapter:
         check_adapter_base(cfg.model.adapter, source)
-    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
-    refuse_beyond_context(cfg, source)
+    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code, spelling)
+    refuse_beyond_context(cfg, source, spelling)
     data = task.build_data(cfg, tokenizer, cfg.train.seed)
     refuse_unusable_eval(cfg.data, data)
     return Inputs(source, tokenizer, data)
 
 
-def refuse_beyond_context(cfg: RunConfig, source: ModelSource) -> None:
+def refuse_beyond_context(cfg: RunConfig, source: ModelSource, spelling: Spelling = CLI) -> None:
     """ConfigError when data.max_length is above the model's context window (its config's max_position_embeddings):
     text blocks and packed rows are that long, and so may a chat be, so training would put tokens at positions the
     model was never trained on (past a learned position table's end, an index error). A model whose config says
     nothing is not checked."""
-    context = getattr(load_hf_config(source, cfg.model.trust_remote_code), "max_position_embeddings", None)
+    context = getattr(load_hf_config(source, cfg.model.trust_remote_code, spelling), "max_position_embeddings", None)
     if isinstance(context, int) and 0 < context < cfg.data.max_length:
         raise ConfigError(
             f"option 'data.max_length' is {cfg.data.max_length}, above the context window of model {cfg.model.name}: "

@@ -433,7 +433,7 @@ def _load_data(
     --resume, the run's run.json, whose data and base the loaded ones must be."""
     cfg = resolved.config
     try:
-        inputs = load_inputs(cfg, task, recorded_commit(run_dir) if resume else None)
+        inputs = load_inputs(cfg, task, recorded_commit(run_dir) if resume else None, spelling=resolved.spelling)
     except (ConfigError, DataError) as exc:
         raise locate(exc, resolved.origins) from None
     data = inputs.data

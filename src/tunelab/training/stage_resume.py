@@ -64,7 +64,7 @@ def check_finished_data(plan: ResolvedConfig, here: Path, info: RunInfo) -> None
     as the stage read them, over its own model (the result of the stage before, or the run's base)."""
     if not (info.data_sha256 or info.eval_sha256):
         return  # a stage written before the digests were recorded
-    inputs = load_inputs(plan.config, commit=recorded_commit(here))
+    inputs = load_inputs(plan.config, commit=recorded_commit(here), spelling=plan.spelling)
     split = split_changed(info, inputs.source)  # a GGUF base's older tokenizer conversion, as the recipe's resume says
     for what, recorded, files, rows in (
         ("training", info.data_sha256, info.data_files, inputs.data.train),

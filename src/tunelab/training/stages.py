@@ -205,12 +205,13 @@ def _eval_rows(plans: list[ResolvedConfig]) -> list[list]:
     every later stage's model descends from it). Loading them also checks every stage's data before anything runs."""
     first = plans[0].config
     source = resolve_source(first.model.name, first.model.revision)
-    tokenizer = load_tokenizer(source, first.model.trust_remote_code)
+    tokenizer = load_tokenizer(source, first.model.trust_remote_code, plans[0].spelling)
     rows, labels = [], []
     for k, plan in enumerate(plans, 1):
         try:  # as the stage's task reads its data (an sft stage, a dpo stage after it, ...)
-            refuse_beyond_context(plan.config, source)
-            data = get_task(plan.config.task, plan.config).build_data(plan.config, tokenizer, plan.config.train.seed)
+            refuse_beyond_context(plan.config, source, plan.spelling)
+            task = get_task(plan.config.task, plan.config, plan.spelling)
+            data = task.build_data(plan.config, tokenizer, plan.config.train.seed)
         except (ConfigError, RunDirError) as exc:
             raise type(exc)(f"stage {k}: {exc}") from None
         rows.append(data.eval)
