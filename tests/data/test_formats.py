@@ -384,11 +384,32 @@ def test_a_questions_file_given_as_training_or_eval_data_is_told_where_it_goes()
     with pytest.raises(DataError) as err:
         convert([{"question": "Since when?", "expected": "1997", "kind": "fact"}])
     assert "cannot tell the data format" in str(err.value)
-    assert "give the file as eval.questions (or as eval's data: tunelab eval RUN_DIR --data FILE" in str(err.value)
-    assert "evaluate(run_dir, data=file)" in str(err.value)  # a Python caller's own way, beside the command's
+    assert (
+        "give the file as eval.questions, asked after training (or, once the run is trained, as eval's data file)"
+        in str(err.value)
+    )
     with pytest.raises(DataError) as err:  # other rows are not told so
         convert([{"query": "Q", "reply": "A"}])
     assert "eval.questions" not in str(err.value)
+
+
+def test_the_questions_advice_names_no_callers_spelling_but_its_own(tiny_overrides, tmp_path, cli_flags, capsys):
+    """The advice named `tunelab eval RUN_DIR --data FILE` and `evaluate(run_dir, data=file)` to every caller at once;
+    read below every command, it names eval.questions and eval's data file alone, on the command line and in Python."""
+    import tunelab
+    from tunelab.cli import main
+
+    questions = tmp_path / "heldout.jsonl"
+    questions.write_text('{"question": "Since when?", "expected": "1997", "kind": "fact"}\n')
+    over = tiny_overrides | {"data.eval": str(questions)}
+    assert main(["check", "--data-only", *cli_flags(over)]) == 2
+    said = capsys.readouterr().err
+    assert "give the file as eval.questions" in said
+    assert "evaluate(" not in said and "in Python" not in said
+    with pytest.raises(DataError) as err:
+        tunelab.check(None, over, model=False)
+    assert "give the file as eval.questions" in str(err.value)
+    assert "tunelab eval" not in str(err.value) and "--data" not in str(err.value)
 
 
 def test_a_text_file_of_json_lines_is_noted_as_one_document_of_json():

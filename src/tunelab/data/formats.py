@@ -69,10 +69,12 @@ class Example:
 PREFERENCE_ADVICE = (  # said of rows an sft format cannot read; tunelab federate, which trains sft alone, says its own
     " Rows of chosen and rejected are preference pairs: train them with task: dpo (or a reward model, task: reward)."
 )
-QUESTIONS_ADVICE = (  # company_faq's heldout.jsonl given as data.eval: a mapping {answer: expected} is no fix
-    " A row with an 'expected' text is a question for tunelab compare and eval, which score answers that contain it:"
-    " give the file as eval.questions (or as eval's data: tunelab eval RUN_DIR --data FILE, in Python"
-    " evaluate(run_dir, data=file)); data.train and data.eval take rows with whole answers, whose loss they measure."
+# company_faq's heldout.jsonl given as data.eval: a mapping {answer: expected} is no fix. Said by the data reader,
+# which every caller reaches with no way to name eval's commands as it gives them, so it names the options alone.
+QUESTIONS_ADVICE = (
+    " A row with an 'expected' text is a question for compare and eval, which score answers that contain it:"
+    " give the file as eval.questions, asked after training (or, once the run is trained, as eval's data file);"
+    " data.train and data.eval take rows with whole answers, whose loss they measure."
 )
 FIELDS_OPTION = "option 'data.fields'"  # where a mapping comes from; a mixture's source names its entry
 
