@@ -98,6 +98,30 @@ def test_a_host_of_one_gpu_is_told_in_the_singular(monkeypatch):
             pass
 
 
+def test_too_many_ranks_for_the_gpus_name_the_launcher_that_started_them(
+    monkeypatch, tiny_overrides, cli_flags, capsys
+):
+    """Ranks of tunelab train --nproc or train(nproc=...) are counted against the GPUs before they start, so the
+    session's refusal reaches only ranks an outside launcher started: it named --nproc beside torchrun's flag."""
+    import tunelab
+    from tunelab.cli import main
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    over = tiny_overrides | {"model.device": "cuda"}
+    assert main(["train", *cli_flags(over)]) == 2
+    said = capsys.readouterr().err
+    assert "at most one process per GPU (torchrun --nproc-per-node 1 or fewer)" in said and "--nproc " not in said
+    with pytest.raises(ConfigError, match=r"torchrun --nproc-per-node 1 or fewer") as err:
+        tunelab.train(None, over)
+    assert "--nproc " not in str(err.value) and "nproc=" not in str(err.value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # no GPU: no count of processes would do
+    with pytest.raises(ConfigError, match=r"has 0 CUDA devices; .*GPU \(here none: set model.device cpu\)") as err:
+        tunelab.train(None, over)
+    assert "torchrun" not in str(err.value)
+
+
 def test_a_staged_config_on_several_processes_names_nproc_as_the_caller_gives_it(tiny_overrides, tmp_path, capsys):
     """tunelab.train(staged, nproc=2) and tunelab.plan(staged, nproc=2) were told to "Drop --nproc", a flag a Python
     caller never typed; the command line still is."""

@@ -161,11 +161,13 @@ def session(cfg: RunConfig) -> Iterator[Ranks]:
         return
     kind = backend(cfg.model.device)
     if kind == "nccl":
-        if ranks.local_rank >= torch.cuda.device_count():
+        if ranks.local_rank >= (count := torch.cuda.device_count()):
+            # tunelab train --nproc and train(nproc=...) refuse too many ranks before starting them (check_launch),
+            # so only a launcher of the user's own starts them here: torchrun, or one like it
+            fix = f"torchrun --nproc-per-node {count} or fewer" if count else "here none: set model.device cpu"
             raise ConfigError(
                 f"rank {ranks.rank} is local rank {ranks.local_rank}, but this host has "
-                f"{counted(torch.cuda.device_count(), 'CUDA device')}; start at most one process per GPU "
-                "(--nproc / torchrun --nproc-per-node)."
+                f"{counted(count, 'CUDA device')}; start at most one process per GPU ({fix})."
             )
         torch.cuda.set_device(ranks.local_rank)
     owned = not dist.is_initialized()
