@@ -76,10 +76,11 @@ def _label_tables(kind: str, b: dict, t: dict) -> str:
     return per_class + f'<div style="display:flex;gap:28px;flex-wrap:wrap">{confusion}</div>'
 
 
-def eval_section(ev: Input, cmp: Input, run_dir: Path) -> str:
+def eval_section(ev: Input, cmp: Input, run_dir: Path | None = None) -> str:
+    """base against tuned from eval.json and compare.json; where eval.json is missing, how to write it for `run_dir`."""
     parts = []
     if ev.data is None:
-        parts.append(ev.missing(f"eval scores ({eval_hint(run_dir)})"))
+        parts.append(ev.missing(f"eval scores ({eval_hint(run_dir)})" if run_dir is not None else "eval scores"))
     else:
         d: dict = ev.data
         b, t = d.get("base") or {}, d.get("tuned") or {}
