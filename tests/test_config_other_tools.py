@@ -49,6 +49,8 @@ LORA = "LoRA options live under method: (method.name: lora, method.r, method.alp
         ("eval_strategy: steps\n", "Did you mean train.eval_every?"),
         ("save_strategy: steps\n", "Did you mean train.save_every?"),  # was: federated.strategy
         ("use_rslora: true\n", "Did you mean method.rslora?"),  # was: method.use_dora first
+        ("pissa_init: true\n", "Did you mean method.init?"),
+        ("init_lora_weights: pissa\n", "Did you mean method.init?"),
         ("loraplus_lr_ratio: 16\n", "unknown option 'loraplus_lr_ratio'. Did you mean train.loraplus_lr_ratio?"),
         ("loraplus_ratio: 16\n", "Did you mean train.loraplus_lr_ratio?"),
         (

@@ -20,6 +20,13 @@ def test_lora_options_beside_full_are_noted(tmp_path):
     ]
 
 
+def test_pissa_init_beside_full_or_layers_is_noted():
+    for method in ("full", "layers"):
+        resolved = load_config(None, {"method.name": method, "method.init": "pissa"})
+        assert notes(resolved) == [f"note: method.init (pissa) is not used by method {method}"]
+    assert notes(load_config(None, {"method.name": "dora", "method.init": "pissa"})) == []
+
+
 def test_top_layers_beside_lora_and_defaults_say_nothing():
     assert notes(load_config(None, {"method.top_layers": 4})) == [
         "note: method.top_layers (4) is not used by method lora"

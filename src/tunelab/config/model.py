@@ -84,6 +84,12 @@ class MethodConfig:
     )
     use_dora: bool = opt(False, "with name lora: train DoRA adapters (the same as name dora)")
     rslora: bool = opt(False, "rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r")
+    init: str = opt(
+        "default",
+        "how adapters start: default (A random, B zero) or pissa (A and B from the top-r singular vectors of each "
+        "adapted weight, the base holding the rest; saved as a plain LoRA of rank 2r that applies to the original base)",
+        choices=("default", "pissa"),
+    )
     r: int = opt(16, "LoRA rank", min=1)
     alpha: float = opt(32.0, "LoRA alpha; the update is scaled by alpha / r", min=0.0)
     dropout: float = opt(0.0, "dropout on the LoRA input", min=0.0, max=0.9)

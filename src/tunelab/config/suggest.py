@@ -50,6 +50,8 @@ ALIASES = {
     "lora_target": "method.target_modules",
     "lora_target_linear": "method.target_modules",
     "use_rslora": "method.rslora",
+    "pissa_init": "method.init",  # LLaMA-Factory
+    "init_lora_weights": "method.init",  # PEFT's LoraConfig
     "finetuning_type": "method.name",
     "lora_model_dir": "model.adapter",
     "adapter_name_or_path": "model.adapter",

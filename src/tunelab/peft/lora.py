@@ -19,6 +19,7 @@ from tunelab.models.slots import ProjectionGroup, projection_slots
 from tunelab.peft.dora import DoRALinear
 from tunelab.peft.group import GroupWeights, LoRAGroup
 from tunelab.peft.lora_linear import LoRALinear, merged_linear
+from tunelab.peft.pissa import pissa_init_
 from tunelab.peft.projection import FusedProjection
 from tunelab.quant.linear import NF4Linear
 
@@ -84,9 +85,11 @@ def attach_lora(
     *,
     dora: bool = False,
     rslora: bool = False,
+    init: str = "default",
 ) -> list[str]:
     """Freeze the model and replace each selected nn.Linear by a LoRALinear around it (a DoRALinear with `dora`;
-    scaled by alpha / sqrt(r) with `rslora`). Returns the replaced names."""
+    scaled by alpha / sqrt(r) with `rslora`; started by PiSSA, `peft.pissa`, with init "pissa"). Returns the
+    replaced names."""
     for p in model.parameters():
         p.requires_grad_(False)
     names = linear_names(model, targets)
@@ -94,7 +97,10 @@ def attach_lora(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = DoRALinear if dora else LoRALinear
-        setattr(parent, child, layer(getattr(parent, child), r, alpha, dropout, rslora))
+        adapted = layer(getattr(parent, child), r, alpha, dropout, rslora)
+        if init == "pissa":
+            pissa_init_(adapted, name)
+        setattr(parent, child, adapted)
     use_fast_slots(model)
     return names
 
@@ -120,7 +126,8 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
 
 @contextmanager
 def adapters_disabled(model: nn.Module):
-    """Run the base model: every LoRA update is skipped inside the block."""
+    """Run the base model: every LoRA update is skipped inside the block (a PiSSA layer adds back the principal part
+    its base gave up, `peft.pissa`)."""
     layers = [m for _, m in lora_modules(model)]
     for m in layers:
         m.enabled = False

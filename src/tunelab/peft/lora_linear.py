@@ -38,6 +38,10 @@ class LoRALinear(nn.Module):
         # the LoRA ops apply it with their own keep-mask, drawn alike on every path.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
+        # PiSSA's starting A0 (r, in) and B0 (out, r), set by `peft.pissa.pissa_init_` (None otherwise): the base then
+        # holds W - scale * B0 A0, so the adapter switched off adds scale * B0 A0 back to give the base model.
+        self.register_buffer("initial_A", None, persistent=False)
+        self.register_buffer("initial_B", None, persistent=False)
         # PEFT's default init: A Kaiming-uniform, B zero, so training starts from the base model exactly.
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
@@ -48,11 +52,13 @@ class LoRALinear(nn.Module):
         """output=False: see `grad_only`. residual (..., out): returned added to the result; the fused node adds it
         inside the base GEMM (no separate pass over the output)."""
         base = self.base_layer
-        if not self.enabled:
-            y = base(x)
-            return y if residual is None else residual + y
         a, b = self.lora_A.weight, self.lora_B.weight
         p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        if not self.enabled:
+            if self.initial_A is None:
+                y = base(x)
+                return y if residual is None else residual + y
+            a, b, p = self.initial_A, self.initial_B, 0.0  # PiSSA: the residual base plus its principal part
         if type(base) is NF4Linear:  # QLoRA, CPU and CUDA: W dequantized in forward and again in backward, never saved
             weight = base.frozen_weight()
             return fused_lora_linear(x, weight, base.bias, a, b, self.scale, p, self.training, output, residual)

@@ -21,6 +21,7 @@ from tunelab.models.converted import COMPLETE, record_named_by
 from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.dora import DoRALinear
 from tunelab.peft.lora import attach_lora, lora_modules
+from tunelab.peft.pissa import as_plain_lora, is_pissa, plain_rank_alpha
 from tunelab.rundir import ADAPTER_CONFIG_FILE as CONFIG_FILE
 from tunelab.rundir import ADAPTER_WEIGHTS_FILE as WEIGHTS_FILE
 from tunelab.rundir import is_run_dir, read_info, read_json_object
@@ -45,7 +46,12 @@ def adapter_state_dict(
     for name, m in lora_modules(model):
         tensors = _adapter_tensors(name, m)
         if weights is not None:  # PEFT's key "<PREFIX><name>.lora_A.weight" is the parameter "<name>.lora_A.weight"
+            if is_pissa(m):  # FSDP2 shards only NF4 bases, which pissa refuses
+                raise ValueError("a PiSSA adapter is saved from whole weights, not shards")
             tensors = {k: weights[k.removeprefix(PREFIX)] for k in tensors}
+        elif is_pissa(m):  # the rank-2r LoRA over the original base (peft/pissa.py)
+            a, b = as_plain_lora(m)
+            tensors |= {f"{PREFIX}{name}.lora_A.weight": a, f"{PREFIX}{name}.lora_B.weight": b}
         state |= {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     for name in modules_to_save:
         for key, value in model.get_submodule(name).state_dict().items():
@@ -70,12 +76,13 @@ def adapter_config(
     layers = [m for _, m in lora_modules(model)]
     first = layers[0]
     dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
+    r, alpha = plain_rank_alpha(first.r, first.alpha, first.rslora) if is_pissa(first) else (first.r, first.alpha)
     return {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": loadable_base(base_model),
-        "r": first.r,
-        "lora_alpha": first.alpha,
+        "r": r,
+        "lora_alpha": alpha,
         "lora_dropout": dropout,
         "target_modules": sorted({name.rsplit(".", 1)[-1] for name, _ in lora_modules(model)}),
         "bias": "none",

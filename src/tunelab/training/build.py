@@ -74,6 +74,7 @@ def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | 
             method.dropout,
             dora=method.dora,
             rslora=method.rslora,
+            init=method.init,
         )
     elif method.name == "full":
         for p in model.parameters():

@@ -1,0 +1,90 @@
+"""PiSSA (method.init pissa): the model starts as the base model, with A and B the principal part of each weight;
+switched off, the adapters give the base model; the saved adapter is a plain rank-2r LoRA over the original base,
+which PEFT loads with the trained model's logits and tunelab merges into the trained model's weights."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tunelab.errors import ConfigError
+from tunelab.peft.dora import DoRALinear
+from tunelab.peft.lora import adapters_disabled, attach_lora, lora_modules, merge_lora
+from tunelab.peft.save import load_adapter, save_adapter
+
+
+def _tiny(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+def _train_a_little(model):
+    """A and B (and DoRA's m) moved away from their start, as training would."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_A.weight.add_(0.02 * torch.randn_like(m.lora_A.weight))
+            m.lora_B.weight.add_(0.02 * torch.randn_like(m.lora_B.weight))
+            if isinstance(m, DoRALinear):
+                m.lora_magnitude_vector.mul_(1 + 0.1 * torch.randn_like(m.lora_magnitude_vector))
+
+
+@pytest.mark.parametrize(("dora", "rslora"), [(False, False), (False, True), (True, False)])
+def test_pissa_starts_as_the_base_model_from_the_principal_part(tiny_model_dir, dora, rslora):
+    model = _tiny(tiny_model_dir)
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if n.endswith("q_proj")}
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    before = model(ids).logits
+    attach_lora(model, ["all-linear"], r=4, alpha=8, dora=dora, rslora=rslora, init="pissa")
+    # W_res + s B0 A0 = W up to fp32 rounding of the SVD's products
+    torch.testing.assert_close(model(ids).logits, before, atol=1e-5, rtol=1e-5)
+    name, layer = next((n, m) for n, m in lora_modules(model) if n.endswith("q_proj"))
+    w = original[name]
+    scaled = layer.scale * (layer.lora_B.weight @ layer.lora_A.weight)
+    # s B0 A0 is W's best rank-4 approximation: its singular values are W's top four, the residual holds the rest
+    sigma = torch.linalg.svdvals(w)
+    torch.testing.assert_close(torch.linalg.svdvals(scaled)[:4], sigma[:4], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.linalg.svdvals(layer.base_layer.weight)[:4], sigma[4:8], atol=1e-4, rtol=1e-4)
+    _train_a_little(model)
+    assert not torch.allclose(model(ids).logits, before, atol=1e-3)
+    with adapters_disabled(model):  # the reference of dpo, kto, grpo and the "base" answers: the original model
+        torch.testing.assert_close(model(ids).logits, before, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dora", "rslora"), [(False, False), (False, True), (True, True)])
+def test_saved_pissa_adapter_is_a_rank_2r_lora_over_the_original_base(tiny_model_dir, tmp_path, dora, rslora):
+    from peft import PeftModel
+
+    ours = _tiny(tiny_model_dir)
+    attach_lora(ours, ["q_proj", "v_proj", "down_proj"], r=4, alpha=8, dora=dora, rslora=rslora, init="pissa")
+    _train_a_little(ours)
+    ids = torch.randint(0, ours.config.vocab_size, (2, 11))
+    expected = ours(ids).logits
+    save_adapter(ours, tmp_path, base_model=str(tiny_model_dir))
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["init_lora_weights"] is True
+    assert config["lora_alpha"] == pytest.approx(8 * 2**0.5 if rslora else 16)
+
+    peft_model = PeftModel.from_pretrained(_tiny(tiny_model_dir), tmp_path).eval()
+    torch.testing.assert_close(peft_model(ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+    # tunelab's merge over the original base: the trained model's effective weights
+    merged_here = merge_lora(ours)
+    merged_saved = merge_lora(load_adapter(_tiny(tiny_model_dir), tmp_path))
+    saved = dict(merged_saved.named_parameters())
+    for name, p in merged_here.named_parameters():
+        torch.testing.assert_close(saved[name], p, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_default_init_keeps_no_initial_factors(tiny_model_dir):
+    model = _tiny(tiny_model_dir)
+    attach_lora(model, ["q_proj"], r=4, alpha=8)
+    assert all(m.initial_A is None and m.initial_B is None for _, m in lora_modules(model))
+    assert not [n for n, _ in model.named_buffers() if "initial_" in n]
+
+
+def test_pissa_refuses_a_rank_above_the_weights(tiny_model_dir):
+    model = _tiny(tiny_model_dir)
+    smallest = min(model.config.hidden_size, model.config.num_key_value_heads * model.config.head_dim)
+    with pytest.raises(ConfigError, match=r"option 'method.r' is .*k_proj.* lower method.r"):
+        attach_lora(model, ["k_proj"], r=smallest + 1, alpha=8, init="pissa")

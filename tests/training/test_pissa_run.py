@@ -1,0 +1,47 @@
+"""method.init pissa through a run: a resumed run ends bit for bit where the uninterrupted one ends; the start
+printout and the saved config name the init; what pissa cannot serve is refused with exit 2 before the model loads."""
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab.cli import main
+
+
+def test_pissa_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, logged_losses, capsys):
+    common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "method.init": "pissa"}
+    straight, resumed = straight_and_resumed(common, 3)  # dies during step 3, after the checkpoint of step 2
+    assert re.search(r"method\.init +='pissa' +\(overrides", capsys.readouterr().out.replace("= ", "="))
+    assert resumed.steps == straight.steps == 4
+    a = load_file(straight.run_dir / "adapter_model.safetensors")
+    b = load_file(resumed.run_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert logged_losses(straight.run_dir) == logged_losses(resumed.run_dir)
+    assert "init: pissa" in (straight.run_dir / "config.yaml").read_text()  # the config saved beside the run
+    config = json.loads((straight.run_dir / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (2 * common["method.r"], 2 * 32.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--method.quantize_base", "nf4"], "method.quantize_base nf4 quantizes the base"),
+        (["--model.adapter", "somewhere"], "model.adapter continues a saved adapter"),
+        (["--method.alpha", "0"], "method.alpha 0"),
+    ],
+)
+def test_pissa_beside_what_it_cannot_serve_exits_2(tiny_overrides, cli_flags, capsys, flags, says):
+    assert main(["train", *cli_flags(tiny_overrides), "--method.init", "pissa", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "option 'method.init' is pissa" in err and says in err
+
+
+def test_pissa_in_a_staged_run_is_refused(tiny_overrides, cli_flags, capsys):
+    stages = json.dumps([{"train.max_steps": 1}, {"train.max_steps": 1, "method.init": "pissa"}])
+    assert main(["train", *cli_flags(tiny_overrides), "--stages", stages]) == 2
+    assert "option 'method.init' is pissa, but a staged run" in capsys.readouterr().err
