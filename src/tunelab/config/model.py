@@ -86,9 +86,10 @@ class MethodConfig:
     rslora: bool = opt(False, "rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r")
     init: str = opt(
         "default",
-        "how adapters start: default (A random, B zero) or pissa (A and B from the top-r singular vectors of each "
-        "adapted weight, the base holding the rest; saved as a plain LoRA of rank 2r that applies to the original base)",
-        choices=("default", "pissa"),
+        "how adapters start: default (A random, B zero), pissa (A and B from the top-r singular vectors of each "
+        "adapted weight, the base holding the rest) or olora (from its QR decomposition); pissa and olora save a "
+        "plain LoRA of rank 2r that applies to the original base",
+        choices=("default", "pissa", "olora"),
     )
     r: int = opt(16, "LoRA rank", min=1)
     alpha: float = opt(32.0, "LoRA alpha; the update is scaled by alpha / r", min=0.0)

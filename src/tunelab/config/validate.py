@@ -119,37 +119,37 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
     if config.method.quantize_base != "none" and not config.method.is_adapter and not config.stages:
         # a staged run's stages are checked each with its own method (stage_config)
         raise ConfigError(quantize_needs_adapter(config.method.name))
-    check_pissa(config)
+    check_weight_init(config)
 
 
-def check_pissa(config: RunConfig) -> None:
-    """method.init pissa where its adapter would be wrong: beside a base that changes under it or an adapter that
-    replaces its start (peft/pissa.py says why each)."""
+def check_weight_init(config: RunConfig) -> None:
+    """method.init pissa or olora where its adapter would be wrong: beside a base that changes under it or an
+    adapter that replaces its start (peft/weight_init.py says why each)."""
     m = config.method
-    staged = any(entry.get("method.init") == "pissa" for entry in config.stages)
-    if m.init != "pissa" and not staged:
+    init = next((e["method.init"] for e in config.stages if e.get("method.init", "default") != "default"), m.init)
+    if init == "default":
         return
     why = None
     if config.stages:
         why = (
-            "a staged run (stages) hands each stage's adapter or merged weights to the next, which pissa's "
+            "a staged run (stages) hands each stage's adapter or merged weights to the next, which the "
             "residual base would not match; train the stages with method.init default"
         )
     elif not m.is_adapter:
         return  # unused_notes says that method full or layers does not read it
     elif m.quantize_base != "none":
         why = (
-            "method.quantize_base nf4 quantizes the base before the adapters attach, and pissa must take the "
-            "principal part out of the 16-bit weight first; use method.quantize_base none"
+            "method.quantize_base nf4 quantizes the base before the adapters attach, and method.init "
+            f"{init} must move part of the 16-bit weight into the adapter first; use method.quantize_base none"
         )
     elif config.model.adapter:
-        why = "model.adapter continues a saved adapter, whose weights replace pissa's start; remove one of them"
+        why = "model.adapter continues a saved adapter, whose weights replace that start; remove one of them"
     elif config.federated.enabled:
         why = "a federation averages the clients' adapters, which assumes the default start; use method.init default"
     elif m.alpha == 0:
-        why = "method.alpha 0 scales the adapter to nothing, so no principal part can be moved into it"
+        why = "method.alpha 0 scales the adapter to nothing, so no part of the weight can be moved into it"
     if why:
-        raise ConfigError(f"option 'method.init' is pissa, but {why}.")
+        raise ConfigError(f"option 'method.init' is {init}, but {why}.")
 
 
 def check_early_stopping(config: RunConfig, task_options: bool = True) -> None:

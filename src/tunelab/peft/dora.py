@@ -76,7 +76,7 @@ class DoRALinear(LoRALinear):
     def forward(self, x: torch.Tensor, output: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
         """output: ignored (the result is always computed); residual (..., out): added to the result."""
         base = self.base_layer
-        if not self.enabled:  # the base model: no magnitude (PiSSA's principal part added back by LoRA's forward)
+        if not self.enabled:  # the base model: no magnitude (`peft.weight_init`'s part added back by LoRA's)
             return super().forward(x, output, residual)
         p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
         y = self.fused(x, p) if x.is_cuda or type(base) is NF4Linear else self.reference(x, p)

@@ -19,8 +19,8 @@ from tunelab.models.slots import ProjectionGroup, projection_slots
 from tunelab.peft.dora import DoRALinear
 from tunelab.peft.group import GroupWeights, LoRAGroup
 from tunelab.peft.lora_linear import LoRALinear, merged_linear
-from tunelab.peft.pissa import pissa_init_
 from tunelab.peft.projection import FusedProjection
+from tunelab.peft.weight_init import init_from_weight_
 from tunelab.quant.linear import NF4Linear
 
 
@@ -88,8 +88,8 @@ def attach_lora(
     init: str = "default",
 ) -> list[str]:
     """Freeze the model and replace each selected nn.Linear by a LoRALinear around it (a DoRALinear with `dora`;
-    scaled by alpha / sqrt(r) with `rslora`; started by PiSSA, `peft.pissa`, with init "pissa"). Returns the
-    replaced names."""
+    scaled by alpha / sqrt(r) with `rslora`; started from part of each weight with init "pissa" or "olora",
+    `peft.weight_init`). Returns the replaced names."""
     for p in model.parameters():
         p.requires_grad_(False)
     names = linear_names(model, targets)
@@ -98,8 +98,8 @@ def attach_lora(
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = DoRALinear if dora else LoRALinear
         adapted = layer(getattr(parent, child), r, alpha, dropout, rslora)
-        if init == "pissa":
-            pissa_init_(adapted, name)
+        if init != "default":
+            init_from_weight_(adapted, init, name)
         setattr(parent, child, adapted)
     use_fast_slots(model)
     return names
@@ -126,8 +126,8 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
 
 @contextmanager
 def adapters_disabled(model: nn.Module):
-    """Run the base model: every LoRA update is skipped inside the block (a PiSSA layer adds back the principal part
-    its base gave up, `peft.pissa`)."""
+    """Run the base model: every LoRA update is skipped inside the block (a PiSSA or OLoRA layer adds back the part
+    its base gave up, `peft.weight_init`)."""
     layers = [m for _, m in lora_modules(model)]
     for m in layers:
         m.enabled = False

@@ -38,7 +38,7 @@ class LoRALinear(nn.Module):
         # the LoRA ops apply it with their own keep-mask, drawn alike on every path.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
-        # PiSSA's starting A0 (r, in) and B0 (out, r), set by `peft.pissa.pissa_init_` (None otherwise): the base then
+        # The start A0 (r, in), B0 (out, r) of method.init pissa or olora (`peft.weight_init`; None otherwise): the base then
         # holds W - scale * B0 A0, so the adapter switched off adds scale * B0 A0 back to give the base model.
         self.register_buffer("initial_A", None, persistent=False)
         self.register_buffer("initial_B", None, persistent=False)
@@ -58,7 +58,7 @@ class LoRALinear(nn.Module):
             if self.initial_A is None:
                 y = base(x)
                 return y if residual is None else residual + y
-            a, b, p = self.initial_A, self.initial_B, 0.0  # PiSSA: the residual base plus its principal part
+            a, b, p = self.initial_A, self.initial_B, 0.0  # the residual base plus the part it gave up
         if type(base) is NF4Linear:  # QLoRA, CPU and CUDA: W dequantized in forward and again in backward, never saved
             weight = base.frozen_weight()
             return fused_lora_linear(x, weight, base.bias, a, b, self.scale, p, self.training, output, residual)

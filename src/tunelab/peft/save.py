@@ -21,7 +21,7 @@ from tunelab.models.converted import COMPLETE, record_named_by
 from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.dora import DoRALinear
 from tunelab.peft.lora import attach_lora, lora_modules
-from tunelab.peft.pissa import as_plain_lora, is_pissa, plain_rank_alpha
+from tunelab.peft.weight_init import as_plain_lora, plain_rank_alpha, starts_from_weight
 from tunelab.rundir import ADAPTER_CONFIG_FILE as CONFIG_FILE
 from tunelab.rundir import ADAPTER_WEIGHTS_FILE as WEIGHTS_FILE
 from tunelab.rundir import is_run_dir, read_info, read_json_object
@@ -46,10 +46,10 @@ def adapter_state_dict(
     for name, m in lora_modules(model):
         tensors = _adapter_tensors(name, m)
         if weights is not None:  # PEFT's key "<PREFIX><name>.lora_A.weight" is the parameter "<name>.lora_A.weight"
-            if is_pissa(m):  # FSDP2 shards only NF4 bases, which pissa refuses
-                raise ValueError("a PiSSA adapter is saved from whole weights, not shards")
+            if starts_from_weight(m):  # FSDP2 shards only NF4 bases, which method.init pissa/olora refuses
+                raise ValueError("an adapter started from its weight is saved from whole weights, not shards")
             tensors = {k: weights[k.removeprefix(PREFIX)] for k in tensors}
-        elif is_pissa(m):  # the rank-2r LoRA over the original base (peft/pissa.py)
+        elif starts_from_weight(m):  # the rank-2r LoRA over the original base (peft/weight_init.py)
             a, b = as_plain_lora(m)
             tensors |= {f"{PREFIX}{name}.lora_A.weight": a, f"{PREFIX}{name}.lora_B.weight": b}
         state |= {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -76,7 +76,9 @@ def adapter_config(
     layers = [m for _, m in lora_modules(model)]
     first = layers[0]
     dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
-    r, alpha = plain_rank_alpha(first.r, first.alpha, first.rslora) if is_pissa(first) else (first.r, first.alpha)
+    r, alpha = (
+        plain_rank_alpha(first.r, first.alpha, first.rslora) if starts_from_weight(first) else (first.r, first.alpha)
+    )
     return {
         "peft_type": "LORA",
         "task_type": task_type,

@@ -1,4 +1,4 @@
-"""method.init pissa through a run: a resumed run ends bit for bit where the uninterrupted one ends; the start
+"""method.init pissa (olora alike) through a run: a resumed run ends bit for bit where the uninterrupted one ends; the start
 printout and the saved config name the init; what pissa cannot serve is refused with exit 2 before the model loads."""
 
 import json
@@ -41,7 +41,7 @@ def test_pissa_beside_what_it_cannot_serve_exits_2(tiny_overrides, cli_flags, ca
     assert "option 'method.init' is pissa" in err and says in err
 
 
-def test_pissa_in_a_staged_run_is_refused(tiny_overrides, cli_flags, capsys):
-    stages = json.dumps([{"train.max_steps": 1}, {"train.max_steps": 1, "method.init": "pissa"}])
+def test_olora_in_a_staged_run_is_refused(tiny_overrides, cli_flags, capsys):
+    stages = json.dumps([{"train.max_steps": 1}, {"train.max_steps": 1, "method.init": "olora"}])
     assert main(["train", *cli_flags(tiny_overrides), "--stages", stages]) == 2
-    assert "option 'method.init' is pissa, but a staged run" in capsys.readouterr().err
+    assert "option 'method.init' is olora, but a staged run" in capsys.readouterr().err

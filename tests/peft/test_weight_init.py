@@ -1,6 +1,7 @@
-"""PiSSA (method.init pissa): the model starts as the base model, with A and B the principal part of each weight;
-switched off, the adapters give the base model; the saved adapter is a plain rank-2r LoRA over the original base,
-which PEFT loads with the trained model's logits and tunelab merges into the trained model's weights."""
+"""method.init pissa and olora: the model starts as the base model, with A and B the principal part of each weight
+(pissa) or its first r QR directions (olora); switched off, the adapters give the base model; the saved adapter is a
+plain rank-2r LoRA over the original base, which PEFT loads with the trained model's logits and tunelab merges into
+the trained model's weights."""
 
 import json
 
@@ -31,6 +32,7 @@ def _train_a_little(model):
 
 @pytest.mark.parametrize(("dora", "rslora"), [(False, False), (False, True), (True, False)])
 def test_pissa_starts_as_the_base_model_from_the_principal_part(tiny_model_dir, dora, rslora):
+    # (the olora case is test_olora_starts_from_the_first_qr_directions)
     model = _tiny(tiny_model_dir)
     original = {n: m.weight.detach().clone() for n, m in model.named_modules() if n.endswith("q_proj")}
     ids = torch.randint(0, model.config.vocab_size, (2, 9))
@@ -51,12 +53,33 @@ def test_pissa_starts_as_the_base_model_from_the_principal_part(tiny_model_dir, 
         torch.testing.assert_close(model(ids).logits, before, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("dora", "rslora"), [(False, False), (False, True), (True, True)])
-def test_saved_pissa_adapter_is_a_rank_2r_lora_over_the_original_base(tiny_model_dir, tmp_path, dora, rslora):
+def test_olora_starts_from_the_first_qr_directions(tiny_model_dir):
+    model = _tiny(tiny_model_dir)
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if n.endswith("gate_proj")}
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    before = model(ids).logits
+    attach_lora(model, ["all-linear"], r=4, alpha=8, dora=True, init="olora")
+    torch.testing.assert_close(model(ids).logits, before, atol=1e-5, rtol=1e-5)
+    name, layer = next((n, m) for n, m in lora_modules(model) if n.endswith("gate_proj"))
+    w, b0, a0 = original[name], layer.lora_B.weight, layer.lora_A.weight
+    # B0 = Q_r has orthonormal columns, A0 = R_r = Q_r^T W (PEFT's olora: the scale is not divided out)
+    torch.testing.assert_close(b0.T @ b0, torch.eye(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(a0, b0.T @ w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.base_layer.weight, w - 2.0 * b0 @ a0, atol=1e-6, rtol=0)
+    _train_a_little(model)
+    with adapters_disabled(model):
+        torch.testing.assert_close(model(ids).logits, before, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("init", "dora", "rslora"),
+    [("pissa", False, False), ("pissa", False, True), ("pissa", True, True), ("olora", False, False)],
+)
+def test_saved_adapter_is_a_rank_2r_lora_over_the_original_base(tiny_model_dir, tmp_path, init, dora, rslora):
     from peft import PeftModel
 
     ours = _tiny(tiny_model_dir)
-    attach_lora(ours, ["q_proj", "v_proj", "down_proj"], r=4, alpha=8, dora=dora, rslora=rslora, init="pissa")
+    attach_lora(ours, ["q_proj", "v_proj", "down_proj"], r=4, alpha=8, dora=dora, rslora=rslora, init=init)
     _train_a_little(ours)
     ids = torch.randint(0, ours.config.vocab_size, (2, 11))
     expected = ours(ids).logits
@@ -83,8 +106,9 @@ def test_default_init_keeps_no_initial_factors(tiny_model_dir):
     assert not [n for n, _ in model.named_buffers() if "initial_" in n]
 
 
-def test_pissa_refuses_a_rank_above_the_weights(tiny_model_dir):
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_a_rank_above_the_weights_is_refused(tiny_model_dir, init):
     model = _tiny(tiny_model_dir)
     smallest = min(model.config.hidden_size, model.config.num_key_value_heads * model.config.head_dim)
-    with pytest.raises(ConfigError, match=r"option 'method.r' is .*k_proj.* lower method.r"):
-        attach_lora(model, ["k_proj"], r=smallest + 1, alpha=8, init="pissa")
+    with pytest.raises(ConfigError, match=rf"option 'method.r' is .*init {init} .*k_proj.* lower method.r"):
+        attach_lora(model, ["k_proj"], r=smallest + 1, alpha=8, init=init)
