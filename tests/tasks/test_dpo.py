@@ -311,6 +311,22 @@ def test_answers_that_repeat_their_prompt_are_counted_in_the_report(tiny_model_d
     assert note.startswith(f"3 of the 4 pairs have answers that both start with their prompt's text (e.g. {path}:1)")
 
 
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_the_reference_of_an_adapter_started_from_the_weight_is_the_base_model(
+    tiny_model_dir, tmp_path, pair_file, init
+):
+    """method.init pissa/olora leave the base a residual: the adapter switched off must add the start back, or the
+    reference would be the residual model and step 1 would not sit at ln 2."""
+    args = ["train", "--task", "dpo", "--model.name", str(tiny_model_dir), "--data.train", pair_file]
+    args += ["--data.max_length", "64", "--method.r", "4", "--method.init", "pissa", "--train.max_steps", "1"]
+    args += ["--train.micro_batch", "3", "--output_dir", str(tmp_path / "run")]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in records if "loss" in r)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert first["margin"] == pytest.approx(0.0, abs=1e-5)
+
+
 def test_cli_run_trains_and_saves_a_peft_adapter(tiny_model_dir, tmp_path, pair_file):
     args = ["train", "--task", "dpo", "--model.name", str(tiny_model_dir), "--data.train", pair_file]
     args += ["--data.eval_fraction", "0.25", "--data.max_length", "64", "--method.r", "4", "--train.max_steps", "3"]

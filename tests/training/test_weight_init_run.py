@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 from tunelab.cli import main
 
 
-def test_pissa_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, logged_losses, capsys):
-    common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "method.init": "pissa"}
+@pytest.mark.parametrize(("init", "method"), [("pissa", "lora"), ("olora", "dora")])
+def test_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, logged_losses, capsys, init, method):
+    common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "method.init": init, "method.name": method}
     straight, resumed = straight_and_resumed(common, 3)  # dies during step 3, after the checkpoint of step 2
-    assert re.search(r"method\.init +='pissa' +\(overrides", capsys.readouterr().out.replace("= ", "="))
+    assert re.search(rf"method\.init +='{init}' +\(overrides", capsys.readouterr().out.replace("= ", "="))
     assert resumed.steps == straight.steps == 4
     a = load_file(straight.run_dir / "adapter_model.safetensors")
     b = load_file(resumed.run_dir / "adapter_model.safetensors")
@@ -22,7 +23,7 @@ def test_pissa_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed,
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert logged_losses(straight.run_dir) == logged_losses(resumed.run_dir)
-    assert "init: pissa" in (straight.run_dir / "config.yaml").read_text()  # the config saved beside the run
+    assert f"init: {init}" in (straight.run_dir / "config.yaml").read_text()  # the config saved beside the run
     config = json.loads((straight.run_dir / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"]) == (2 * common["method.r"], 2 * 32.0)
 
