@@ -112,3 +112,8 @@ def test_a_rank_above_the_weights_is_refused(tiny_model_dir, init):
     smallest = min(model.config.hidden_size, model.config.num_key_value_heads * model.config.head_dim)
     with pytest.raises(ConfigError, match=rf"option 'method.r' is .*init {init} .*k_proj.* lower method.r"):
         attach_lora(model, ["k_proj"], r=smallest + 1, alpha=8, init=init)
+
+
+def test_an_unknown_init_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="init 'pisa': expected one of pissa, olora"):
+        attach_lora(_tiny(tiny_model_dir), ["q_proj"], r=4, alpha=8, init="pisa")

@@ -38,8 +38,8 @@ class LoRALinear(nn.Module):
         # the LoRA ops apply it with their own keep-mask, drawn alike on every path.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
-        # The start A0 (r, in), B0 (out, r) of method.init pissa or olora (`peft.weight_init`; None otherwise): the base then
-        # holds W - scale * B0 A0, so the adapter switched off adds scale * B0 A0 back to give the base model.
+        # The start A0 (r, in), B0 (out, r) of method.init pissa or olora (`peft.weight_init`; None otherwise): the
+        # base then holds W - scale * B0 A0, so the adapter switched off adds scale * B0 A0 back: the base model.
         self.register_buffer("initial_A", None, persistent=False)
         self.register_buffer("initial_B", None, persistent=False)
         # PEFT's default init: A Kaiming-uniform, B zero, so training starts from the base model exactly.

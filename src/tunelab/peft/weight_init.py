@@ -38,7 +38,7 @@ from tunelab.errors import ConfigError
 from tunelab.peft.dora import DoRALinear
 from tunelab.peft.lora_linear import LoRALinear
 
-INITS = ("default", "pissa", "olora")  # method.init; default: A Kaiming-uniform, B zero (`LoRALinear`)
+FROM_WEIGHT = ("pissa", "olora")  # method.init's choices besides default (A Kaiming-uniform, B zero: `LoRALinear`)
 
 
 def _factors(w: torch.Tensor, r: int, scale: float, how: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +55,8 @@ def _factors(w: torch.Tensor, r: int, scale: float, how: str) -> tuple[torch.Ten
 def init_from_weight_(layer: LoRALinear, how: str, name: str = "") -> None:
     """Start `layer` (over a 16-bit nn.Linear) from part of its weight, by `how` ("pissa" or "olora"), in place
     (module docstring). `name`: the layer's path, for the errors."""
+    if how not in FROM_WEIGHT:
+        raise ValueError(f"init {how!r}: expected one of {', '.join(FROM_WEIGHT)}")
     base = layer.base_layer
     if type(base) is not nn.Linear:
         raise ConfigError(
