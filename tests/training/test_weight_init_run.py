@@ -46,3 +46,11 @@ def test_olora_in_a_staged_run_is_refused(tiny_overrides, cli_flags, capsys):
     stages = json.dumps([{"train.max_steps": 1}, {"train.max_steps": 1, "method.init": "olora"}])
     assert main(["train", *cli_flags(tiny_overrides), "--stages", stages]) == 2
     assert "option 'method.init' is olora, but a staged run" in capsys.readouterr().err
+
+
+def test_pissa_in_a_federation_is_refused(qa_file):
+    from tunelab.config import load_config
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="option 'method.init' is pissa, but a federation averages"):
+        load_config(None, {"method.init": "pissa", "federated.clients": [str(qa_file), str(qa_file)]})
