@@ -4,6 +4,7 @@ a 16-bit and an NF4 base, and kto on unpaired rows. Each run must keep every los
 repeated pairs (the loss falls), and write only finite tensors; orpo must say that it needs no reference."""
 
 import json
+import math
 import time
 
 import pytest
@@ -43,11 +44,15 @@ def feedback_file(pairs_file, tmp_path):
     return path
 
 
+RUNS = [(loss, quantize, "default") for loss in ("sigmoid", "orpo", "kto") for quantize in ("none", "nf4")]
+# pissa moves the principal part into the adapter: the reference (adapters off) must add it back on the CUDA path too
+RUNS.append(("sigmoid", "none", "pissa"))
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("quantize", ["none", "nf4"])
-@pytest.mark.parametrize("loss", ["sigmoid", "orpo", "kto"])
+@pytest.mark.parametrize(("loss", "quantize", "init"), RUNS, ids=["-".join(run) for run in RUNS])
 def test_dpo_through_the_cli(
-    loss, quantize, deep_llama_dir, pairs_file, feedback_file, tmp_path, gpu_report, finite_files, capsys
+    loss, quantize, init, deep_llama_dir, pairs_file, feedback_file, tmp_path, gpu_report, finite_files, capsys
 ):
     from tunelab.cli import main
 
@@ -57,7 +62,7 @@ def test_dpo_through_the_cli(
         "task": "dpo",
         "model": {"name": str(deep_llama_dir), "device": "cuda"},
         "data": {"train": [str(feedback_file if loss == "kto" else pairs_file)], "max_length": 128},
-        "method": {"name": "lora", "r": 16, "target_modules": ["all-linear"], "quantize_base": quantize},
+        "method": {"name": "lora", "r": 16, "target_modules": ["all-linear"], "quantize_base": quantize, "init": init},
         "dpo": {"loss": loss, "beta": 0.1},
         "train": {"max_steps": STEPS, "micro_batch": 8, "lr": 2e-3, "warmup_ratio": 0.1, "save_every": 10},
     }
@@ -77,7 +82,7 @@ def test_dpo_through_the_cli(
     first, last = losses[0], sum(losses[-3:]) / 3
     gpu_report(
         {
-            "case": f"dpo-{loss}-{quantize}",
+            "case": f"dpo-{loss}-{quantize}-{init}",
             "first_loss": round(first, 4),
             "last_loss": round(last, 4),
             "max_grad_norm": round(max(norms), 3),
@@ -87,6 +92,8 @@ def test_dpo_through_the_cli(
     )
     # sigmoid starts at ln 2 and kto at 0.5 (the rows' mean weight / 2), both bounded below by 0; orpo starts near
     # ln(vocabulary) (its NLL part)
+    if loss == "sigmoid":  # the policy starts as its reference, whatever the adapter's first weights
+        assert first == pytest.approx(math.log(2), abs=2e-2), losses[:3]
     fall = {"sigmoid": 0.3, "kto": 0.1, "orpo": 1.0}[loss]
     assert last < first - fall, f"the loss does not fall: {losses}"
     info = json.loads((out / "run.json").read_text())
