@@ -176,6 +176,19 @@ def test_no_token_and_offline_mode_are_refused_before_any_request(run, hub, monk
     assert hub.calls == []
 
 
+def test_a_token_helper_that_raises_is_one_line_not_a_traceback(run, hub, monkeypatch, capsys):
+    def oidc_fails():
+        raise RuntimeError("OIDC token exchange failed:\n  401 Unauthorized")
+
+    monkeypatch.setattr(huggingface_hub, "get_token", oidc_fails)
+    assert main(["push", str(run), "--repo", "alice/tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "cannot push to alice/tiny: huggingface_hub could not get the Hugging Face token" in err
+    assert "RuntimeError: OIDC token exchange failed: 401 Unauthorized" in err and "HF_TOKEN" in err
+    assert hub.calls == []
+
+
 def test_a_failed_request_is_one_line_naming_the_repo_with_exit_1(run, hub, capsys):
     response = SimpleNamespace(status_code=403, headers={}, request=None)
     hub.fail = HfHubHTTPError(f"403 Forbidden: no write access\nwith {TOKEN}", response=response)

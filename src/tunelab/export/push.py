@@ -206,20 +206,30 @@ def collect(path: str | Path, repo: str, spelling: Spelling = PYTHON) -> Upload:
     return _adapter_upload(path, info, repo)
 
 
-def _token(repo: str) -> str:
+def hub_token(repo: str, asked: str | None = None) -> str:
     """The token huggingface_hub would send (HF_TOKEN, else the one `hf auth login` saved); TunelabError without one,
-    and in offline mode, where huggingface_hub makes no request."""
+    in offline mode, where huggingface_hub makes no request, and where getting it fails (an OIDC exchange of
+    HF_OIDC_RESOURCE, an expired login's refresh). `asked`: what asks for the push, opening the message (default:
+    'cannot push to REPO'); the token is never printed."""
     from huggingface_hub import constants, get_token
 
+    opening = asked or f"cannot push to {repo}"
     if constants.HF_HUB_OFFLINE:
         raise TunelabError(
-            f"cannot push to {repo}: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, and in offline mode "
+            f"{opening}: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, and in offline mode "
             "huggingface_hub makes no request. Unset it to push."
         )
-    token = get_token()
+    try:
+        token = get_token()
+    except Exception as exc:  # whatever its credential helpers raise (OIDC, OAuth refresh, an unreadable token file)
+        said = " ".join(str(exc).split())[:300].rstrip(".") or "no message"
+        raise TunelabError(
+            f"{opening}: huggingface_hub could not get the Hugging Face token ({type(exc).__name__}: {said}). Check "
+            "HF_OIDC_RESOURCE where it is set, or log in again with 'hf auth login', or set HF_TOKEN."
+        ) from None
     if not token:
         raise TunelabError(
-            f"cannot push to {repo}: no Hugging Face token. Log in with 'hf auth login' (older huggingface_hub: "
+            f"{opening}: no Hugging Face token. Log in with 'hf auth login' (older huggingface_hub: "
             "'huggingface-cli login'), or set HF_TOKEN to a token with write access "
             "(https://huggingface.co/settings/tokens)."
         )
@@ -271,7 +281,7 @@ def push(
             f"{spelling.option('revision')} is {revision!r}; give a branch name, without spaces around it."
         )
     upload = collect(path, repo, spelling)
-    token = _token(repo)
+    token = hub_token(repo)
     from huggingface_hub import CommitOperationAdd, HfApi
 
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in upload.files.items()]
