@@ -45,6 +45,7 @@ from tunelab.eval.compare import (
 from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, check_questions, configured_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as _export_gguf
+from tunelab.export.push import check_push_to, push_result
 from tunelab.export.push import push as _push
 from tunelab.infer.conversation import as_trained
 from tunelab.infer.generate import (
@@ -93,13 +94,15 @@ def train(
     """Fine-tune as the config says and write the run directory; `overrides` are {'train.lr': 1e-4, ...}. `check`
     runs the data checks of `tunelab check` first; `overwrite_non_run` lets `overwrite` replace a folder that is not a
     tunelab run. When eval.questions is set, the base and the tuned model then answer them (compare.json, scores
-    printed). `nproc`: train with that many processes on this host (as `tunelab train --nproc`); a script started
+    printed); with train.push_to set, the result is then pushed to the hub (its token checked before training;
+    PushFailed, the run kept, where the push fails). `nproc`: train with that many processes on this host (as `tunelab train --nproc`); a script started
     by torchrun trains on its ranks without it."""
     world = from_environment().world
     if nproc is not None and world > 1 and nproc != world:  # as the CLI: the processes are torchrun's
         raise ConfigError(f"argument 'nproc' is {nproc}, but torchrun started {world} processes; drop nproc.")
     resolved = resolve(config, overrides)
     refuse_resume_and_overwrite(resolved, resume)
+    check_push_to(resolved.config)  # a token for train.push_to: said now, not after the run
     if resolved.config.eval.questions:  # asked after training: a file that cannot be read must not wait for that
         source = resolve_source(resolved.config.model.name, resolved.config.model.revision)
         stages = resolved.config.stages  # a staged run's questions are asked of its last stage, with its settings
@@ -140,6 +143,13 @@ def train(
         result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
     if resolved.config.eval.questions and from_environment().main and not result.interrupted:  # torchrun: rank 0
         compare_after_training(result.run_dir, resolved.config)
+    launched = nproc is not None and from_environment().world == 1  # the ranks' rank 0 pushed
+    if resolved.config.train.push_to and from_environment().main and not result.interrupted and not launched:
+        pushed = push_result(
+            result.run_dir, resolved.config, resolved.spelling
+        )  # after compare: its scores in the card
+        print(f"pushed {counted(len(pushed.files), 'file')} to {pushed.repo}: {pushed.url}", flush=True)
+        result = dataclasses.replace(result, pushed=pushed.url)
     return result
 
 

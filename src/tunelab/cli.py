@@ -4,7 +4,8 @@ Training options are generated from the config dataclasses, so `tunelab train --
 help text, allowed values and default, and a flag `--section.key value` overrides the YAML file. A negative number
 after a flag is its value (`--train.lr -1e-4`), and an unknown flag gets suggestions like an unknown YAML key.
 
-Exit codes: 0 done (check: passed), 1 check failed (or export's self-check: FAIL) or a push to the hub failed, 2 bad input (one paragraph on stderr, no traceback),
+Exit codes: 0 done (check: passed), 1 check failed (or export's self-check: FAIL) or a push to the hub failed (tunelab
+push, or train.push_to after a run that finished and was saved), 2 bad input (one paragraph on stderr, no traceback),
 3 training stopped on NaN/inf (training/guard.py) or a federation that applied no update, 130 interrupted (Ctrl-C),
 143 stopped by SIGTERM, 141 stdout closed by its reader (`| head`).
 """

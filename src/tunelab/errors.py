@@ -43,6 +43,13 @@ class HubRequestFailed(TunelabError):
     exit_code = 1
 
 
+class PushFailed(TunelabError):
+    """Training finished and its run is saved, but pushing it to the hub (train.push_to) failed: exit code 1; the
+    message says what failed and, where pushing again can work, the command that does."""
+
+    exit_code = 1
+
+
 class TrainingStopped(TunelabError):
     """Training stopped because it could only produce garbage (NaN/inf losses or gradients), or a federation ended
     with no round's update applied (its adapter the untrained one): exit code 3."""

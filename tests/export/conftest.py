@@ -1,10 +1,11 @@
 """Fixtures of the export tests: a small real byte-level BPE tokenizer (GGUF readers load it fast), a tiny LoRA run
 on a sharp-attention base and its merged model (`tiny_run`, `tiny_merged`), and the GGUF tests' helpers
-(`gguf_kit`)."""
+(`gguf_kit`), and the hub that push tests push to (`hub`: hub_recorder.py)."""
 
 import json
 from types import SimpleNamespace
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,8 @@ from tunelab.export.merge import merged_model
 from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.lora import attach_lora, lora_modules
 from tunelab.peft.save import save_adapter
+
+from .hub_recorder import TOKEN, Hub
 
 SMALL_VOCAB = 2048
 
@@ -140,3 +143,13 @@ def gguf_kit():
     return SimpleNamespace(
         ids=IDS, lora_run=_lora_run, simulated=_simulated, unpermute=_unpermute, tolerances=TOLERANCES
     )
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The hub recorder, with a token and offline mode off (the tests run with HF_HUB_OFFLINE=1)."""
+    recorder = Hub()
+    recorder.install(monkeypatch)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: TOKEN)
+    return recorder

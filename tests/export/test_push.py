@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 import torch
-from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file, save_file
 
@@ -22,48 +21,7 @@ import tunelab.errors
 from tunelab.cli import main
 from tunelab.export.card import card_head
 
-TOKEN = "hf_pushtesttoken0123456789"
-
-
-class Hub:
-    """The HfApi calls a push made, in order: (method, args, kwargs); create_commit's files as {path: bytes}."""
-
-    def __init__(self):
-        self.calls = []
-        self.files = {}
-        self.fail = None  # an exception create_commit raises
-        self.private = True  # what repo_info says of the repository
-
-    def install(self, monkeypatch):
-        def record(name):
-            def method(api, *args, **kwargs):
-                self.calls.append((name, args, kwargs))
-                if name == "repo_info":
-                    return SimpleNamespace(private=self.private)
-                if name != "create_commit":
-                    return None
-                if self.fail is not None:
-                    raise self.fail
-                for op in kwargs.get("operations", args[1] if len(args) > 1 else []):
-                    data = op.path_or_fileobj
-                    self.files[op.path_in_repo] = data if isinstance(data, bytes) else Path(data).read_bytes()
-                repo = args[0]
-                return SimpleNamespace(commit_url=f"https://huggingface.co/{repo}/commit/abc123", oid="abc123")
-
-            return method
-
-        for name in ("create_repo", "create_branch", "repo_info", "create_commit"):
-            monkeypatch.setattr(HfApi, name, record(name))
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """The hub recorder, with a token and offline mode off (the tests run with HF_HUB_OFFLINE=1)."""
-    recorder = Hub()
-    recorder.install(monkeypatch)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub, "get_token", lambda: TOKEN)
-    return recorder
+from .hub_recorder import TOKEN
 
 
 @pytest.fixture

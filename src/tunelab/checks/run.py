@@ -53,6 +53,7 @@ from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
 from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError, counted
 from tunelab.eval.questions import check_questions
+from tunelab.export.push import check_push_to
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import load_hf_config
 from tunelab.places import refuse_file_in_the_way
@@ -120,6 +121,20 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool, spelling: S
         return [CheckItem("resume", "pass", f"from {checkpoint}", damaged + notes)]
     except (RunDirError, ConfigError) as exc:
         return [CheckItem("resume" if resume else "output_dir", "fail", str(exc))]
+
+
+def push_items(cfg: RunConfig) -> list[CheckItem]:
+    """train.push_to as train checks it before training: offline mode off and a token (the repository's form and the
+    method were checked with the config)."""
+    repo = cfg.train.push_to
+    if repo is None:
+        return []
+    try:
+        check_push_to(cfg)
+    except TunelabError as exc:
+        return [CheckItem("train.push_to", "fail", str(exc))]
+    private = " (private)" if cfg.train.push_private else ""
+    return [CheckItem("train.push_to", "pass", f"{repo}{private}: a token is there; the result is pushed at the end")]
 
 
 def _staged_resume(run_dir: Path, count: int, notes: list[str], spelling: Spelling) -> CheckItem:
@@ -283,7 +298,7 @@ def run_check(
         return federated_check(
             cfg, clients, config, resume, page, examples, model, out, color, described, resolved.spelling
         )
-    items = output_items(cfg, config, resume, overwrite_non_run, resolved.spelling)
+    items = output_items(cfg, config, resume, overwrite_non_run, resolved.spelling) + push_items(cfg)
     if resume and (
         warning := resume_warning(cfg.output_dir, resolved.spelling)
     ):  # before the data and the model load, as train says it

@@ -126,4 +126,6 @@ NOT_READ = {
     "train.cuda_graphs": "clients run the plain train step, without CUDA graphs",
     "train.sharding": "each client trains in one process",
     "train.report_to": "its metrics go to metrics.jsonl and federated.png",
+    "train.push_to": "push the federation's adapter once it has finished: tunelab push OUTPUT_DIR --repo OWNER/NAME",
+    "train.push_private": "push the federation's adapter once it has finished: tunelab push OUTPUT_DIR --repo OWNER/NAME --private",
 }

@@ -450,7 +450,8 @@ def _set_values(config: RunConfig, values: dict[str, Any]) -> None:
 
 # What a stage may set besides options, and the options it may not (they belong to the whole run).
 STAGE_KEYS = {"continue": ("adapter", "merge"), "name": None}
-NOT_PER_STAGE = ("output_dir", "overwrite", "stages")
+# the run pushes its final result (train.push_to), not each stage its own
+NOT_PER_STAGE = ("output_dir", "overwrite", "stages", "train.push_to", "train.push_private")
 NOT_A_STAGE = "a stage must be a mapping of options (data:, method:, train:, ...),"
 STAGE_PREFIX = "stage-"  # a stage without name: is stage-K, as its folder in the run directory
 
@@ -540,6 +541,7 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     overlaid with the stage's options; written to `output_dir`."""
     config = copy.deepcopy(resolved.config)
     config.stages, config.output_dir, config.overwrite = [], output_dir, False
+    config.train.push_to, config.train.push_private = None, False  # the run pushes its last stage's result
     entry = resolved.config.stages[index]
     # A flag wins over the file, its stages included: a stage's value for an option given as a flag is dropped
     # (unless the stages themselves came as a flag: then the stage's own value is the more specific one).

@@ -116,6 +116,10 @@ ALIASES = {
     "quantization": "method.quantize_base",
     "quantization_config": "method.quantize_base",
     "bnb_config": "method.quantize_base",
+    "hub_model_id": "train.push_to",  # TrainingArguments and TRL: push_to_hub + hub_model_id
+    "push_to_hub": "train.push_to",
+    "hub_repo": "train.push_to",
+    "hub_private_repo": "train.push_private",
 }
 
 # What to write for an alias whose value is not ours in the same form (a flag for a choice, a count for a share).
@@ -146,6 +150,7 @@ ALIAS_NOTES = {
     "deepspeed": "auto, ddp or fsdp2, under torchrun",
     "datasets": "a list of files, or of entries like {path: qa.jsonl, format: alpaca}",
     "val_set_size": "a share of the rows, 0.1 for 10%; an eval file is data.eval",
+    "push_to_hub": "the repository to push to, OWNER/NAME (setting it pushes; hub_model_id's value)",
 }
 
 # Whole groups of settings in other tools (PEFT's LoraConfig, axolotl, torchtune, TrainingArguments) and the section

@@ -128,6 +128,13 @@ class TrainConfig:
         "experiment trackers that also get every metrics record (each needs its library: pip install 'tunelab[NAME]')",
         choices=("tensorboard", "mlflow", "wandb", "trackio"),
     )
+    push_to: str | None = opt(
+        None,
+        "a Hugging Face Hub model repository, OWNER/NAME, that the run pushes its adapter, tokenizer and model card to when it has finished with a finite adapter (as tunelab push RUN --repo OWNER/NAME; the token and offline mode are checked before training); methods lora and dora, tasks sft, dpo, grpo (default: none)",
+    )
+    push_private: bool = opt(
+        False, "with train.push_to: create the repository private (an existing public one is refused, nothing pushed)"
+    )
 
 
 # Experiment trackers of train.report_to: name -> (module that must import, how to install it). training/tracking.py
@@ -156,6 +163,23 @@ def check_trackers(names: list[str]) -> None:
             raise ConfigError(
                 f"option 'train.report_to' has {name!r}, but its library is not installed. Install it with: {install}"
             )
+
+
+def check_repo_id(repo: str, named: str) -> str:
+    """`repo` if it is a hub model repository id, OWNER/NAME, as huggingface_hub spells them; ConfigError opening with
+    `named` (the option, as the caller spells it) otherwise."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ConfigError(
+            f"{named} is {repo!r}; give the repository as OWNER/NAME (your user name or an organization, then the "
+            "model's name, e.g. alice/my-model)."
+        )
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        raise ConfigError(f"{named} is {repo!r}: {exc}") from None
+    return repo
 
 
 def parse_size(text: str) -> int:

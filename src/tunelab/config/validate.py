@@ -13,7 +13,7 @@ from tunelab.config.data import DataConfig, DataSource
 from tunelab.config.federated import NOT_READ
 from tunelab.config.run import RunConfig, iter_options
 from tunelab.config.tasks import PLACEHOLDER
-from tunelab.config.train import check_trackers, parse_size
+from tunelab.config.train import check_repo_id, check_trackers, parse_size
 from tunelab.config.values import value_hint
 from tunelab.errors import ConfigError
 
@@ -40,6 +40,7 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
     `task_options`: refuse an option of a task section that no task of the run reads, and a count that
     train.checkpointing false leaves unread (off for a run's saved config read back: the run trained so)."""
     check_trackers(config.train.report_to)
+    check_push_to(config)
     check_target_modules(config.method.target_modules)
     if config.train.offload_activations is True and config.train.checkpointing is False:
         raise ConfigError(
@@ -150,6 +151,36 @@ def check_weight_init(config: RunConfig) -> None:
         why = "method.alpha 0 scales the adapter to nothing, so no part of the weight can be moved into it"
     if why:
         raise ConfigError(f"option 'method.init' is {init}, but {why}.")
+
+
+def check_push_to(config: RunConfig) -> None:
+    """train.push_to names a hub repository, OWNER/NAME, and the run's result is what tunelab push sends: an adapter
+    (method lora or dora) of a task without a head. A staged run pushes its result, its last stage's. The token and
+    offline mode are the environment's, checked before training (export/push.py `check_push_to`)."""
+    t = config.train
+    if t.push_to is None:
+        if t.push_private:
+            raise ConfigError(
+                "option 'train.push_private' is true, but 'train.push_to' is not set, so nothing is pushed; give the "
+                "repository as train.push_to: OWNER/NAME, or drop push_private."
+            )
+        return
+    check_repo_id(t.push_to, "option 'train.push_to'")
+    last = config.stages[-1] if config.stages else {}
+    method, task = last.get("method.name", config.method.name), last.get("task", config.task)
+    whose = "the last stage's " if config.stages else ""
+    named = f"option 'train.push_to' is {t.push_to!r}, but {whose}"
+    if task in ("classify", "reward"):
+        raise ConfigError(
+            f"{named}task is {task}: a head on the model's last token, which tunelab push does not push (it pushes "
+            "the adapters of tasks sft, dpo and grpo). Remove train.push_to."
+        )
+    if method not in ("lora", "dora"):
+        raise ConfigError(
+            f"{named}method.name is {method}, which trains the model's own weights: there is no adapter to push. "
+            "Remove train.push_to; after training, merge the run into a model folder with its chat template and "
+            f"generation settings (tunelab merge RUN --out DIR), then push that (tunelab push DIR --repo {t.push_to})."
+        )
 
 
 def check_early_stopping(config: RunConfig, task_options: bool = True) -> None:

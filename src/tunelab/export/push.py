@@ -19,12 +19,15 @@ never printed.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.config import RunConfig
 from tunelab.config.flags import PYTHON, Spelling
-from tunelab.errors import ConfigError, HubRequestFailed, RunDirError, TunelabError, article
+from tunelab.config.train import check_repo_id
+from tunelab.errors import ConfigError, HubRequestFailed, PushFailed, RunDirError, TunelabError, article
 from tunelab.eval.compare import COMPARE_FILE
 from tunelab.eval.evaluate import EVAL_FILE
 from tunelab.export.card import CARD, adapter_card, card_head, gguf_card_path, shared_name
@@ -89,21 +92,9 @@ class Upload:
     what: str
 
 
-def check_repo_id(repo: str, spelling: Spelling = PYTHON) -> str:
-    """`repo` if it is a hub model repository id, OWNER/NAME; ConfigError naming the option otherwise."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    named = f"{spelling.option('repo')} is {repo!r}"
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ConfigError(
-            f"{named}; give the repository as OWNER/NAME (your user name or an organization, then the model's name, "
-            "e.g. alice/my-model)."
-        )
-    try:
-        validate_repo_id(repo)
-    except HFValidationError as exc:
-        raise ConfigError(f"{named}: {exc}") from None
-    return repo
+def check_repo(repo: str, spelling: Spelling = PYTHON) -> str:
+    """`repo` if it is a hub model repository id, OWNER/NAME; ConfigError naming the argument otherwise."""
+    return check_repo_id(repo, spelling.option("repo"))
 
 
 def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
@@ -236,6 +227,34 @@ def hub_token(repo: str, asked: str | None = None) -> str:
     return token
 
 
+def check_push_to(config: RunConfig) -> None:
+    """Before training, what the push of train.push_to will need from the environment: offline mode off and a token
+    (TunelabError naming the option, exit 2), so that a long run does not fail at its end for a missing login. The
+    repository's form and the run it fits are config/validate.py's `check_push_to`."""
+    repo = config.train.push_to
+    if repo is not None:
+        hub_token(repo, f"option 'train.push_to' ({repo})")
+
+
+def push_result(run_dir: str | Path, config: RunConfig, spelling: Spelling = PYTHON) -> PushResult:
+    """Push a finished run's result to train.push_to (as `push` does: its refusals first, an adapter holding NaN or inf
+    among them). PushFailed (exit 1) where it fails: the run stays as it is, and the message gives the command that
+    pushes it again where that can work (a failed request, a token gone since the start)."""
+    repo, private = str(config.train.push_to), config.train.push_private
+    try:
+        return push(run_dir, repo, private=private, spelling=spelling)
+    except TunelabError as exc:
+        said = f"training finished and the run is saved in {run_dir}, but it was not pushed to {repo}: {exc}"
+        if isinstance(exc, RunDirError):  # the result itself is refused: pushing it again would be refused too
+            raise PushFailed(said) from None
+        again = (
+            shlex.join(["tunelab", "push", str(run_dir), "--repo", repo, *["--private"] * private])
+            if spelling.flags
+            else f"tunelab.push({str(run_dir)!r}, {repo!r}{', private=True' * private})"
+        )
+        raise PushFailed(f"{said.rstrip('.')}. Push it again with: {again}") from None
+
+
 def _request_errors() -> tuple[type[BaseException], ...]:
     """What a failed hub request raises: huggingface_hub's HTTP errors and the network's (OSError), and the errors of
     the HTTP library it uses (httpx2, httpx or requests, by its version), where loaded."""
@@ -275,7 +294,7 @@ def push(
     one is then refused before the commit). `revision`: the branch to commit to, created from the default branch when missing (None: the
     default branch). `message`: the commit message. Returns the commit's URL and the files pushed. `spelling`: how
     refusals name the arguments (these, or `tunelab push`'s flags)."""
-    check_repo_id(repo, spelling)
+    check_repo(repo, spelling)
     if revision is not None and (not revision.strip() or revision != revision.strip()):
         raise ConfigError(
             f"{spelling.option('revision')} is {revision!r}; give a branch name, without spaces around it."

@@ -47,6 +47,7 @@ class TrainResult:
     # train.early_stopping_patience stopped it before its planned steps: run.json's extra.early_stop (step,
     # planned_steps, patience, min_delta, best_step, best_eval_loss, waited); None when it ran every step
     early_stop: dict | None = None
+    pushed: str | None = None  # train.push_to: the URL of the commit that pushed the result to the hub
 
 
 def finish(

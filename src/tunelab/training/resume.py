@@ -64,6 +64,8 @@ ALLOWED = {
     "train.gpu_memory",
     "train.max_bad_steps",
     "train.report_to",
+    "train.push_to",
+    "train.push_private",
     "train.keep_best",
     "train.early_stopping_patience",
     "train.early_stopping_min_delta",

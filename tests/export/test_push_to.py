@@ -1,0 +1,133 @@
+"""train.push_to: a run that pushes its result when it has finished. What would fail at the end is refused before
+training (exit 2, naming the option); a good run pushes as `tunelab push` does; a push that fails after it leaves the
+run and exits 1 with the command that pushes it again. The hub is hub_recorder.py's (no network here)."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub.errors import HfHubHTTPError
+from safetensors.torch import load_file, save_file
+
+import tunelab
+from tunelab.cli import main
+from tunelab.config.suggest import ALIASES
+from tunelab.errors import ConfigError, PushFailed
+from tunelab.export.push import push_result
+from tunelab.training.recipe import resolve
+
+from .hub_recorder import TOKEN
+
+
+def _flags(overrides: dict) -> list[str]:
+    return [a for k, v in overrides.items() for a in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
+
+
+@pytest.fixture
+def short(tiny_overrides):
+    return tiny_overrides | {"train.max_steps": 2, "train.push_to": "alice/box-bot"}
+
+
+def test_a_finished_run_pushes_its_adapter_and_card(short, hub, capsys):
+    result = tunelab.train(None, short | {"train.push_private": True})
+    assert result.pushed == "https://huggingface.co/alice/box-bot/commit/abc123"
+    assert [c[0] for c in hub.calls] == ["create_repo", "repo_info", "create_commit"]
+    assert hub.calls[0][2]["private"] is True
+    assert hub.files["adapter_model.safetensors"] == (result.run_dir / "adapter_model.safetensors").read_bytes()
+    assert "# box-bot" in hub.files["README.md"].decode()
+    assert "pushed " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ({"train.push_to": "box-bot"}, "option 'train.push_to' is 'box-bot'; give the repository as OWNER/NAME"),
+        ({"train.push_to": "alice/box--bot"}, "option 'train.push_to' is 'alice/box--bot'"),
+        ({"method.name": "full"}, "but method.name is full, which trains the model's own weights"),
+        ({"method.name": "layers"}, "tunelab push DIR --repo alice/box-bot"),
+        ({"train.push_to": None, "train.push_private": True}, "'train.push_private' is true, but 'train.push_to'"),
+    ],
+)
+def test_what_cannot_be_pushed_is_refused_before_training(short, hub, capsys, change, said):
+    overrides = {k: v for k, v in (short | change).items() if v is not None}
+    assert main(["train", *_flags(overrides)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert hub.calls == [] and not Path(short["output_dir"]).exists()  # nothing trained
+
+
+@pytest.mark.parametrize("why", ["no token", "offline", "helper raises"])
+def test_the_token_is_checked_before_training_by_train_and_check(short, hub, monkeypatch, capsys, why):
+    def raises():
+        raise RuntimeError("OIDC token exchange failed")
+
+    if why == "offline":
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    else:
+        monkeypatch.setattr(huggingface_hub, "get_token", raises if why == "helper raises" else lambda: None)
+    said = {"no token": "no Hugging Face token", "offline": "HF_HUB_OFFLINE", "helper raises": "OIDC token"}[why]
+    assert main(["train", *_flags(short)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunelab train: error: option 'train.push_to' (alice/box-bot): ") and said in err
+    assert err.count("\n") == 1 and hub.calls == []
+    checked = tunelab.check(None, short, model=False)
+    item = next(i for i in checked.items if i.name == "train.push_to")
+    assert not checked.passed and item.status == "fail" and said in item.summary
+
+
+def test_check_passes_the_option_with_a_token(short, hub):
+    checked = tunelab.check(None, short, model=False)
+    item = next(i for i in checked.items if i.name == "train.push_to")
+    assert item.status == "pass" and "alice/box-bot" in item.summary
+
+
+def test_a_push_that_fails_after_a_good_run_keeps_it_and_exits_1(short, hub, capsys):
+    response = type("Response", (), {"status_code": 500, "headers": {}, "request": None})()
+    hub.fail = HfHubHTTPError("500 Server Error: try later", response=response)
+    assert main(["train", *_flags(short | {"train.push_private": True})]) == 1
+    err = capsys.readouterr().err
+    run = short["output_dir"]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"tunelab train: error: training finished and the run is saved in {run}")
+    assert "pushing to alice/box-bot failed: 500 Server Error: try later" in line and TOKEN not in line
+    assert line.endswith(f"Push it again with: tunelab push {run} --repo alice/box-bot --private")
+    assert json.loads((Path(run) / "run.json").read_text())["finished"] is True
+    hub.fail = None
+    assert main(["push", run, "--repo", "alice/box-bot"]) == 0  # the command it gave pushes the run as it stands
+
+
+def test_an_adapter_holding_inf_is_never_pushed_and_no_retry_is_offered(tiny_run_dir, tmp_path, hub):
+    run = shutil.copytree(tiny_run_dir, tmp_path / "run")
+    weights = load_file(run / "adapter_model.safetensors")
+    first = sorted(weights)[0]
+    weights[first] = torch.full_like(weights[first], float("inf"))
+    save_file(weights, run / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = resolve(None, {"model.name": "x", "data.train": [], "train.push_to": "alice/box-bot"}).config
+    with pytest.raises(PushFailed, match="the adapter holds NaN or inf") as caught:
+        push_result(run, config)
+    assert caught.value.exit_code == 1 and "Push it again" not in str(caught.value) and hub.calls == []
+
+
+def test_staged_and_federated_runs(tiny_overrides):
+    base = tiny_overrides | {"train.push_to": "alice/box-bot"}
+    lora_last = [{"method": {"name": "full"}}, {"method": {"name": "lora"}, "continue": "merge"}]
+    assert resolve(None, base | {"stages": lora_last}).config.train.push_to == "alice/box-bot"
+    with pytest.raises(ConfigError, match="but the last stage's method.name is full"):
+        resolve(None, base | {"stages": [{}, {"method": {"name": "full"}, "continue": "merge"}]})
+    with pytest.raises(ConfigError, match="'train.push_to' belongs to the whole run"):
+        resolve(None, tiny_overrides | {"stages": [{"train": {"push_to": "alice/box-bot"}}]})
+    from tunelab.federated.run import check_config
+
+    with pytest.raises(ConfigError, match=re.escape("train.push_to ('alice/box-bot'): push the federation's")):
+        check_config(resolve(None, base).config)
+
+
+def test_trl_names_point_to_the_option():
+    assert ALIASES["hub_model_id"] == ALIASES["push_to_hub"] == "train.push_to"
+    assert ALIASES["hub_private_repo"] == "train.push_private"
+    with pytest.raises(ConfigError, match="train.push_to"):
+        resolve(None, {"model.name": "x", "data.train": [], "hub_model_id": "alice/box-bot"})
