@@ -131,3 +131,38 @@ def test_trl_names_point_to_the_option():
     assert ALIASES["hub_private_repo"] == "train.push_private"
     with pytest.raises(ConfigError, match="train.push_to"):
         resolve(None, {"model.name": "x", "data.train": [], "hub_model_id": "alice/box-bot"})
+
+
+def test_a_staged_run_over_merged_stages_names_the_original_base_and_where_it_applies(
+    tiny_overrides, tiny_model_dir, hub
+):
+    """Stage 2 continues by merge: its base is stage 1's adapter folded into the tiny model (stage-1/merged), which
+    the card and adapter_config.json named "merged". They name the original base, and the card says the adapter
+    applies only over the merged weights: those differ from the original base's, so on it the adapter is another
+    model."""
+    stages = [{"train": {"max_steps": 2}}, {"continue": "merge", "train": {"max_steps": 2}}]
+    result = tunelab.train(None, tiny_overrides | {"stages": stages, "train.push_to": "alice/box-bot"})
+    run = result.run_dir
+    assert result.pushed and hub.files["adapter_model.safetensors"] == (run / "adapter_model.safetensors").read_bytes()
+    merged, original = (
+        load_file(run / "stage-1" / "merged" / "model.safetensors"),
+        load_file(tiny_model_dir / "model.safetensors"),
+    )
+    assert any(not torch.equal(merged[k], original[k]) for k in original if k in merged)  # stage 1 changed the base
+    name = Path(tiny_model_dir).name
+    config = json.loads(hub.files["adapter_config.json"])
+    card = hub.files["README.md"].decode()
+    assert config["base_model_name_or_path"] == name and "revision" not in config
+    assert "`merged`" not in card and f"as the last of 2 stages over `{name}`: stage 1 changed" in card
+    assert "It applies only on them" in card and "another model than the one tunelab trained" in card
+    assert "from_pretrained" not in card and "tunelab push DIR --repo alice/box-bot" in card
+    # over a hub base: named in the metadata as what the model descends from, not as the adapter's base
+    first = run / "stage-1" / "run.json"
+    hub_base = {"base_model": "HuggingFaceTB/SmolLM2-135M", "base_source": "hub", "base_revision": "0123abcd"}
+    first.write_text(json.dumps(json.loads(first.read_text()) | hub_base))
+    tunelab.push(run, "alice/box-bot")
+    config, card = json.loads(hub.files["adapter_config.json"]), hub.files["README.md"].decode()
+    front = card.split("---")[1]
+    assert 'base_model: "HuggingFaceTB/SmolLM2-135M"' in front and "base_model_relation: finetune" in front
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M" and config["revision"] == "0123abcd"
+    assert "AutoPeftModel" not in card

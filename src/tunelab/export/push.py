@@ -45,6 +45,7 @@ from tunelab.rundir import (
     read_info,
 )
 from tunelab.training.guard import first_non_finite
+from tunelab.training.stage_resume import stage_dir
 
 # What `tokenizer.save_pretrained` writes, across tokenizer kinds and transformers versions
 TOKENIZER_FILES = (
@@ -97,6 +98,20 @@ def check_repo(repo: str, spelling: Spelling = PYTHON) -> str:
     return check_repo_id(repo, spelling.option("repo"))
 
 
+def _staged_origin(run_dir: Path, info: RunInfo) -> RunInfo | None:
+    """For a staged run whose last stage trained over the weights of the stages before it (after `continue: merge`,
+    or a full or layers stage), its first stage's record, which names the original base; None for any other run (a
+    staged run whose stages continued one adapter trains over the original base)."""
+    stages = info.extra.get("stages")
+    if not isinstance(stages, list) or len(stages) < 2:
+        return None
+    try:
+        first = read_info(stage_dir(run_dir, 1))
+    except TunelabError:  # the stage folders were removed: the run's own record is all there is
+        return None
+    return None if first.base_model == info.base_model else first
+
+
 def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
     """The files of a finished adapter run, checked: its adapter finite, its config naming the base as others find it."""
     check_result(run_dir, info)
@@ -120,8 +135,14 @@ def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
         raise RunDirError(f"{config_path}: cannot be read as JSON ({exc}); nothing was pushed.") from None
     if not isinstance(config, dict):
         raise RunDirError(f"{config_path}: is not a JSON object; nothing was pushed.")
-    # a hub base by its id (PEFT loads it from there); any other by its name alone, not this machine's path
-    config["base_model_name_or_path"] = shared_name(str(info.base_model))
+    # a hub base by its id (PEFT loads it from there); any other by its name alone, not this machine's path; a staged
+    # run's adapter trained over an earlier stage's weights by the original base (the card says it applies only there)
+    origin = _staged_origin(run_dir, info)
+    config["base_model_name_or_path"] = shared_name(str((origin or info).base_model))
+    if origin is not None and origin.base_source == "hub" and origin.base_revision:
+        config["revision"] = origin.base_revision
+    elif origin is not None:
+        config.pop("revision", None)  # the revision of a local stage folder names nothing
     compared, evaluated = (_saved(run_dir / name) for name in (COMPARE_FILE, EVAL_FILE))
     scores = compared.get("scores") if compared else None
     files: dict[str, Path | bytes] = {
@@ -129,7 +150,9 @@ def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
         ADAPTER_CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
     }
     files |= {name: run_dir / name for name in TOKENIZER_FILES if (run_dir / name).is_file()}
-    files[CARD] = adapter_card(info, repo, scores if isinstance(scores, dict) else None, evaluated).encode()
+    stages = len(info.extra.get("stages") or [])
+    scores = scores if isinstance(scores, dict) else None
+    files[CARD] = adapter_card(info, repo, scores, evaluated, origin, stages).encode()
     return Upload(files, f"{info.method} adapter")
 
 
