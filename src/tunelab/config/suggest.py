@@ -150,7 +150,7 @@ ALIAS_NOTES = {
     "deepspeed": "auto, ddp or fsdp2, under torchrun",
     "datasets": "a list of files, or of entries like {path: qa.jsonl, format: alpaca}",
     "val_set_size": "a share of the rows, 0.1 for 10%; an eval file is data.eval",
-    "push_to_hub": "the repository to push to, OWNER/NAME (setting it pushes; hub_model_id's value)",
+    "push_to_hub": "write the repository, OWNER/NAME, that hub_model_id names: setting it pushes",
 }
 
 # Whole groups of settings in other tools (PEFT's LoraConfig, axolotl, torchtune, TrainingArguments) and the section
