@@ -94,9 +94,8 @@ def train(
     """Fine-tune as the config says and write the run directory; `overrides` are {'train.lr': 1e-4, ...}. `check`
     runs the data checks of `tunelab check` first; `overwrite_non_run` lets `overwrite` replace a folder that is not a
     tunelab run. When eval.questions is set, the base and the tuned model then answer them (compare.json, scores
-    printed); with train.push_to set, the result is then pushed to the hub (its token checked before training;
-    PushFailed, the run kept, where the push fails). `nproc`: train with that many processes on this host (as `tunelab train --nproc`); a script started
-    by torchrun trains on its ranks without it."""
+    printed); a train.push_to is pushed last (by rank 0; PushFailed, the run kept). `nproc`: train with that many
+    processes on this host (as `tunelab train --nproc`; a script started by torchrun trains on its ranks without it)."""
     world = from_environment().world
     if nproc is not None and world > 1 and nproc != world:  # as the CLI: the processes are torchrun's
         raise ConfigError(f"argument 'nproc' is {nproc}, but torchrun started {world} processes; drop nproc.")
@@ -143,13 +142,8 @@ def train(
         result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
     if resolved.config.eval.questions and from_environment().main and not result.interrupted:  # torchrun: rank 0
         compare_after_training(result.run_dir, resolved.config)
-    launched = nproc is not None and from_environment().world == 1  # the ranks' rank 0 pushed
-    if resolved.config.train.push_to and from_environment().main and not result.interrupted and not launched:
-        pushed = push_result(
-            result.run_dir, resolved.config, resolved.spelling
-        )  # after compare: its scores in the card
-        print(f"pushed {counted(len(pushed.files), 'file')} to {pushed.repo}: {pushed.url}", flush=True)
-        result = dataclasses.replace(result, pushed=pushed.url)
+    if resolved.config.train.push_to and from_environment().main and not (result.interrupted or nproc and world == 1):
+        result = dataclasses.replace(result, pushed=push_result(result.run_dir, resolved.config, resolved.spelling))
     return result
 
 

@@ -2,7 +2,9 @@
 
 What PATH is says what goes up:
 - a finished adapter run (lora, dora): adapter_config.json (its base named as others can find it: a hub id as it
-  is, a local base by its folder's or file's name, never this machine's path), adapter_model.safetensors, the
+  is, a local base by its folder's or file's name, never this machine's path; for a staged run whose last stage
+  trained over the earlier stages' weights, the original base, the card saying the adapter applies only on those
+  weights), adapter_model.safetensors, the
   tokenizer files training saved (their chat template is the one the run trained with) and a model card written
   here (`card.adapter_card`: base, prompting, the run's losses and compare.json's scores, a PEFT example);
 - a folder `tunelab merge` wrote: the files its tunelab_merge.json lists, less that record (it holds this machine's
@@ -14,6 +16,9 @@ OWNER/NAME, a run that did not finish or holds no adapter, an adapter holding Na
 mode, no token. The repository (and the branch of `revision`) is created when missing, then one `create_commit`
 holds every file. A request that fails is HubRequestFailed (exit 1), one line naming the repository; the token is
 never printed.
+
+train.push_to runs the same push at the end of training (api.train): `check_push_to` before it (offline mode, the
+token), `push_result` after it, where a failure is PushFailed (exit 1) with the command that pushes the run again.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from pathlib import Path
 from tunelab.config import RunConfig
 from tunelab.config.flags import PYTHON, Spelling
 from tunelab.config.train import check_repo_id
-from tunelab.errors import ConfigError, HubRequestFailed, PushFailed, RunDirError, TunelabError, article
+from tunelab.errors import (
+    ConfigError,
+    HubRequestFailed,
+    PushFailed,
+    RunDirError,
+    TunelabError,
+    article,
+    counted,
+)
 from tunelab.eval.compare import COMPARE_FILE
 from tunelab.eval.evaluate import EVAL_FILE
 from tunelab.export.card import CARD, adapter_card, card_head, gguf_card_path, shared_name
@@ -259,13 +272,16 @@ def check_push_to(config: RunConfig) -> None:
         hub_token(repo, f"option 'train.push_to' ({repo})")
 
 
-def push_result(run_dir: str | Path, config: RunConfig, spelling: Spelling = PYTHON) -> PushResult:
+def push_result(run_dir: str | Path, config: RunConfig, spelling: Spelling = PYTHON) -> str:
     """Push a finished run's result to train.push_to (as `push` does: its refusals first, an adapter holding NaN or inf
-    among them). PushFailed (exit 1) where it fails: the run stays as it is, and the message gives the command that
-    pushes it again where that can work (a failed request, a token gone since the start)."""
+    among them), print where and return the commit's URL. PushFailed (exit 1) where it fails: the run stays as it is,
+    and the message gives the command that pushes it again where that can work (a failed request, a token gone since
+    the start)."""
     repo, private = str(config.train.push_to), config.train.push_private
     try:
-        return push(run_dir, repo, private=private, spelling=spelling)
+        pushed = push(run_dir, repo, private=private, spelling=spelling)
+        print(f"pushed {counted(len(pushed.files), 'file')} to {repo}: {pushed.url}", flush=True)
+        return pushed.url
     except TunelabError as exc:
         said = f"training finished and the run is saved in {run_dir}, but it was not pushed to {repo}: {exc}"
         if isinstance(exc, RunDirError):  # the result itself is refused: pushing it again would be refused too
