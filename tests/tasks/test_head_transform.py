@@ -222,3 +222,4 @@ def test_a_reward_runs_training_file_given_to_predict_is_refused_for_eval(tiny_m
     assert main(["predict", run, "--data", held, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert f"{held}:1: nothing to score" in err and "The run's data.transform " in err and "is not applied" in err
+    assert f"scored as pairs by 'tunelab eval {run} --data {held}'" in err  # the run and the file, as given

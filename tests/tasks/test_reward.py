@@ -2,6 +2,7 @@
 
 import json
 import math
+import shlex
 
 import pytest
 import torch
@@ -264,14 +265,22 @@ def test_predict_of_a_pair_file_points_to_eval(tmp_path):
 
     path = _write(tmp_path / "pairs.jsonl", [{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}])
     with pytest.raises(
-        DataError,
-        match=r"pairs\.jsonl:1: nothing to score.* A preference pair \(chosen and rejected\) is scored by 'tunelab eval RUN --data FILE'",
+        DataError, match=r"pairs\.jsonl:1: nothing to score.* A preference pair \(chosen and rejected\)"
     ):
         read_scored([path], {}, None, DataReport())
+    with pytest.raises(DataError) as cli:  # the command to run, with the run's directory and this file
+        read_scored([path], {}, None, DataReport(), run_dir=tmp_path / "my run")
+    assert f"is scored by 'tunelab eval {shlex.quote(str(tmp_path / 'my run'))} --data {shlex.quote(path)}' (" in str(
+        cli.value
+    )
     with pytest.raises(DataError) as python:  # tunelab.predict's caller is told of tunelab.evaluate
+        read_scored([path], {}, None, DataReport(), spelling=PYTHON, run_dir=tmp_path / "my run")
+    call = f"tunelab.evaluate({str(tmp_path / 'my run')!r}, data={path!r})"
+    assert f"is scored by {call} (pairwise accuracy)" in str(python.value)
+    assert "--data" not in str(python.value) and "tunelab eval " not in str(python.value)
+    with pytest.raises(DataError) as unknown:  # no run directory known: it is named as a placeholder
         read_scored([path], {}, None, DataReport(), spelling=PYTHON)
-    assert "is scored by tunelab.evaluate(run, data=FILE) (pairwise accuracy)" in str(python.value)
-    assert "--data" not in str(python.value)
+    assert f"tunelab.evaluate(run_dir, data={path!r})" in str(unknown.value)
     other = _write(tmp_path / "other.jsonl", [{"body": "Hi"}])
     with pytest.raises(DataError) as err:
         read_scored([other], {}, None, DataReport())

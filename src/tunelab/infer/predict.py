@@ -167,7 +167,7 @@ def predict(
             items += [
                 (x, location(p, n), None)
                 for x, p, n in read_scored(
-                    [str(data)], d.fields, d.system_prompt, report, d.delimiter, d.transform, spelling
+                    [str(data)], d.fields, d.system_prompt, report, d.delimiter, d.transform, spelling, run.run_dir
                 )
             ]
         if report.skips:

@@ -21,6 +21,7 @@ of pairs with r_c > r_r; a tie counts as wrong) and the mean margin r_c - r_r.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +240,7 @@ def read_scored(
     delimiter: str = "auto",
     transform: str | None = None,
     spelling: Spelling = CLI,
+    run_dir: str | Path | None = None,
 ) -> list[tuple[Input, str, int]]:
     """Rows to score one at a time (tunelab predict): a prompt and an answer (answer, completion, response or
     output), a whole conversation (messages, conversations) or a whole text; (input, path, line) each. A row that
@@ -246,8 +248,7 @@ def read_scored(
     `delimiter`: the run's data.delimiter, which splits a .csv file's values as it split its training files'.
     `transform`: the run's data.transform, which shapes pairs and is not applied here; a row with nothing to score
     is told so (it may be a raw row of the training files' form), and of the command that scores pairs as `spelling`
-    names it."""
-    evaluate = "'tunelab eval RUN --data FILE'" if spelling.flags else "tunelab.evaluate(run, data=FILE)"
+    names it, with the file and `run_dir` (the run's directory, where it is known)."""
     out = []
     for record in read_records(paths, delimiter):
         report.read(record.path)
@@ -263,6 +264,7 @@ def read_scored(
         elif text is not None:
             item = Input(text=plain_text(row, fields, where, text, True))
         else:
+            evaluate = _evaluate_call(run_dir, record.path, spelling)
             pair = (
                 f" A preference pair (chosen and rejected) is scored by {evaluate} (pairwise "
                 "accuracy); predict scores one answer a row."
@@ -283,6 +285,16 @@ def read_scored(
             continue
         out.append((item, record.path, record.line))
     return out
+
+
+def _evaluate_call(run_dir: str | Path | None, path: str, spelling: Spelling) -> str:
+    """How the caller scores the pairs of `path` with the run of `run_dir` (RUN_DIR where it is not known): tunelab
+    eval's command line, or the API's evaluate call."""
+    if spelling.flags:
+        run = shlex.quote(str(run_dir)) if run_dir is not None else "RUN_DIR"
+        return f"'tunelab eval {run} --data {shlex.quote(path)}'"
+    run = repr(str(run_dir)) if run_dir is not None else "run_dir"
+    return f"tunelab.evaluate({run}, data={path!r})"
 
 
 def _unscorable(item: Input) -> str | None:
