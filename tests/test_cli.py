@@ -494,6 +494,21 @@ def test_generate_reads_a_newline_in_its_text_flags_as_data_system_prompt_does(m
     capsys.readouterr()
 
 
+def test_predict_reads_a_newline_in_its_text_flags_as_generate_does(monkeypatch, capsys):
+    """`tunelab predict RUN --answer "A.\\nB."` scored a backslash and an n, where generate's PROMPT, --prompt and
+    --system read \\n as a newline; TEXT, --text, --prompt and --answer now read it so too."""
+    import tunelab.api
+
+    asked = []
+    monkeypatch.setattr(
+        tunelab.api, "predict", lambda run, texts, prompt, answers, **_: asked.append((texts, prompt, answers))
+    )
+    assert main(["predict", "runs/a", "one\\ntwo", "--text", "a\\tb"]) == 0
+    assert main(["predict", "runs/a", "--prompt", "Q?\\nMore.", "--answer", "x\\ny", "--answer", "a\\\\nb"]) == 0
+    assert asked == [(["one\ntwo", "a\tb"], None, []), ([], "Q?\nMore.", ["x\ny", "a\\nb"])]
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(
     "argv, field, value",
     [

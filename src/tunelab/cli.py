@@ -176,9 +176,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         api.predict(
             args.run_dir,
             data=args.data,
-            texts=args.texts + args.text,
-            prompt=args.prompt,
-            answers=args.answer,
+            texts=[read_escapes(t) for t in args.texts + args.text],  # \n a newline, as generate reads its prompt
+            prompt=args.prompt and read_escapes(args.prompt),
+            answers=[read_escapes(a) for a in args.answer],
             out=args.out,
             overwrite=args.overwrite,
             batch_size=args.batch_size,

@@ -236,11 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="a classify run's label and probabilities, or a reward run's score, for texts or a file"
     )
     predict.add_argument("run_dir", help="a classify or reward run directory (unfinished: its newest checkpoint)")
-    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify or score (or --text, repeatable)")
+    predict.add_argument(
+        "texts",
+        nargs="*",
+        metavar="TEXT",
+        help="texts to classify or score (or --text, repeatable); \\n is a newline, \\t a tab",
+    )
     predict.add_argument("--data", help="rows to predict: the run's input columns (text, prompt, messages, ...)")
-    predict.add_argument("--text", action="append", default=[], help="a text to classify or score (repeatable)")
-    predict.add_argument("--prompt", help="reward runs: the prompt the --answer texts answer")
-    predict.add_argument("--answer", action="append", default=[], help="reward runs: an answer to score (repeatable)")
+    predict.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        help="a text to classify or score (repeatable); \\n is a newline, \\t a tab, \\\\ a backslash",
+    )
+    predict.add_argument(
+        "--prompt", help="reward runs: the prompt the --answer texts answer; \\n is a newline, \\t a tab"
+    )
+    predict.add_argument(
+        "--answer",
+        action="append",
+        default=[],
+        help="reward runs: an answer to score (repeatable); \\n is a newline, \\t a tab",
+    )
     predict.add_argument("--out", help="also write the predictions to this .csv or .jsonl file")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     predict.add_argument("--batch-size", type=whole(1), default=16, help="inputs per forward pass (default: 16)")
