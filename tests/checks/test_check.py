@@ -426,3 +426,25 @@ def test_packing_of_one_example_is_in_the_singular(small_weight_lora):
     items, _ = eval_comparisons(built, one, pad_id=0)
     packing = next(i for i in items if i.name == "packing")
     assert "1 example packed in one row" in packing.summary
+
+
+def test_a_questions_file_as_training_data_is_told_of_eval_as_the_caller_runs_it(
+    tiny_overrides, tmp_path, capsys, cli_flags
+):
+    """A file of questions (question, expected) given as data.train was told to give it to "eval's data file", the
+    data reader knowing no caller; tunelab check and train name eval's command line, a Python caller
+    tunelab.evaluate, where they catch the reader's error."""
+    questions = tmp_path / "heldout.jsonl"
+    questions.write_text('{"question": "Since when?", "expected": "1997"}\n')
+    over = tiny_overrides | {"data.train": [str(questions)]}
+    assert main(["check", "--data-only", *cli_flags(over)]) == 2
+    err = capsys.readouterr().err
+    assert "once the run is trained, score them with 'tunelab eval RUN_DIR --data FILE'" in err
+    assert "tunelab.evaluate" not in err and "eval's data file" not in err
+    for call in (lambda: tunelab.check(None, over, model=False), lambda: train(None, over)):
+        with pytest.raises(DataError) as python:
+            call()
+        said = str(python.value)
+        assert f"{questions}:1: cannot tell the data format" in said and "give the file as eval.questions" in said
+        assert "once the run is trained, score them with tunelab.evaluate(run_dir, data=FILE))" in said
+        assert "tunelab eval" not in said and "--data" not in said

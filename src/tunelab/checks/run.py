@@ -48,6 +48,7 @@ from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.config.validate import unused_notes
 from tunelab.data.checks import CheckItem, CheckResult, data_checks
+from tunelab.data.formats import eval_said_as
 from tunelab.data.loader import epoch_rows
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
@@ -325,7 +326,7 @@ def run_check(
         inputs = _stage_inputs(cfg, task, 1, spelling) if staged else load_inputs(cfg, task, spelling=spelling)
         require_eval_split(cfg.train.early_stopping_patience, inputs.data.eval)  # train refuses it here too (exit 2)
     except (ConfigError, DataError) as exc:
-        raise locate(exc, resolved.origins) from None
+        raise eval_said_as(locate(exc, resolved.origins), spelling) from None
     data = inputs.data
     out(data.report.summary())
     # a staged run: the stages whose data train compares with their run.json (training/stage_resume.py): the

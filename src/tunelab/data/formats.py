@@ -24,12 +24,13 @@ import json
 import math
 from dataclasses import dataclass
 
+from tunelab.config.flags import Spelling
 from tunelab.data.case import CaseMatch
 from tunelab.data.columns import UnreadColumns
 from tunelab.data.hints import mapping_hint, nested_hint, role_advice
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import Record, headerless, is_plain_text, note_rows_as_text
-from tunelab.errors import ConfigError, DataError, article, counted, not_text
+from tunelab.errors import ConfigError, DataError, TunelabError, article, counted, not_text
 
 # format -> (required canonical fields, optional canonical fields); dict order is the detection order
 FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -70,12 +71,27 @@ PREFERENCE_ADVICE = (  # said of rows an sft format cannot read; tunelab federat
     " Rows of chosen and rejected are preference pairs: train them with task: dpo (or a reward model, task: reward)."
 )
 # company_faq's heldout.jsonl given as data.eval: a mapping {answer: expected} is no fix. Said by the data reader,
-# which every caller reaches with no way to name eval's commands as it gives them, so it names the options alone.
+# which does not know how its caller runs eval: it names eval's data file, and the callers that do know (train and
+# check, where they catch the reader's errors) name eval's call in its place (`eval_said_as`). The words are matched,
+# not a subclass: the reader's error is raised again as a new DataError with its file and line, keeping only its text.
+QUESTIONS_LATER = "(or, once the run is trained, as eval's data file)"
 QUESTIONS_ADVICE = (
     " A row with an 'expected' text is a question for compare and eval, which score answers that contain it:"
-    " give the file as eval.questions, asked after training (or, once the run is trained, as eval's data file);"
+    f" give the file as eval.questions, asked after training {QUESTIONS_LATER};"
     " data.train and data.eval take rows with whole answers, whose loss they measure."
 )
+
+
+def eval_said_as(error: TunelabError, spelling: Spelling) -> TunelabError:
+    """`error` of the data reader with QUESTIONS_ADVICE naming eval as the caller runs it: `tunelab eval RUN_DIR
+    --data FILE` for the command line, tunelab.evaluate(run_dir, data=FILE) in Python; any other error as it is."""
+    text = str(error)
+    if QUESTIONS_LATER in text:
+        call = "'tunelab eval RUN_DIR --data FILE'" if spelling.flags else "tunelab.evaluate(run_dir, data=FILE)"
+        error.args = (text.replace(QUESTIONS_LATER, f"(or, once the run is trained, score them with {call})"),)
+    return error
+
+
 FIELDS_OPTION = "option 'data.fields'"  # where a mapping comes from; a mixture's source names its entry
 
 

@@ -31,7 +31,7 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import check_overrides, from_python, is_override, locate
-from tunelab.data.formats import trained_system
+from tunelab.data.formats import eval_said_as, trained_system
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import (
     CheckFailed,
@@ -435,7 +435,7 @@ def _load_data(
     try:
         inputs = load_inputs(cfg, task, recorded_commit(run_dir) if resume else None, spelling=resolved.spelling)
     except (ConfigError, DataError) as exc:
-        raise locate(exc, resolved.origins) from None
+        raise eval_said_as(locate(exc, resolved.origins), resolved.spelling) from None
     data = inputs.data
     print(data.report.summary(), flush=True)
     digest, eval_digest = data_digest(data.train), (data_digest(data.eval) if data.eval else "")
