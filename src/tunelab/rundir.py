@@ -68,6 +68,13 @@ class RunInfo:
     """fast (tunelab's Llama-family model) or generic (the transformers model)."""
     quantize_base: str = "none"
     """nf4 for QLoRA: the adapter was trained over the 4-bit base, and is evaluated over it by default."""
+    init: str = "default"
+    """An adapter run's method.init: default, or pissa / olora (peft/weight_init.py), whose saved adapter is a plain
+    LoRA of rank 2 x method.r over the original base. default for full and layers runs, and in runs written before
+    it was recorded."""
+    rslora: bool = False
+    """An adapter run's method.rslora: the adapter is scaled by alpha / sqrt(r), not alpha / r (false in runs written
+    before it was recorded)."""
     dtype: str | None = None
     """The dtype the model trained in (float32, bfloat16, float16): a QLoRA base is quantized from it again when the
     run is opened. None in runs written before it was recorded."""

@@ -63,10 +63,7 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
         [
             ("base model", d.get("base_model")),
             ("task", _task(d)),
-            (
-                "method",
-                f"{d.get('method')}, base in NF4 (QLoRA)" if d.get("quantize_base") == "nf4" else d.get("method"),
-            ),
+            ("method", _method(d)),
             ("implementation", d.get("impl")),
             ("template", d.get("template")),
             ("system prompt", d.get("system_prompt")),
@@ -84,6 +81,17 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             (verdict_name, verdict.get("text") if isinstance(verdict, dict) else None),
         ]
     )
+
+
+def _method(d: dict) -> str | None:
+    """run.json's method, with how its adapter started (method.init), rsLoRA and an NF4 base where they apply."""
+    init = d.get("init")
+    facts = [
+        f"init {init}" if isinstance(init, str) and init != "default" else "",
+        "rsLoRA" if d.get("rslora") is True else "",
+        "base in NF4 (QLoRA)" if d.get("quantize_base") == "nf4" else "",
+    ]
+    return ", ".join([str(d.get("method")), *filter(None, facts)]) if d.get("method") is not None else None
 
 
 def _task(d: dict) -> str | None:

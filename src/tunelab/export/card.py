@@ -99,7 +99,7 @@ def model_card(info: RunInfo, name: str, base_generation: GenerationConfig | Non
         *_front(info, "transformers"),
         f"# {name}",
         "",
-        f"`{base}` fine-tuned with tunelab ({info.method}, task {info.task}) and merged into plain weights: it loads",
+        f"`{base}` fine-tuned with tunelab ({_method(info)}, task {info.task}) and merged into plain weights: it loads",
         "without tunelab, PEFT or the base model.",
         "",
         *_prompting(info, "Its tokenizer's chat template writes"),
@@ -156,7 +156,7 @@ def gguf_card(
         *_front(info, "gguf", ("gguf", qtype)),
         f"# {name}",
         "",
-        f"`{base}` fine-tuned with tunelab ({info.method}, task {info.task}), merged and written as one GGUF file,",
+        f"`{base}` fine-tuned with tunelab ({_method(info)}, task {info.task}), merged and written as one GGUF file,",
         f"`{gguf.name}`, in `{qtype}`, for llama.cpp, Ollama and LM Studio.",
         "",
         *_prompting(info, "The file's chat template (`tokenizer.chat_template`) and the Modelfile's TEMPLATE write"),
@@ -240,6 +240,27 @@ def _over_stages(info: RunInfo, origin: RunInfo, stages: int, repo: str) -> list
     ]
 
 
+def _method(info: RunInfo) -> str:
+    """The run's method as a card names it: with how its adapter started (method.init) and rsLoRA where set."""
+    return ", ".join(
+        [info.method, *([f"init {info.init}"] if info.init != "default" else []), *(["rsLoRA"] * info.rslora)]
+    )
+
+
+def _saved_rank(info: RunInfo, rank: int | None) -> list[str]:
+    """What an adapter started from its weight (method.init pissa or olora) is as saved: a plain LoRA of twice the
+    rank it trained at, over the original base (peft/weight_init.py)."""
+    if info.init == "default":
+        return []
+    size = f"rank {rank} (`r` in `adapter_config.json`)" if rank else "twice the rank it trained at"
+    return [
+        f"It started from the principal part of each adapted weight (method.init {info.init}), the base keeping the",
+        f"rest; it is saved, as PEFT converts such an adapter, as a plain LoRA of {size} over the original base, so",
+        "it loads as any LoRA does.",
+        "",
+    ]
+
+
 def adapter_card(
     info: RunInfo,
     repo: str,
@@ -247,13 +268,15 @@ def adapter_card(
     evaluated: dict | None = None,
     origin: RunInfo | None = None,
     stages: int = 0,
+    rank: int | None = None,
 ) -> str:
     """The README.md of an adapter pushed to the hub repository `repo` (OWNER/NAME): its base (in the metadata only
     where the base is a hub id, as `base_model_relation: adapter`), how it is prompted, what the run measured
     (`scores`: compare.json's; `evaluated`: eval.json; None where the run has none) and a PEFT example that loads it
     from `repo`. `origin`: for a staged run of `stages` stages whose last stage trained over the weights the earlier
     ones made, the first stage's record: the card names its base (`base_model_relation: finetune`), says that the
-    adapter applies only on those weights and gives no example that puts it on the original base."""
+    adapter applies only on those weights and gives no example that puts it on the original base. `rank`:
+    adapter_config.json's r, where that is not the rank it trained at (method.init pissa or olora)."""
     if origin is not None:
         lines = [
             *_front(info, "peft", relation="finetune", origin=origin),
@@ -304,8 +327,9 @@ def adapter_card(
         f"# {repo.split('/')[-1]}",
         "",
         f"A {_ADAPTER_NAMES.get(info.method, info.method)} adapter of `{base}`, trained with "
-        f"tunelab (task {info.task}).",
+        f"tunelab (task {info.task}{', rsLoRA' * info.rslora}).",
         "",
+        *_saved_rank(info, rank),
         *qlora,
         *_prompting(info, "The tokenizer's chat template writes"),
         *_results(info, scores, evaluated),

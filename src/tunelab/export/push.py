@@ -165,7 +165,8 @@ def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
     files |= {name: run_dir / name for name in TOKENIZER_FILES if (run_dir / name).is_file()}
     stages = len(info.extra.get("stages") or [])
     scores = scores if isinstance(scores, dict) else None
-    files[CARD] = adapter_card(info, repo, scores, evaluated, origin, stages).encode()
+    rank = config.get("r") if isinstance(config.get("r"), int) else None
+    files[CARD] = adapter_card(info, repo, scores, evaluated, origin, stages, rank).encode()
     return Upload(files, f"{info.method} adapter")
 
 

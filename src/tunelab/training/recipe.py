@@ -482,6 +482,8 @@ def _run_info(
         refusal=cfg.eval.refusal,
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
+        init=cfg.method.init if cfg.method.is_adapter else "default",
+        rslora=cfg.method.rslora and cfg.method.is_adapter,
         dtype=str(built.dtype).removeprefix("torch."),
         trust_remote_code=cfg.model.trust_remote_code,
         fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
