@@ -117,3 +117,18 @@ def test_a_rank_above_the_weights_is_refused(tiny_model_dir, init):
 def test_an_unknown_init_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="init 'pisa': expected one of pissa, olora"):
         attach_lora(_tiny(tiny_model_dir), ["q_proj"], r=4, alpha=8, init="pisa")
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_the_memory_plan_counts_the_kept_start_as_the_layers_hold_it(tiny_model_dir, init):
+    """The planner's A0, B0 term is the bytes the layers keep: fp32 whatever the model's dtype (here bf16)."""
+    from tunelab.models.llama_config import LlamaConfig
+    from tunelab.training.memory import estimate
+    from tunelab.training.memory_setup import Setup
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    attach_lora(model, ["all-linear"], r=4, alpha=8, init=init)
+    kept = [t for _, m in lora_modules(model) for t in (m.initial_A, m.initial_B)]
+    assert {t.dtype for t in kept} == {torch.float32}
+    planned = estimate(LlamaConfig.from_hf(model.config.to_dict()), Setup(rank=4, initial_copy=True)).static
+    assert planned["adapters' starting A0, B0 (fp32, method.init)"] == sum(t.nbytes for t in kept)

@@ -429,3 +429,25 @@ def test_first_step_peak_counts_no_garbage_of_earlier_work(monkeypatch):
     finally:
         gc.enable()
     assert gone() is None
+
+
+def test_pissa_counts_the_starting_factors_each_layer_keeps():
+    """method.init pissa (olora alike) keeps each adapted layer's A0 (r, in) and B0 (out, r) in fp32 beside the
+    adapter the whole run long (`peft.weight_init`); the memory model left them out. For the tiny model with r 4 on
+    the seven projections: r (in + out) per layer = 4 x (128 + 96 + 96 + 128 + 160 + 160 + 160) = 3712 values,
+    x 4 bytes x 3 layers = 44,544 bytes; none with the default init or for method full."""
+    from tunelab.config import RunConfig
+    from tunelab.training.plan_setup import config_setup
+
+    cfg = RunConfig()
+    pissa = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, init="pissa"))
+    assert config_setup(pissa, 64).initial_copy
+    assert not config_setup(cfg, 64).initial_copy
+    full = dataclasses.replace(pissa, method=dataclasses.replace(pissa.method, name="full"))
+    assert not config_setup(full, 64).initial_copy
+    s = dataclasses.replace(LORA, initial_copy=True)
+    kept = estimate(TINY, s).static["adapters' starting A0, B0 (fp32, method.init)"]
+    assert kept == 3 * 4 * 3712
+    assert estimate(TINY, s).peak - estimate(TINY, LORA).peak == kept
+    dora = dataclasses.replace(s, dora=True)  # DoRA's magnitude is not part of the start kept
+    assert estimate(TINY, dora).static["adapters' starting A0, B0 (fp32, method.init)"] == kept

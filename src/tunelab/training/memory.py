@@ -30,6 +30,9 @@ Static (alive the whole step):
   the root and of two trained layers (the one in backward and the one being reduce-scattered).
 - grpo's reference (`Setup.reference_copy`: grpo.beta > 0 with full, layers or a continued adapter, `tasks.grpo`
   prepare): a copy of every trainable tensor as it starts, beside the trained one, the whole run long.
+- method.init pissa or olora (`Setup.initial_copy`, `peft.weight_init`): each adapted layer keeps its starting
+  factors A0 (r, in) and B0 (out, r) in fp32 the whole run long (for the saved adapter and the base with adapters
+  off), 4 r (in + out) bytes per adapted projection, as much as the adapters themselves.
 - DDP (`Setup.ddp`, train.sharding ddp on several ranks): every rank holds the whole model, and DDP's gradient
   buckets besides, one more copy of every trainable gradient (`training.distributed.parallelize` leaves
   gradient_as_bucket_view off, so the buckets are buffers of their own).
@@ -375,6 +378,10 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         static["ddp: gradient buckets"] = sum(v * b for v, b in trainable_tensors(c, s))
     if s.reference_copy:
         static["grpo reference: the trained tensors' starting copy"] = sum(v * b for v, b in trainable_tensors(c, s))
+    if s.initial_copy and s.method == "lora":  # A0 (r, in) and B0 (out, r) in fp32 per adapted projection
+        ranks = adapter_ranks(c, s)
+        per_layer = sum(4 * ranks[n] * (i + o) for n, (i, o) in projection_shapes(c).items())
+        static["adapters' starting A0, B0 (fp32, method.init)"] = c.num_layers * per_layer
     through, taken = step_workspaces(s.graphs and not s.offload)  # taken: the captured backward's, when it starts
     static |= {"cuBLAS workspaces": through * s.blas_workspace} if s.blas_workspace else {}
     late = {"cuBLAS workspace of the captured backward": taken * s.blas_workspace} if taken and s.blas_workspace else {}

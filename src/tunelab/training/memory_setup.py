@@ -50,6 +50,7 @@ class Setup:
     fixed_forwards: int = 0  # grpo: forwards over the sampled answers for their reference (and old) log-probs
     reference_copy: bool = False  # grpo with a reference of its own: the trained tensors' starting values, kept
     lm_head: bool = True  # False for classify and reward: the body alone, its small head on each row's last token
+    initial_copy: bool = False  # method.init pissa/olora: each adapted layer keeps its starting A0, B0 (fp32)
     dora: bool = False  # method lora with DoRA (`peft.dora`): a magnitude per output row, no grouped projections
     dropout: bool = False  # LoRA dropout on (method.dropout > 0): a keep-mask per adapted layer, no grouping
     packed: bool = False  # data.packing: a micro-batch is one row of N tokens, its documents apart (cu_seqlens)

@@ -50,6 +50,8 @@ def config_setup(
         # grpo's reference where it is not the base with the adapter off: the trained tensors as they start, a copy
         reference_copy=bool(sampled) and g.beta > 0 and (not m.is_adapter or bool(cfg.model.adapter)),
         lm_head=cfg.task not in ("classify", "reward"),  # a head task's body has no LM head (`tasks.head`)
+        # method.init pissa/olora: the starting factors A0, B0 each adapted layer keeps (`peft.weight_init`)
+        initial_copy=m.is_adapter and m.init != "default",
         dora=m.dora,
         dropout=m.is_adapter and m.dropout > 0,
         packed=cfg.data.packing,  # only sft packs (the other tasks refuse data.packing)
