@@ -1,0 +1,48 @@
+"""`tunelab merge` and the GGUF export of a method.init pissa run: the merged weights are the original base plus the
+trained change, W + s (B A - B0 A0), with B0 A0 worked out here from the base's own SVD; not the residual plus that
+change (the residual base would be merged over) nor the base plus the change twice (a doubled lora_alpha on top of a
+doubled r)."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from tunelab.cli import main
+from tunelab.export.gguf import gguf_shape, gguf_tensors
+from tunelab.export.merge import merged_model
+
+PREFIX = "base_model.model."  # PEFT's key of a layer's adapter is PREFIX + its name + ".lora_A.weight"
+
+
+def test_merge_and_gguf_of_a_pissa_run_are_the_base_plus_the_trained_change(tiny_overrides, tiny_model_dir, cli_flags):
+    cfg = tiny_overrides | {"train.max_steps": 2, "method.init": "pissa", "method.dropout": 0.0}
+    assert main(["train", *cli_flags(cfg)]) == 0
+    run = tiny_overrides["output_dir"]
+    out = f"{run}-merged"
+    assert main(["merge", run, "--out", out]) == 0
+    base = load_file(f"{tiny_model_dir}/model.safetensors")
+    merged = load_file(f"{out}/model.safetensors")
+    saved = load_file(f"{run}/adapter_model.safetensors")
+    config = json.loads(open(f"{run}/adapter_config.json").read())
+    r = cfg["method.r"]
+    scale = config["lora_alpha"] / config["r"]  # 2 alpha / 2r: the scale trained with
+    expected = {}
+    for key in (k for k in saved if k.endswith("lora_A.weight")):
+        name = key.removeprefix(PREFIX).removesuffix(".lora_A.weight")
+        a, b = saved[key][:r], saved[key.replace("lora_A", "lora_B")][:, :r]  # the trained A, B: the first r
+        w = base[f"{name}.weight"].double()
+        u, sigma, vh = torch.linalg.svd(w, full_matrices=False)
+        start = (u[:, :r] * sigma[:r]) @ vh[:r]  # s B0 A0: W's best rank-r part, which the base gave the adapter
+        change = scale * (b.double() @ a.double()) - start
+        expected[name] = w + change
+        assert change.abs().max() > 1e-4  # trained: the change is no rounding
+        # fp32 merge (W + s B' A' summed in fp32) against the same sum in fp64: rounding, ~1e-7 of weights ~0.02
+        torch.testing.assert_close(merged[f"{name}.weight"].double(), w + change, rtol=0, atol=1e-5)
+    assert len(expected) == 14  # the seven projections of both layers
+    # the GGUF export writes what merged_model gives (v_proj is not permuted for rope)
+    model = merged_model(run, torch.float32).model
+    written = dict(gguf_tensors(model, gguf_shape(model.config)))
+    for layer in (0, 1):
+        v = expected[f"model.layers.{layer}.self_attn.v_proj"]
+        torch.testing.assert_close(written[f"blk.{layer}.attn_v.weight"].double(), v, rtol=0, atol=1e-5)
