@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 import tunelab
 from tunelab.cli import main
 from tunelab.config.suggest import ALIASES
-from tunelab.errors import ConfigError, PushFailed
+from tunelab.errors import ConfigError, PushFailed, RunDirError
 from tunelab.export.push import push_result
 from tunelab.training.recipe import resolve
 
@@ -48,7 +48,7 @@ def test_a_finished_run_pushes_its_adapter_and_card(short, hub, capsys):
         ({"train.push_to": "box-bot"}, "option 'train.push_to' is 'box-bot'; give the repository as OWNER/NAME"),
         ({"train.push_to": "alice/box--bot"}, "option 'train.push_to' is 'alice/box--bot'"),
         ({"method.name": "full"}, "but method.name is full, which trains the model's own weights"),
-        ({"method.name": "layers"}, "tunelab push DIR --repo alice/box-bot"),
+        ({"method.name": "layers"}, "then tunelab push {out}-merged --repo alice/box-bot"),
         ({"train.push_to": None, "train.push_private": True}, "'train.push_private' is true, but 'train.push_to'"),
     ],
 )
@@ -56,7 +56,7 @@ def test_what_cannot_be_pushed_is_refused_before_training(short, hub, capsys, ch
     overrides = {k: v for k, v in (short | change).items() if v is not None}
     assert main(["train", *_flags(overrides)]) == 2
     err = capsys.readouterr().err
-    assert said in err and "Traceback" not in err
+    assert said.format(out=short["output_dir"]) in err and "Traceback" not in err
     assert hub.calls == [] and not Path(short["output_dir"]).exists()  # nothing trained
 
 
@@ -114,8 +114,8 @@ def test_an_adapter_holding_inf_is_never_pushed_and_no_retry_is_offered(tiny_run
 
 def test_staged_and_federated_runs(tiny_overrides):
     base = tiny_overrides | {"train.push_to": "alice/box-bot"}
-    lora_last = [{"method": {"name": "full"}}, {"method": {"name": "lora"}, "continue": "merge"}]
-    assert resolve(None, base | {"stages": lora_last}).config.train.push_to == "alice/box-bot"
+    continued = [{}, {"train": {"lr": 1e-4}}]  # continue: adapter, over the original base
+    assert resolve(None, base | {"stages": continued}).config.train.push_to == "alice/box-bot"
     with pytest.raises(ConfigError, match="but the last stage's method.name is full"):
         resolve(None, base | {"stages": [{}, {"method": {"name": "full"}, "continue": "merge"}]})
     with pytest.raises(ConfigError, match="'train.push_to' belongs to the whole run"):
@@ -133,36 +133,64 @@ def test_trl_names_point_to_the_option():
         resolve(None, {"model.name": "x", "data.train": [], "hub_model_id": "alice/box-bot"})
 
 
-def test_a_staged_run_over_merged_stages_names_the_original_base_and_where_it_applies(
-    tiny_overrides, tiny_model_dir, hub
-):
-    """Stage 2 continues by merge: its base is stage 1's adapter folded into the tiny model (stage-1/merged), which
-    the card and adapter_config.json named "merged". They name the original base, and the card says the adapter
-    applies only over the merged weights: those differ from the original base's, so on it the adapter is another
-    model."""
+@pytest.mark.parametrize(
+    "stages, where",
+    [
+        ([{}, {"continue": "merge"}], "stage 2 starts from stage 1's adapter merged into the base (continue: merge)"),
+        ([{"method": {"name": "full"}}, {"continue": "merge"}], "stage 2 starts from the weights stage 1 trained"),
+        ([{"method": {"name": "layers"}}, {}], "stage 2 starts from the weights stage 1 trained (method layers)"),
+        ([{}, {"continue": "merge"}, {}], "stage 2 starts from stage 1's adapter merged"),  # stage 3 continues it
+    ],
+)
+def test_an_adapter_over_weights_earlier_stages_changed_is_refused_before_training(short, hub, capsys, stages, where):
+    """Such an adapter, pushed, names the original base in adapter_config.json: AutoPeftModelForCausalLM puts it there
+    without a word and gives another model than the one trained. Refused at load (exit 2), with the commands that
+    share the run instead: the CLI's, or the API's calls."""
+    run = short["output_dir"]
+    assert main(["train", *_flags(short | {"stages": stages})]) == 2
+    err = capsys.readouterr().err
+    assert "option 'train.push_to' is 'alice/box-bot', but the last stage trains its adapter over weights" in err
+    assert where in err and "Traceback" not in err
+    assert f"tunelab merge {run} --out {run}-merged, then tunelab push {run}-merged --repo alice/box-bot" in err
+    assert hub.calls == [] and not Path(run).exists()
+    with pytest.raises(ConfigError, match=re.escape(f"tunelab.merge({run!r}, '{run}-merged'), then tunelab.push(")):
+        tunelab.train(None, short | {"stages": stages})
+
+
+def test_tunelab_push_refuses_an_adapter_over_merged_stages(tiny_overrides, hub, capsys):
+    """The run trained without train.push_to: `tunelab push` and `tunelab.push` refuse its adapter before any
+    request, naming the stage that changed the weights, and give the commands (or calls) that merge and push it."""
     stages = [{"train": {"max_steps": 2}}, {"continue": "merge", "train": {"max_steps": 2}}]
-    result = tunelab.train(None, tiny_overrides | {"stages": stages, "train.push_to": "alice/box-bot"})
-    run = result.run_dir
-    assert result.pushed and hub.files["adapter_model.safetensors"] == (run / "adapter_model.safetensors").read_bytes()
-    merged, original = (
-        load_file(run / "stage-1" / "merged" / "model.safetensors"),
-        load_file(tiny_model_dir / "model.safetensors"),
-    )
-    assert any(not torch.equal(merged[k], original[k]) for k in original if k in merged)  # stage 1 changed the base
-    name = Path(tiny_model_dir).name
-    config = json.loads(hub.files["adapter_config.json"])
-    card = hub.files["README.md"].decode()
-    assert config["base_model_name_or_path"] == name and "revision" not in config
-    assert "`merged`" not in card and f"as the last of 2 stages over `{name}`: stage 1 changed" in card
-    assert "It applies only on them" in card and "another model than the one tunelab trained" in card
-    assert "from_pretrained" not in card and "tunelab push DIR --repo alice/box-bot" in card
-    # over a hub base: named in the metadata as what the model descends from, not as the adapter's base
-    first = run / "stage-1" / "run.json"
-    hub_base = {"base_model": "HuggingFaceTB/SmolLM2-135M", "base_source": "hub", "base_revision": "0123abcd"}
-    first.write_text(json.dumps(json.loads(first.read_text()) | hub_base))
-    tunelab.push(run, "alice/box-bot")
-    config, card = json.loads(hub.files["adapter_config.json"]), hub.files["README.md"].decode()
-    front = card.split("---")[1]
-    assert 'base_model: "HuggingFaceTB/SmolLM2-135M"' in front and "base_model_relation: finetune" in front
-    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M" and config["revision"] == "0123abcd"
-    assert "AutoPeftModel" not in card
+    run = str(tunelab.train(None, tiny_overrides | {"stages": stages}).run_dir)
+    capsys.readouterr()
+    assert main(["push", run, "--repo", "alice/box-bot"]) == 2
+    err = capsys.readouterr().err
+    assert "the run's last stage trained its adapter over weights that earlier stages changed (stage 2 starts" in err
+    assert f"tunelab merge {run} --out {run}-merged, then tunelab push {run}-merged --repo alice/box-bot" in err
+    with pytest.raises(RunDirError, match=re.escape(f"tunelab.merge({run!r}, '{run}-merged'), then tunelab.push(")):
+        tunelab.push(run, "alice/box-bot")
+    assert hub.calls == []
+    merged = tunelab.merge(run, f"{run}-merged")  # what the message says works
+    assert tunelab.push(merged, "alice/box-bot").files and hub.calls[-1][0] == "create_commit"
+    shutil.rmtree(Path(run) / "stage-1")  # run.json's own record of its stages is enough to tell
+    with pytest.raises(RunDirError, match="continue: merge"):
+        tunelab.push(run, "alice/box-bot")
+
+
+@pytest.mark.parametrize(
+    "stages, said",
+    [
+        ([("lora", None)], None),
+        ([("lora", None), ("lora", "adapter"), ("dora", "adapter")], None),
+        ([("lora", None), ("lora", "merge")], "stage 2 starts from stage 1's adapter merged into the base"),
+        ([("lora", None), ("lora", "adapter"), ("lora", "merge"), ("lora", "adapter")], "stage 3 starts from stage 2"),
+        ([("full", None), ("lora", "adapter")], "stage 2 starts from the weights stage 1 trained (method full)"),
+        ([("lora", None), (None, None)], None),  # a record without a method after it: its start is stage 1's
+        ([(None, None), ("lora", "adapter")], "stage 2 starts from the weights stage 1 trained (method None)"),
+    ],
+)
+def test_which_last_stage_trains_over_changed_weights(stages, said):
+    from tunelab.config.validate import over_changed_weights
+
+    found = over_changed_weights(stages)
+    assert found == said if said is None else found.startswith(said)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 from dataclasses import dataclass
 
 from tunelab.config.model import DEVICE_NAMES, is_device
@@ -191,6 +192,15 @@ class Spelling:
     def given(self, name: str) -> str:
         """How the caller gives that option: --api-key, or api_key= in Python."""
         return f"--{name.replace('_', '-')}" if self.flags else f"{name}="
+
+    def merge_then_push(self, run: str, repo: str) -> str:
+        """The commands (or the API's calls) that merge run `run` into a model folder beside it, RUN-merged, and push
+        that folder to the hub repository `repo`: how a result that is no adapter to push alone is shared."""
+        out = f"{str(run).rstrip('/')}-merged"
+        if self.flags:
+            merge, push = ["tunelab", "merge", str(run), "--out", out], ["tunelab", "push", out, "--repo", repo]
+            return f"{shlex.join(merge)}, then {shlex.join(push)}"
+        return f"tunelab.merge({str(run)!r}, {out!r}), then tunelab.push({out!r}, {repo!r})"
 
 
 CLI, PYTHON = Spelling(flags=True), Spelling(flags=False)

@@ -365,7 +365,7 @@ def load_config(
     config = RunConfig()
     _set_values(config, values)
     try:
-        check_consistency(config, task_options=not saved)
+        check_consistency(config, task_options=not saved, spelling=CLI if typed else PYTHON)
     except ConfigError as exc:
         raise _placed(exc, origins, lines) from None
     return ResolvedConfig(config, origins, path, CLI if typed else PYTHON)

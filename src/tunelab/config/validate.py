@@ -11,6 +11,7 @@ import re
 
 from tunelab.config.data import DataConfig, DataSource
 from tunelab.config.federated import NOT_READ
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.config.run import RunConfig, iter_options
 from tunelab.config.tasks import PLACEHOLDER
 from tunelab.config.train import check_repo_id, check_trackers, parse_size
@@ -35,12 +36,13 @@ def check_target_modules(targets: list[str]) -> None:
             )
 
 
-def check_consistency(config: RunConfig, task_options: bool = True) -> None:
+def check_consistency(config: RunConfig, task_options: bool = True, spelling: Spelling = PYTHON) -> None:
     """Rules that involve more than one option, or the environment (a tracker's library must be installed).
     `task_options`: refuse an option of a task section that no task of the run reads, and a count that
-    train.checkpointing false leaves unread (off for a run's saved config read back: the run trained so)."""
+    train.checkpointing false leaves unread (off for a run's saved config read back: the run trained so).
+    `spelling`: how the commands a message gives are written (the CLI's, or the API's calls)."""
     check_trackers(config.train.report_to)
-    check_push_to(config)
+    check_push_to(config, spelling)
     check_target_modules(config.method.target_modules)
     if config.train.offload_activations is True and config.train.checkpointing is False:
         raise ConfigError(
@@ -153,10 +155,26 @@ def check_weight_init(config: RunConfig) -> None:
         raise ConfigError(f"option 'method.init' is {init}, but {why}.")
 
 
-def check_push_to(config: RunConfig) -> None:
+def over_changed_weights(stages: list[tuple[object, object]]) -> str | None:
+    """Where a staged run's last stage trains over weights that an earlier stage changed, given each stage's (method,
+    continue) in order: `continue: merge` after an adapter stage, or any stage after a full or layers stage
+    (training/stages.py `plan_stages`; every later stage then trains over those weights too). Said as where it
+    starts ("stage 2 starts from stage 1's adapter merged into the base (continue: merge)"); None where every stage
+    continues the adapter before it, over the original base."""
+    for k in range(2, len(stages) + 1):
+        before, how = stages[k - 2][0], stages[k - 1][1]
+        if before not in ("lora", "dora"):
+            return f"stage {k} starts from the weights stage {k - 1} trained (method {before})"
+        if how == "merge":
+            return f"stage {k} starts from stage {k - 1}'s adapter merged into the base (continue: merge)"
+    return None
+
+
+def check_push_to(config: RunConfig, spelling: Spelling = PYTHON) -> None:
     """train.push_to names a hub repository, OWNER/NAME, and the run's result is what tunelab push sends: an adapter
-    (method lora or dora) of a task without a head. A staged run pushes its result, its last stage's. The token and
-    offline mode are the environment's, checked before training (export/push.py `check_push_to`)."""
+    (method lora or dora) of a task without a head, over the original base. A staged run pushes its result, its last
+    stage's. The token and offline mode are the environment's, checked before training (export/push.py
+    `check_push_to`). `spelling`: how the commands to do instead are given (the CLI's, or the API's calls)."""
     t = config.train
     if t.push_to is None:
         if t.push_private:
@@ -170,6 +188,7 @@ def check_push_to(config: RunConfig) -> None:
     method, task = last.get("method.name", config.method.name), last.get("task", config.task)
     whose = "the last stage's " if config.stages else ""
     named = f"option 'train.push_to' is {t.push_to!r}, but {whose}"
+    instead = spelling.merge_then_push(config.output_dir, t.push_to)
     if task in ("classify", "reward"):
         raise ConfigError(
             f"{named}task is {task}: a head on the model's last token, which tunelab push does not push (it pushes "
@@ -179,7 +198,15 @@ def check_push_to(config: RunConfig) -> None:
         raise ConfigError(
             f"{named}method.name is {method}, which trains the model's own weights: there is no adapter to push. "
             "Remove train.push_to; after training, merge the run into a model folder with its chat template and "
-            f"generation settings (tunelab merge RUN --out DIR), then push that (tunelab push DIR --repo {t.push_to})."
+            f"generation settings and push that: {instead}."
+        )
+    stages = [(s.get("method.name", config.method.name), s.get("continue", "adapter")) for s in config.stages]
+    if where := over_changed_weights(stages):
+        raise ConfigError(
+            f"option 'train.push_to' is {t.push_to!r}, but the last stage trains its adapter over weights that "
+            f"earlier stages changed ({where}), which the adapter does not hold: put on the original base, as its "
+            "adapter_config.json tells PEFT's AutoPeftModelForCausalLM to, it would be another model than the one "
+            f"trained. Remove train.push_to; after training, merge the run into a model folder and push that: {instead}."
         )
 
 

@@ -56,15 +56,10 @@ def card_head(library: str) -> str:
     return f"---\nlibrary_name: {library}\ntags:\n- tunelab\n"
 
 
-def _front(
-    info: RunInfo, library: str, tags: tuple[str, ...] = (), relation: str = "finetune", origin: RunInfo | None = None
-) -> list[str]:
-    """The metadata: tunelab's tags, and the base where it is a hub id (`origin`'s, a staged run's first stage's,
-    where given)."""
-    origin = origin or info
-    base = shared_name(str(origin.base_model))
+def _front(info: RunInfo, library: str, tags: tuple[str, ...] = (), relation: str = "finetune") -> list[str]:
+    base = shared_name(str(info.base_model))
     lines = [*card_head(library).splitlines(), f"- {info.method}", *(f"- {t}" for t in tags)]
-    if origin.base_source == "hub":  # the hub links to it; said a fine-tune (it would take a GGUF for a quantization)
+    if info.base_source == "hub":  # the hub links to it; said a fine-tune (it would take a GGUF for a quantization)
         lines += [f"base_model: {json.dumps(base)}", f"base_model_relation: {relation}"]
     return [*lines, "---", ""]
 
@@ -222,24 +217,6 @@ def _results(info: RunInfo, scores: dict | None, evaluated: dict | None = None) 
 _ADAPTER_NAMES = {"lora": "LoRA", "dora": "DoRA"}
 
 
-def _over_stages(info: RunInfo, origin: RunInfo, stages: int, repo: str) -> list[str]:
-    """What a staged run's adapter is, where its last stage trained over the weights of the stages before it (merged
-    into the base, or trained whole), not over `origin`'s base: it applies only on those weights."""
-    base = shared_name(str(origin.base_model))
-    before, results = ("stage 1", "its result") if stages == 2 else (f"stages 1 to {stages - 1}", "their results")
-    return [
-        f"A {_ADAPTER_NAMES.get(info.method, info.method)} adapter trained with tunelab (task {info.task}) as the last "
-        f"of {stages} stages over `{base}`: {before} changed `{base}`'s weights first ({results} merged into it),",
-        "and this adapter was trained over those weights. It applies only on them, and this repository does not hold",
-        f"them: put on `{base}` itself (as `adapter_config.json`, which names the original base, would have PEFT do),",
-        "it gives another model than the one tunelab trained and evaluated.",
-        "",
-        "To share a model that loads by itself, merge the run (`tunelab merge RUN --out DIR`: the base with every",
-        f"stage folded in) and push that folder (`tunelab push DIR --repo {repo}`).",
-        "",
-    ]
-
-
 def _method(info: RunInfo) -> str:
     """The run's method as a card names it: with how its adapter started (method.init) and rsLoRA where set."""
     return ", ".join(
@@ -262,31 +239,14 @@ def _saved_rank(info: RunInfo, rank: int | None) -> list[str]:
 
 
 def adapter_card(
-    info: RunInfo,
-    repo: str,
-    scores: dict | None = None,
-    evaluated: dict | None = None,
-    origin: RunInfo | None = None,
-    stages: int = 0,
-    rank: int | None = None,
+    info: RunInfo, repo: str, scores: dict | None = None, evaluated: dict | None = None, rank: int | None = None
 ) -> str:
     """The README.md of an adapter pushed to the hub repository `repo` (OWNER/NAME): its base (in the metadata only
     where the base is a hub id, as `base_model_relation: adapter`), how it is prompted, what the run measured
-    (`scores`: compare.json's; `evaluated`: eval.json; None where the run has none) and a PEFT example that loads it
-    from `repo`. `origin`: for a staged run of `stages` stages whose last stage trained over the weights the earlier
-    ones made, the first stage's record: the card names its base (`base_model_relation: finetune`), says that the
-    adapter applies only on those weights and gives no example that puts it on the original base. `rank`:
-    adapter_config.json's r, where that is not the rank it trained at (method.init pissa or olora)."""
-    if origin is not None:
-        lines = [
-            *_front(info, "peft", relation="finetune", origin=origin),
-            f"# {repo.split('/')[-1]}",
-            "",
-            *_over_stages(info, origin, stages, repo),
-            *_prompting(info, "The tokenizer's chat template writes"),
-            *_results(info, scores, evaluated),
-        ]
-        return "\n".join(lines).rstrip() + "\n"
+    (`scores`: compare.json's; `evaluated`: eval.json; None where the run has none), its rank as saved (`rank`:
+    adapter_config.json's r) where that is not the rank it trained at, and a PEFT example that loads it from
+    `repo`. A staged run whose last stage trained over weights earlier stages changed is refused before
+    (push.py `collect`): its adapter alone, on the base it names, is another model."""
     base = shared_name(str(info.base_model))
     hub = info.base_source == "hub"
     qlora = (

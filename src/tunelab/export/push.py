@@ -2,9 +2,7 @@
 
 What PATH is says what goes up:
 - a finished adapter run (lora, dora): adapter_config.json (its base named as others can find it: a hub id as it
-  is, a local base by its folder's or file's name, never this machine's path; for a staged run whose last stage
-  trained over the earlier stages' weights, the original base, the card saying the adapter applies only on those
-  weights), adapter_model.safetensors, the
+  is, a local base by its folder's or file's name, never this machine's path), adapter_model.safetensors, the
   tokenizer files training saved (their chat template is the one the run trained with) and a model card written
   here (`card.adapter_card`: base, prompting, the run's losses and compare.json's scores, a PEFT example);
 - a folder `tunelab merge` wrote: the files its tunelab_merge.json lists, less that record (it holds this machine's
@@ -12,8 +10,9 @@ What PATH is says what goes up:
 - a .gguf file `tunelab export` wrote: the file, its Modelfile and self-check, and its card as README.md.
 
 Everything that can be refused is refused before the first request (exit 2): a repository id that is not
-OWNER/NAME, a run that did not finish or holds no adapter, an adapter holding NaN or inf, huggingface_hub's offline
-mode, no token. The repository (and the branch of `revision`) is created when missing, then one `create_commit`
+OWNER/NAME, a run that did not finish or holds no adapter, a staged run whose last stage trained its adapter over
+weights earlier stages changed (the adapter alone, on its base, is another model: merge the run and push that), an
+adapter holding NaN or inf, huggingface_hub's offline mode, no token. The repository (and the branch of `revision`) is created when missing, then one `create_commit`
 holds every file. A request that fails is HubRequestFailed (exit 1), one line naming the repository; the token is
 never printed.
 
@@ -32,6 +31,7 @@ from pathlib import Path
 from tunelab.config import RunConfig
 from tunelab.config.flags import PYTHON, Spelling
 from tunelab.config.train import check_repo_id
+from tunelab.config.validate import over_changed_weights
 from tunelab.errors import (
     ConfigError,
     HubRequestFailed,
@@ -58,7 +58,6 @@ from tunelab.rundir import (
     read_info,
 )
 from tunelab.training.guard import first_non_finite
-from tunelab.training.stage_resume import stage_dir
 
 # What `tokenizer.save_pretrained` writes, across tokenizer kinds and transformers versions
 TOKENIZER_FILES = (
@@ -111,20 +110,6 @@ def check_repo(repo: str, spelling: Spelling = PYTHON) -> str:
     return check_repo_id(repo, spelling.option("repo"))
 
 
-def _staged_origin(run_dir: Path, info: RunInfo) -> RunInfo | None:
-    """For a staged run whose last stage trained over the weights of the stages before it (after `continue: merge`,
-    or a full or layers stage), its first stage's record, which names the original base; None for any other run (a
-    staged run whose stages continued one adapter trains over the original base)."""
-    stages = info.extra.get("stages")
-    if not isinstance(stages, list) or len(stages) < 2:
-        return None
-    try:
-        first = read_info(stage_dir(run_dir, 1))
-    except TunelabError:  # the stage folders were removed: the run's own record is all there is
-        return None
-    return None if first.base_model == info.base_model else first
-
-
 def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
     """The files of a finished adapter run, checked: its adapter finite, its config naming the base as others find it."""
     check_result(run_dir, info)
@@ -148,14 +133,8 @@ def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
         raise RunDirError(f"{config_path}: cannot be read as JSON ({exc}); nothing was pushed.") from None
     if not isinstance(config, dict):
         raise RunDirError(f"{config_path}: is not a JSON object; nothing was pushed.")
-    # a hub base by its id (PEFT loads it from there); any other by its name alone, not this machine's path; a staged
-    # run's adapter trained over an earlier stage's weights by the original base (the card says it applies only there)
-    origin = _staged_origin(run_dir, info)
-    config["base_model_name_or_path"] = shared_name(str((origin or info).base_model))
-    if origin is not None and origin.base_source == "hub" and origin.base_revision:
-        config["revision"] = origin.base_revision
-    elif origin is not None:
-        config.pop("revision", None)  # the revision of a local stage folder names nothing
+    # a hub base by its id (PEFT loads it from there); any other by its name alone, not this machine's path
+    config["base_model_name_or_path"] = shared_name(str(info.base_model))
     compared, evaluated = (_saved(run_dir / name) for name in (COMPARE_FILE, EVAL_FILE))
     scores = compared.get("scores") if compared else None
     files: dict[str, Path | bytes] = {
@@ -163,10 +142,8 @@ def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
         ADAPTER_CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
     }
     files |= {name: run_dir / name for name in TOKENIZER_FILES if (run_dir / name).is_file()}
-    stages = len(info.extra.get("stages") or [])
-    scores = scores if isinstance(scores, dict) else None
     rank = config.get("r") if isinstance(config.get("r"), int) else None
-    files[CARD] = adapter_card(info, repo, scores, evaluated, origin, stages, rank).encode()
+    files[CARD] = adapter_card(info, repo, scores if isinstance(scores, dict) else None, evaluated, rank).encode()
     return Upload(files, f"{info.method} adapter")
 
 
@@ -221,17 +198,27 @@ def collect(path: str | Path, repo: str, spelling: Spelling = PYTHON) -> Upload:
             f"{path}: {article(info.task)} run (a head on the model's last token); pushing it is not supported: its "
             "adapter and head are the run's adapter_config.json and adapter_model.safetensors."
         )
+    instead = spelling.merge_then_push(str(path), repo)
     if info.method in WEIGHT_METHODS:
-        merge = (
-            "'tunelab merge RUN --out DIR', then push DIR"
-            if spelling.flags
-            else "tunelab.merge(run, out), then push out"
-        )
         raise RunDirError(
             f"{path}: the run trained whole weights (method {info.method}), so it has no adapter to push; merge it "
-            f"into a model folder with its chat template and generation settings first ({merge})."
+            f"into a model folder with its chat template and generation settings, and push that: {instead}."
+        )
+    stages = info.extra.get("stages")
+    if isinstance(stages, list) and (where := over_changed_weights([_stage_start(s) for s in stages])):
+        raise RunDirError(
+            f"{path}: the run's last stage trained its adapter over weights that earlier stages changed ({where}), "
+            "which the adapter does not hold: put on the original base, as PEFT's AutoPeftModelForCausalLM would "
+            "put it, it is another model than the one trained and evaluated; nothing was pushed. Merge the run into "
+            f"a model folder and push that: {instead}."
         )
     return _adapter_upload(path, info, repo)
+
+
+def _stage_start(record: object) -> tuple[object, object]:
+    """A stage of run.json's extra.stages as over_changed_weights reads it: (method, continue); an entry that is no
+    record, (None, None), which counts as a stage over changed weights: refused rather than guessed."""
+    return (record.get("method"), record.get("continue")) if isinstance(record, dict) else (None, None)
 
 
 def hub_token(repo: str, asked: str | None = None) -> str:
