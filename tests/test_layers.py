@@ -35,6 +35,7 @@ LAYERS = [
     (
         "api",
         "api_args",
+        "api_train",
         "cli",
         "cli_parser",
         "__main__",

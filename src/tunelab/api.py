@@ -10,6 +10,7 @@ run also serves as a reward function: `tunelab.load_reward_model(run_dir)(prompt
 
 Where a module's function takes exactly the API's arguments it is the API's, with only its argument types checked
 here: `export_gguf` (export/gguf.py), `push` (export/push.py), `serve` (server/serve.py), `open_run` (infer/run.py).
+`train` is api_train.py's: the checks before training, and the comparison and push after it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 from tunelab import _API
 from tunelab.api_args import at_least as _at_least
@@ -28,7 +28,7 @@ from tunelab.api_args import checked_texts as _texts
 from tunelab.api_args import refuse_overwrite_unsaved as _refuse_overwrite_unsaved
 from tunelab.api_args import shown_answers as _shown_answers
 from tunelab.api_args import with_batch_size as _with_batch_size
-from tunelab.config import ResolvedConfig, RunConfig, stage_config
+from tunelab.api_train import train as _train
 from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.config.load import FlagValues
 from tunelab.data.report import DataReport
@@ -37,15 +37,13 @@ from tunelab.errors import ConfigError, DataError, counted
 from tunelab.eval.compare import (
     Comparison,
     check_writable,
-    compare_after_training,
     compare_file,
     format_comparison,
     save_comparison,
 )
 from tunelab.eval.compare import compare as _compare
-from tunelab.eval.questions import Question, check_questions, configured_questions, read_questions, run_data_config
+from tunelab.eval.questions import Question, configured_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as _export_gguf
-from tunelab.export.push import check_push_to, push_result
 from tunelab.export.push import push as _push
 from tunelab.infer.conversation import as_trained
 from tunelab.infer.generate import (
@@ -59,92 +57,20 @@ from tunelab.infer.generate import (
 )
 from tunelab.infer.run import LoadedRun, opened
 from tunelab.infer.run import open_run as _open_run
-from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.rundir import HEAD_TASKS, check_same_run, open_info, read_info, run_stamp
 from tunelab.server.serve import serve as _serve
-from tunelab.training.distributed import from_environment
-from tunelab.training.early_stop import stopped_early
-from tunelab.training.launch import check_launch, train_on_ranks
 from tunelab.training.plan_config import plan_config
-from tunelab.training.progress import overflow_steps
-from tunelab.training.recipe import TrainResult, config_path, refuse_resume_and_overwrite, resolve
-from tunelab.training.recipe import train as _train
-from tunelab.training.stages import train_stages
-from tunelab.training.verdict_curve import Verdict
+from tunelab.training.recipe import TrainResult as TrainResult  # the API names the type train returns
+from tunelab.training.recipe import resolve
 
 __all__ = list(_API)
 
 
+train = _train
 export_gguf = _checked(_export_gguf)
 push = _checked(_push)
 serve = _checked(_serve)
 open_run = _checked(_open_run)
-
-
-@_checked
-def train(
-    config: str | Path | RunConfig | ResolvedConfig | None = None,
-    overrides: dict[str, Any] | None = None,
-    *,
-    resume: bool = False,
-    check: bool = True,
-    overwrite_non_run: bool = False,
-    nproc: int | None = None,
-) -> TrainResult:
-    """Fine-tune as the config says and write the run directory; `overrides` are {'train.lr': 1e-4, ...}. `check`
-    runs the data checks of `tunelab check` first; `overwrite_non_run` lets `overwrite` replace a folder that is not a
-    tunelab run. When eval.questions is set, the base and the tuned model then answer them (compare.json, scores
-    printed); a train.push_to is pushed last (by rank 0; PushFailed, the run kept). `nproc`: train with that many
-    processes on this host (as `tunelab train --nproc`; a script started by torchrun trains on its ranks without it)."""
-    world = from_environment().world
-    if nproc is not None and world > 1 and nproc != world:  # as the CLI: the processes are torchrun's
-        raise ConfigError(f"argument 'nproc' is {nproc}, but torchrun started {world} processes; drop nproc.")
-    resolved = resolve(config, overrides)
-    refuse_resume_and_overwrite(resolved, resume)
-    check_push_to(resolved.config)  # a token for train.push_to: said now, not after the run
-    if resolved.config.eval.questions:  # asked after training: a file that cannot be read must not wait for that
-        source = resolve_source(resolved.config.model.name, resolved.config.model.revision)
-        stages = resolved.config.stages  # a staged run's questions are asked of its last stage, with its settings
-        asked = stage_config(resolved, len(stages) - 1, "").config if stages else resolved.config
-        tokenizer = load_tokenizer(source, resolved.config.model.trust_remote_code, resolved.spelling)
-        check_questions(asked, source, tokenizer, resolved.spelling)
-    if nproc is not None and from_environment().world == 1:
-        check_launch(resolved.config, nproc, resolved.spelling)  # stages and head tasks train in one process
-    if resolved.config.stages:
-        result = train_stages(
-            resolved, config_path(resolved), resume=resume, check=check, overwrite_non_run=overwrite_non_run
-        )
-    elif nproc is not None and from_environment().world == 1:
-        train_on_ranks(
-            resolved.config,
-            nproc,
-            resume=resume,
-            check=check,
-            overwrite_non_run=overwrite_non_run,
-            config_file=config_path(resolved),
-            spelling=resolved.spelling,
-        )
-        info_dir = Path(resolved.config.output_dir)
-        info = read_info(info_dir, spelling=resolved.spelling)
-        verdict = info.extra.get("verdict")
-        result = TrainResult(
-            info_dir,
-            info.steps,
-            info.final_loss,
-            info.eval_loss,
-            info.skipped_steps,
-            info.extra.get("auto", {}),
-            Verdict(**verdict) if verdict else None,
-            overflow_steps=overflow_steps(info),
-            early_stop=stopped_early(info),
-        )
-    else:
-        result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
-    if resolved.config.eval.questions and from_environment().main and not result.interrupted:  # torchrun: rank 0
-        compare_after_training(result.run_dir, resolved.config)
-    if resolved.config.train.push_to and from_environment().main and not (result.interrupted or nproc and world == 1):
-        result = dataclasses.replace(result, pushed=push_result(result.run_dir, resolved.config, resolved.spelling))
-    return result
 
 
 @_checked
