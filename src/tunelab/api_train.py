@@ -2,8 +2,9 @@
 process, the stages of a staged run, or `nproc` ranks launched here), and what follows a run that finished well:
 the comparison of eval.questions, then the push of train.push_to.
 
-Under `nproc` the ranks are `tunelab train` processes, each its own api.train: rank 0 pushes, and this process, the
-launcher, builds its result from what rank 0 recorded in run.json (`from_ranks`).
+Under `nproc` the ranks are `tunelab train` processes, each its own api.train: rank 0 compares and pushes, and this
+process, the launcher, builds its result from what rank 0 recorded in run.json (`from_ranks`) and neither compares
+nor pushes again (`after_training`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tunelab.config.flags import Spelling
 from tunelab.errors import ConfigError
 from tunelab.eval.compare import compare_after_training
 from tunelab.eval.questions import check_questions
-from tunelab.export.push import check_push_to, push_result
+from tunelab.export.push import PUSHED, check_push_to, push_result
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.rundir import read_info
 from tunelab.training.distributed import from_environment
@@ -32,9 +33,10 @@ from tunelab.training.verdict_curve import Verdict
 
 
 def from_ranks(run_dir: Path, spelling: Spelling) -> TrainResult:
-    """The result of a run `nproc` ranks trained, read from the run.json rank 0 wrote."""
+    """The result of a run `nproc` ranks trained, read from the run.json rank 0 wrote (with the URL it pushed to)."""
     info = read_info(run_dir, spelling=spelling)
     verdict = info.extra.get("verdict")
+    pushed = info.extra.get(PUSHED)
     return TrainResult(
         run_dir,
         info.steps,
@@ -45,14 +47,16 @@ def from_ranks(run_dir: Path, spelling: Spelling) -> TrainResult:
         Verdict(**verdict) if verdict else None,
         overflow_steps=overflow_steps(info),
         early_stop=stopped_early(info),
+        pushed=pushed.get("url") if isinstance(pushed, dict) else None,
     )
 
 
 def after_training(config: RunConfig, result: TrainResult, launched: bool) -> tuple[bool, bool]:
     """What this process does after training: (compare eval.questions, push train.push_to). Only a run that finished
-    uninterrupted, on rank 0; the push not by the launcher of `nproc` ranks (`launched`), whose rank 0 pushes."""
-    main = from_environment().main and not result.interrupted
-    return main and bool(config.eval.questions), main and not launched and bool(config.train.push_to)
+    uninterrupted, and only where it trained: rank 0 of torchrun's ranks or one process, not the launcher of `nproc`
+    ranks (`launched`), whose rank 0 has done both."""
+    here = from_environment().main and not launched and not result.interrupted
+    return here and bool(config.eval.questions), here and bool(config.train.push_to)
 
 
 @checked

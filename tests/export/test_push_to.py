@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import tunelab
 from tunelab.cli import main
+from tunelab.config.flags import PYTHON
 from tunelab.config.suggest import ALIASES
 from tunelab.errors import ConfigError, PushFailed, RunDirError
 from tunelab.export.push import push_result
@@ -40,6 +41,16 @@ def test_a_finished_run_pushes_its_adapter_and_card(short, hub, capsys):
     assert hub.files["adapter_model.safetensors"] == (result.run_dir / "adapter_model.safetensors").read_bytes()
     assert "# box-bot" in hub.files["README.md"].decode()
     assert "pushed " in capsys.readouterr().out
+
+
+def test_run_json_records_the_push_and_a_launcher_of_ranks_reads_it(short, hub):
+    """Under train(..., nproc=N) rank 0 pushes, and the launcher's TrainResult, built from run.json, had pushed None."""
+    from tunelab.api_train import from_ranks
+
+    result = tunelab.train(None, short)
+    recorded = json.loads((result.run_dir / "run.json").read_text())["extra"]["pushed"]
+    assert recorded == {"repo": "alice/box-bot", "url": result.pushed, "commit": "abc123"}
+    assert from_ranks(result.run_dir, PYTHON).pushed == result.pushed
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,9 @@ adapter holding NaN or inf, huggingface_hub's offline mode, no token. The reposi
 holds every file. A request that fails is HubRequestFailed (exit 1), one line naming the repository; the token is
 never printed.
 
-train.push_to runs the same push at the end of training (api.train): `check_push_to` before it (offline mode, the
-token), `push_result` after it, where a failure is PushFailed (exit 1) with the command that pushes the run again.
+train.push_to runs the same push at the end of training (api_train.py): `check_push_to` before it (offline mode, the
+token), `push_result` after it, which records it in run.json (extra.pushed), where a failure is PushFailed (exit 1)
+with the command that pushes the run again.
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ from tunelab.rundir import (
     check_result,
     is_run_dir,
     read_info,
+    write_info,
 )
 from tunelab.training.guard import first_non_finite
+
+# run.json's extra: where train.push_to pushed the run ({repo, url, commit}); the launcher of nproc ranks reads it
+PUSHED = "pushed"
 
 # What `tokenizer.save_pretrained` writes, across tokenizer kinds and transformers versions
 TOKENIZER_FILES = (
@@ -262,14 +267,12 @@ def check_push_to(config: RunConfig) -> None:
 
 def push_result(run_dir: str | Path, config: RunConfig, spelling: Spelling = PYTHON) -> str:
     """Push a finished run's result to train.push_to (as `push` does: its refusals first, an adapter holding NaN or inf
-    among them), print where and return the commit's URL. PushFailed (exit 1) where it fails: the run stays as it is,
-    and the message gives the command that pushes it again where that can work (a failed request, a token gone since
-    the start)."""
+    among them), record it in run.json (extra.pushed: the repository, the commit's URL and id), print where and return
+    the commit's URL. PushFailed (exit 1) where it fails: the run stays as it is, and the message gives the command
+    that pushes it again where that can work (a failed request, a token gone since the start)."""
     repo, private = str(config.train.push_to), config.train.push_private
     try:
         pushed = push(run_dir, repo, private=private, spelling=spelling)
-        print(f"pushed {counted(len(pushed.files), 'file')} to {repo}: {pushed.url}", flush=True)
-        return pushed.url
     except TunelabError as exc:
         said = f"training finished and the run is saved in {run_dir}, but it was not pushed to {repo}: {exc}"
         if isinstance(exc, RunDirError):  # the result itself is refused: pushing it again would be refused too
@@ -280,6 +283,11 @@ def push_result(run_dir: str | Path, config: RunConfig, spelling: Spelling = PYT
             else f"tunelab.push({str(run_dir)!r}, {repo!r}{', private=True' * private})"
         )
         raise PushFailed(f"{said.rstrip('.')}. Push it again with: {again}") from None
+    info = read_info(run_dir)
+    info.extra[PUSHED] = {"repo": repo, "url": pushed.url, "commit": pushed.commit}
+    write_info(run_dir, info)
+    print(f"pushed {counted(len(pushed.files), 'file')} to {repo}: {pushed.url}", flush=True)
+    return pushed.url
 
 
 def _request_errors() -> tuple[type[BaseException], ...]:
