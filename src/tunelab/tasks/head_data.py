@@ -359,7 +359,7 @@ def counted_records(
     for record in map(case.match, records):  # after data.transform, which sees the columns as written
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
-        unused.see(record, {name: column for name, column in fields.items() if name in OPTIONAL_FIELDS})
+        unused.see(record, {name: key for name, key in fields.items() if name in OPTIONAL_FIELDS})
         for found in unread_columns(record.row, fields, lenient):
             lost.setdefault(found, [0, record])[0] += 1
         if task:
