@@ -166,11 +166,13 @@ def tiny_gguf(tmp_path_factory, base_tokenizer):
     tok = base_tokenizer(("<|im_start|>", "<|im_end|>"), _CHATML)
     torch.manual_seed(0)
     config = _tiny_llama_config(tok)
-    # write_gguf reads a merged run's model, tokenizer, base name and stop tokens; nothing else of it.
+    # write_gguf reads a merged run's model, tokenizer, base name (its own and the one it names as its base: a staged
+    # run's stage 1's) and stop tokens; nothing else of it.
     merged = SimpleNamespace(
         model=LlamaForCausalLM(config).eval(),
         tokenizer=tok,
         info=SimpleNamespace(base_model="tiny"),
+        base_info=SimpleNamespace(base_model="tiny"),
         template=SimpleNamespace(stop_token_ids=[tok.eos_token_id]),
     )
     path = tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf"

@@ -487,12 +487,20 @@ def open_info(run_dir: str | Path, heads: bool = False, spelling: Spelling = CLI
 def start_info(run_dir: str | Path, info: RunInfo) -> RunInfo:
     """The run whose base is the model this run started from: stage 1 of a staged run (whose run.json describes its
     last stage, over the previous stage's merged model or weights after continue: merge or a full stage), else the
-    run itself. compare, chat and eval put that model beside the tuned one as "base"."""
+    run itself. compare, chat and eval put that model beside the tuned one as "base"; merge and export name its base
+    in the model card."""
+    folder = start_dir(run_dir, info)
+    return info if folder is None else read_info(folder)
+
+
+def start_dir(run_dir: str | Path, info: RunInfo) -> Path | None:
+    """The folder of `start_info`'s run: stage 1's of a staged run (run.json's extra.stages[0].dir); None for a run
+    of one stage, which is its own start."""
     stages = info.extra.get("stages")
     first = stages[0] if isinstance(stages, list) and stages else None
     if isinstance(first, dict) and isinstance(first.get("dir"), str):
-        return read_info(Path(run_dir) / first["dir"])
-    return info
+        return Path(run_dir) / first["dir"]
+    return None
 
 
 def read_config(run_dir: str | Path) -> RunConfig | None:

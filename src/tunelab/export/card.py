@@ -6,7 +6,9 @@ with its system prompt where a conversation brings none), that it answers greedi
 sampling its base's generation_config set instead), how to run it, and what the export measured (the merge check,
 the GGUF self-check). Only a hub base is named in the metadata (`base_model`, which the hub links); a local one by
 its folder's or file's name in the text, never the user's absolute path; `base_model_relation: finetune` says what
-the hub would otherwise guess from the files (a GGUF beside a base reads as a mere quantization of it).
+the hub would otherwise guess from the files (a GGUF beside a base reads as a mere quantization of it). A staged
+run's merged model is a fine-tune of stage 1's base, whatever its last stage trained over (stage-1/merged after
+continue: merge): the cards of the merge and the GGUF export name that base and list the stages.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 from transformers import GenerationConfig
 
 from tunelab.config.model import EMBEDDED
+from tunelab.errors import counted
 from tunelab.export.modelfile import ollama_name
 from tunelab.infer.generate import NOT_APPLIED, REPLACED
-from tunelab.rundir import RunInfo
+from tunelab.rundir import ADAPTER_METHODS, RunInfo
 
 CARD = "README.md"
 
@@ -56,12 +59,53 @@ def card_head(library: str) -> str:
     return f"---\nlibrary_name: {library}\ntags:\n- tunelab\n"
 
 
-def _front(info: RunInfo, library: str, tags: tuple[str, ...] = (), relation: str = "finetune") -> list[str]:
-    base = shared_name(str(info.base_model))
-    lines = [*card_head(library).splitlines(), f"- {info.method}", *(f"- {t}" for t in tags)]
-    if info.base_source == "hub":  # the hub links to it; said a fine-tune (it would take a GGUF for a quantization)
+def _front(
+    info: RunInfo, library: str, tags: tuple[str, ...] = (), relation: str = "finetune", start: RunInfo | None = None
+) -> list[str]:
+    """The metadata: the methods the run trained with (every stage's) and, for a hub base, that base: `start`'s where
+    given (stage 1's run of a staged run, `rundir.start_info`), else the run's own."""
+    origin = start or info
+    base = shared_name(str(origin.base_model))
+    methods = dict.fromkeys([*(str(s.get("method")) for s in _stages(info)), info.method])
+    lines = [*card_head(library).splitlines(), *(f"- {m}" for m in methods), *(f"- {t}" for t in tags)]
+    if origin.base_source == "hub":  # the hub links to it; said a fine-tune (it would take a GGUF for a quantization)
         lines += [f"base_model: {json.dumps(base)}", f"base_model_relation: {relation}"]
     return [*lines, "---", ""]
+
+
+def _stages(info: RunInfo) -> list[dict]:
+    """run.json's extra.stages of a staged run (each stage's name, task, method, steps and continue); empty for a
+    run of one stage, or where the record is not a list of stages."""
+    stages = info.extra.get("stages")
+    if not isinstance(stages, list) or len(stages) < 2 or not all(isinstance(s, dict) for s in stages):
+        return []
+    return stages
+
+
+def _trained(info: RunInfo) -> str:
+    """How the run trained, after "fine-tuned with tunelab": its method and task, or for a staged run how many
+    stages (`_stage_lines` lists them)."""
+    n = len(_stages(info))
+    return f"in {n} stages" if n else f"({_method(info)}, task {info.task})"
+
+
+def _stage_lines(info: RunInfo) -> list[str]:
+    """A staged run's stages, one line each, with what each started from; nothing for a run of one stage."""
+    stages = _stages(info)
+    lines = []
+    for k, stage in enumerate(stages, 1):
+        method = _method(info) if k == len(stages) else str(stage.get("method"))
+        steps = stage.get("steps")
+        said = [method, f"task {stage.get('task')}", *([counted(steps, "step")] if isinstance(steps, int) else [])]
+        before = str(stages[k - 2].get("method")) if k > 1 else None
+        if k > 1 and before not in ADAPTER_METHODS:
+            said.append(f"over the weights stage {k - 1} trained ({before})")
+        elif k > 1 and stage.get("continue") == "merge":
+            said.append(f"over stage {k - 1}'s adapter merged into the base (continue: merge)")
+        elif k > 1:
+            said.append(f"training stage {k - 1}'s adapter on")
+        lines.append(f"{k}. `{stage.get('name')}`: {', '.join(said)}")
+    return ["", *lines] if lines else []
 
 
 def _prompting(info: RunInfo, where: str) -> list[str]:
@@ -86,16 +130,25 @@ def _sampled(base_generation: GenerationConfig | None, how: str) -> list[str]:
     return [f"The base model's `generation_config.json` sampled instead; {how.format(args=args)} samples as it did."]
 
 
-def model_card(info: RunInfo, name: str, base_generation: GenerationConfig | None, check: str | None) -> str:
+def model_card(
+    info: RunInfo,
+    name: str,
+    base_generation: GenerationConfig | None,
+    check: str | None,
+    start: RunInfo | None = None,
+) -> str:
     """The README.md of the merged folder `name` (a Hugging Face model card), with a transformers example that runs
-    as written; `check` is the merge check's line (MergeCheck.describe), None where nothing was folded."""
-    base = shared_name(str(info.base_model))
+    as written; `check` is the merge check's line (MergeCheck.describe), None where nothing was folded. `start`:
+    stage 1's run of a staged run (`rundir.start_info`), whose base it names: the last stage's (stage-1/merged after
+    continue: merge) is a folder inside the run, and the merged weights a fine-tune of stage 1's base."""
+    base = shared_name(str((start or info).base_model))
     lines = [
-        *_front(info, "transformers"),
+        *_front(info, "transformers", start=start),
         f"# {name}",
         "",
-        f"`{base}` fine-tuned with tunelab ({_method(info)}, task {info.task}) and merged into plain weights: it loads",
+        f"`{base}` fine-tuned with tunelab {_trained(info)} and merged into plain weights: it loads",
         "without tunelab, PEFT or the base model.",
+        *_stage_lines(info),
         "",
         *_prompting(info, "Its tokenizer's chat template writes"),
         "Its `generation_config.json` answers greedily, stopping at the end-of-turn tokens it was trained with: as",
@@ -127,14 +180,15 @@ def gguf_card(
     base_generation: GenerationConfig | None,
     check: str | None,
     missing: dict[str, str] | None = None,
+    start: RunInfo | None = None,
 ) -> str:
     """NAME.README.md beside the GGUF file `gguf`: what it is, its quantization, how llama.cpp and Ollama run it (as
     the Modelfile `modelfile` beside it sets; `missing`: {TEMPLATE or SYSTEM: why} for what it leaves out, from
-    modelfile.left_out), and the self-check's printed verdict (`check`; None: not run)."""
+    modelfile.left_out), and the self-check's printed verdict (`check`; None: not run). `start`: as model_card's."""
     missing = missing or {}
     held = [what for key, what in _MODELFILE_PARTS if key not in missing]
     absent = [f"It has no {key}: {why}" for key, why in missing.items()]
-    base = shared_name(str(info.base_model))
+    base = shared_name(str((start or info).base_model))
     name, ollama = gguf.stem, ollama_name(gguf)
     verdict = (
         [
@@ -148,11 +202,12 @@ def gguf_card(
         else ["The export's self-check did not run (`--no-check`, or llama-cpp-python is not installed)."]
     )
     lines = [
-        *_front(info, "gguf", ("gguf", qtype)),
+        *_front(info, "gguf", ("gguf", qtype), start=start),
         f"# {name}",
         "",
-        f"`{base}` fine-tuned with tunelab ({_method(info)}, task {info.task}), merged and written as one GGUF file,",
+        f"`{base}` fine-tuned with tunelab {_trained(info)}, merged and written as one GGUF file,",
         f"`{gguf.name}`, in `{qtype}`, for llama.cpp, Ollama and LM Studio.",
+        *_stage_lines(info),
         "",
         *_prompting(info, "The file's chat template (`tokenizer.chat_template`) and the Modelfile's TEMPLATE write"),
         "It answers greedily, with no repetition penalty, as `tunelab eval`, `chat`, `generate` and `serve` answered",

@@ -292,7 +292,7 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     w.add_type("model")
     w.add_name(name)
     w.add_base_model_count(1)
-    w.add_base_model_name(0, shared_name(str(merged.info.base_model)))
+    w.add_base_model_name(0, shared_name(str(merged.base_info.base_model)))  # a staged run's: stage 1's
     w.add_context_length(shape.context)
     w.add_embedding_length(shape.hidden)
     w.add_block_count(shape.layers)
@@ -511,7 +511,8 @@ def export_gguf(
     result = check_export(merged, out, qtype, run_dir, check_questions) if run_check else None
     checked = format_check(result) if result else None  # the file by its name: the card lies beside it
     missing = left_out(modelfile_body)
-    write_text(card, gguf_card(merged.info, out, qtype, modelfile, merged.base_generation, checked, missing))
+    card_text = gguf_card(merged.info, out, qtype, modelfile, merged.base_generation, checked, missing, merged.start)
+    write_text(card, card_text)
     if result and show:
         print(format_check(result, out), flush=True)
     elif result and result.verdict == "fail":  # the CLI exits 1 on it; a script that asked for quiet still hears of it

@@ -44,7 +44,7 @@ from tunelab.models.load import load_hf_config, resolve_source
 from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.places import data_of, models_of
-from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, open_info
+from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, open_info, start_dir
 from tunelab.training.guard import first_non_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -81,6 +81,14 @@ class MergedModel:
     # the base's generation_config before `answer_as_evaluated` made it greedy (its sampling, for the card and the
     # Modelfile's comment); None when the model has none
     base_generation: GenerationConfig | None = None
+    # stage 1's run of a staged run (`rundir.start_info`), whose base the merged weights descend from, whatever the
+    # last stage trained over (stage-1/merged after continue: merge); None for a run of one stage
+    start: RunInfo | None = None
+
+    @property
+    def base_info(self) -> RunInfo:
+        """The run whose base the merged model is a fine-tune of: the cards and the GGUF file name its base."""
+        return self.start or self.info
 
 
 def check_run(run_dir: str | Path, spelling: Spelling = CLI) -> RunInfo:
@@ -160,7 +168,7 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
         answer_as_evaluated(gen, list(run.template.stop_token_ids), tokenizer.pad_token_id)
     # a blank system prompt is none, as training added none: the Modelfile's SYSTEM and the self-check read it here
     info = replace(run.info, system_prompt=run.system_prompt)
-    return MergedModel(model, tokenizer, info, run.template, out_dtype, check, base_generation)
+    return MergedModel(model, tokenizer, info, run.template, out_dtype, check, base_generation, run.start)
 
 
 def answer_as_evaluated(gen: GenerationConfig, stops: list[int], pad: int | None) -> None:
@@ -253,16 +261,26 @@ def provenance(merged: MergedModel, run_dir: Path, out: Path) -> dict:
     merged (`run_dir_at_merge`: right when the merged folder alone moves); the base as the run's run.json records it
     (an alias or hub id as written, a local base by its absolute path; base_source and a hub id's commit,
     base_revision, where it records them), not as this machine resolved it for the
-    merge (a moved staged run's own stage folder, an old run's base found beside it)."""
+    merge (a moved staged run's own stage folder, an old run's base found beside it). A staged run's base is stage
+    1's, which the merged weights are a fine-tune of; `last_stage_base` names what the last stage trained over (as
+    its run.json records it: stage-1/merged after continue: merge, a stage's folder after a full stage)."""
     keys = ("method", "quantize_base", "template", "system_prompt")
-    recorded = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    recorded = _base_recorded(run_dir)
+    first = start_dir(run_dir, merged.info)
+    stages = {} if first is None else _base_recorded(first) | {"last_stage_base": recorded.get("base_model")}
     run, target = run_dir.resolve(), out.resolve()
     return (
-        {key: recorded[key] for key in ("base_model", "base_source", "base_revision") if key in recorded}
+        (stages or recorded)
         | {k: getattr(merged.info, k) for k in keys}
         | {"run_dir": os.path.relpath(run, target), "run_dir_at_merge": str(run)}
         | {"check": asdict(merged.check) if merged.check else None}
     )
+
+
+def _base_recorded(run_dir: Path) -> dict:
+    """base_model, base_source and base_revision as the run.json of `run_dir` records them (those it records)."""
+    recorded = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    return {key: recorded[key] for key in ("base_model", "base_source", "base_revision") if key in recorded}
 
 
 def shapes_only(run_dir: str | Path) -> nn.Module | None:
@@ -377,7 +395,7 @@ def merge_run(
         merged.tokenizer.save_pretrained(scratch)
         check = merged.check.describe() if merged.check else None
         (scratch / CARD).write_text(
-            model_card(merged.info, out.resolve().name, merged.base_generation, check), encoding="utf-8"
+            model_card(merged.info, out.resolve().name, merged.base_generation, check, merged.start), encoding="utf-8"
         )
         written = sorted([*(p.name for p in scratch.iterdir()), MERGE_FILE])  # what a later --overwrite may replace
         write_json(scratch / MERGE_FILE, provenance(merged, run_dir, out) | {"files": written})
