@@ -74,3 +74,24 @@ def test_the_gguf_export_of_a_staged_run_names_stage_ones_base(staged_hub_run, t
     assert "`org/tiny` fine-tuned with tunelab in 2 stages" in card and "`merged`" not in card
     field = gguf.GGUFReader(out).fields["general.base_model.0.name"]
     assert bytes(field.parts[field.data[0]]).decode() == "org/tiny"
+
+
+def test_each_stage_is_said_with_what_it_started_from():
+    """After a full stage the next trains over its weights (whatever continue says); continue: adapter trains the
+    adapter on; the base named is stage 1's (`start`), a local one by its folder's name, with no metadata."""
+    from tunelab.export.card import model_card
+    from tunelab.rundir import RunInfo
+
+    stages = [
+        {"name": "whole", "method": "full", "task": "sft", "steps": 3, "continue": None},
+        {"name": "chat", "method": "lora", "task": "sft", "steps": 1, "continue": "merge"},
+        {"name": "prefs", "method": "lora", "task": "dpo", "steps": 2, "continue": "adapter"},
+    ]
+    info = RunInfo("/runs/r/stage-1", "lora", base_source="local", task="dpo", extra={"stages": stages})
+    start = RunInfo("/models/my-base", "full", base_source="local")
+    card = model_card(info, "m", None, None, start)
+    assert "`my-base` fine-tuned with tunelab in 3 stages" in card and "base_model" not in card
+    assert "\n1. `whole`: full, task sft, 3 steps\n" in card
+    assert "\n2. `chat`: lora, task sft, 1 step, over the weights stage 1 trained (full)\n" in card
+    assert "\n3. `prefs`: lora, task dpo, 2 steps, training stage 2's adapter on\n" in card
+    assert "- full\n- lora\n---" in card

@@ -66,7 +66,7 @@ def _front(
     given (stage 1's run of a staged run, `rundir.start_info`), else the run's own."""
     origin = start or info
     base = shared_name(str(origin.base_model))
-    methods = dict.fromkeys([*(str(s.get("method")) for s in _stages(info)), info.method])
+    methods = dict.fromkeys([*(s["method"] for s in _stages(info) if isinstance(s.get("method"), str)), info.method])
     lines = [*card_head(library).splitlines(), *(f"- {m}" for m in methods), *(f"- {t}" for t in tags)]
     if origin.base_source == "hub":  # the hub links to it; said a fine-tune (it would take a GGUF for a quantization)
         lines += [f"base_model: {json.dumps(base)}", f"base_model_relation: {relation}"]
