@@ -252,6 +252,28 @@ def test_a_missing_evaluation_names_the_runs_own_eval_command(tmp_path):
     assert "RUN " not in page and f"tunelab eval {shlex.quote(where)} --data FILE --overwrite'" in page
 
 
+def test_no_answers_names_the_runs_own_eval_and_compare_commands(tmp_path):
+    """The answers section of a text run said "Run 'tunelab eval' or 'tunelab compare'": it names both commands with
+    this run's directory, in the command line's and Python's spelling, and --overwrite where a file is in the way."""
+    import html
+    import shlex
+
+    run = tmp_path / "my run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"base_model": "m", "method": "lora", "finished": True}))
+    where = str(run.resolve())
+    answers = html.unescape(render_report(run).split("Answers side by side", 1)[1])
+    assert "No answers to show" in answers and "'tunelab eval' or" not in answers
+    assert f"'tunelab eval {shlex.quote(where)} --data FILE'" in answers
+    assert f"tunelab.evaluate({where!r}, data=FILE)" in answers
+    assert f"'tunelab compare {shlex.quote(where)} --questions FILE'" in answers
+    assert f"tunelab.compare({where!r}, questions=FILE)" in answers
+    (run / "compare.json").write_text("{torn")
+    answers = html.unescape(render_report(run).split("Answers side by side", 1)[1])
+    assert f"'tunelab compare {shlex.quote(where)} --questions FILE --overwrite'" in answers
+    assert f"tunelab.compare({where!r}, questions=FILE, overwrite=True)" in answers
+
+
 def test_a_torn_metrics_line_or_a_damaged_data_report_leave_the_rest(tmp_path):
     run = make_run(tmp_path / "run")
     with (run / "metrics.jsonl").open("a") as f:

@@ -3,6 +3,7 @@ that names the expected text is no hit. The thought is kept apart in eval.json a
 
 import json
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -110,6 +111,6 @@ def test_the_report_folds_a_thought_apart_from_the_answer():
 
     row = {"question": "Box?", "expected": "7", "kind": "fact", "base": "7", "tuned": "8"}
     row |= {"base_ok": True, "tuned_ok": False, "base_thought": None, "tuned_thought": "It is <7>."}
-    html = answer_rows(Input("eval.json", problem="missing"), Input("compare.json", {"rows": [row]}))
+    html = answer_rows(Input("eval.json", problem="missing"), Input("compare.json", {"rows": [row]}), Path("run"))
     assert html.count('<details class="thought">') == 1
     assert "<summary>thought (not scored)</summary>It is &lt;7&gt;.</details>" in html

@@ -100,7 +100,7 @@ def render_report(run_dir: str | Path) -> str:
                 "Evaluation: base vs tuned",
                 _drawn(lambda: eval_section(ev, cmp, run_dir), ev.name, cmp.name),
             ),
-            ("answers", "Answers side by side", _drawn(lambda: answer_rows(ev, cmp), ev.name, cmp.name)),
+            ("answers", "Answers side by side", _drawn(lambda: answer_rows(ev, cmp, run_dir), ev.name, cmp.name)),
         ]
     clients = _drawn(lambda: clients_data_section(run_dir), STATE_FILE)
     sections = [

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 
 from tunelab.eval.report_html import esc
-from tunelab.eval.report_inputs import Input
+from tunelab.eval.report_inputs import Input, compare_hint, eval_hint
 
 MAX_ANSWER_ROWS = 500  # answers shown; the rest are counted
 _NO_LABEL = "(no label)"
@@ -66,8 +67,9 @@ def _verdict(row: dict, answer: dict) -> tuple[bool | None, str, list[str]]:
     return answer.get("contains"), detail, tags
 
 
-def answer_rows(ev: Input, cmp: Input) -> str:
-    """Answers from eval.json (or compare.json when there is no eval), base beside tuned, word differences marked."""
+def answer_rows(ev: Input, cmp: Input, run_dir: Path) -> str:
+    """Answers from eval.json (or compare.json when there is no eval), base beside tuned, word differences marked;
+    when neither holds any, the commands that write them for `run_dir`, as the command line and Python spell them."""
     rows, source = [], None
     if ev.data is not None and ev.data.get("rows"):
         source = "eval.json"
@@ -105,7 +107,8 @@ def answer_rows(ev: Input, cmp: Input) -> str:
             )
     if not rows:
         problems = "; ".join(p for p in (ev.problem, cmp.problem) if p) or "eval.json and compare.json hold no answers"
-        return f"<p class=\"missing\">No answers to show: {esc(problems)}. Run 'tunelab eval' or 'tunelab compare'.</p>"
+        how = f"To show them, {eval_hint(run_dir)}, or {compare_hint(run_dir)}."
+        return f'<p class="missing">No answers to show: {esc(problems)}. {esc(how)}</p>'
     shown = rows[:MAX_ANSWER_ROWS]
     body = []
     for i, (question, expected, kind, where, base, tuned, bv, tv, thoughts) in enumerate(shown, 1):

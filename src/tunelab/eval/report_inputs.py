@@ -30,12 +30,20 @@ def eval_hint(run_dir: Path) -> str:
     """How to write the run's eval.json, for a page read from the command line and from Python alike: the run's own
     directory (absolute, since the page is opened from anywhere), and --overwrite where an unusable eval.json is in
     the way (tunelab eval refuses to replace one without it)."""
+    return _command_hint(run_dir, "eval", "evaluate", "data", "eval.json")
+
+
+def compare_hint(run_dir: Path) -> str:
+    """How to write the run's compare.json, as `eval_hint` says how to write its eval.json."""
+    return _command_hint(run_dir, "compare", "compare", "questions", "compare.json")
+
+
+def _command_hint(run_dir: Path, command: str, function: str, option: str, writes: str) -> str:
     where = run_dir.resolve()
-    there = (run_dir / "eval.json").exists()
-    flag, keyword = (" --overwrite", ", overwrite=True") if there else ("", "")
+    flag, keyword = (" --overwrite", ", overwrite=True") if (run_dir / writes).exists() else ("", "")
     return (
-        f"run 'tunelab eval {shlex.quote(str(where))} --data FILE{flag}' (in Python: "
-        f"tunelab.evaluate({str(where)!r}, data=FILE{keyword}))"
+        f"run 'tunelab {command} {shlex.quote(str(where))} --{option} FILE{flag}' (in Python: "
+        f"tunelab.{function}({str(where)!r}, {option}=FILE{keyword}))"
     )
 
 
