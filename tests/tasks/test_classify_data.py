@@ -337,7 +337,7 @@ def test_eval_of_a_file_whose_rows_are_all_skipped_says_why(tmp_path):
     from tunelab.config import DataConfig
     from tunelab.eval.heads import _classify, _reward
 
-    run = SimpleNamespace(data=DataConfig(), tokenizer=None, template=None)
+    run = SimpleNamespace(data=DataConfig(), tokenizer=None, template=None, run_dir=tmp_path)
     path = _write(tmp_path / "test.jsonl", [{"text": " ", "label": "x"}, {"text": "", "label": "y"}])
     with pytest.raises(
         DataError, match=rf"no rows to evaluate \(2 rows read, skipped: 2 empty input \(e\.g\. {path}:1\)\)"

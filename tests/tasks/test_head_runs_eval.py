@@ -196,6 +196,27 @@ def test_reward_eval_skips_pairs_whose_sides_are_the_same_once_cut(tiny_model_di
     assert result.rows_read == 2 and result.skipped[reason]["locations"] == [f"{held}:1"]
 
 
+def test_reward_eval_of_single_answers_names_predict_with_this_run_and_file(
+    tiny_model_dir, tmp_path, pair_file, capsys
+):
+    """tunelab eval of a reward run given one answer a row sent its caller to 'tunelab predict RUN --data FILE' (in
+    Python: tunelab.predict(run, ...)): the run's directory is known there, and named, as the caller spells it."""
+    import shlex
+
+    import tunelab
+    from tunelab.errors import DataError
+
+    over = {"output_dir": str(tmp_path / "my run"), "train.max_steps": 1}
+    run = recipe.train(None, head_overrides(tiny_model_dir, tmp_path, "reward", pair_file, **over)).run_dir
+    answers = write_rows(tmp_path / "answers.jsonl", [{"prompt": "Say something kind", "answer": "You are great"}])
+    assert main(["eval", str(run), "--data", answers, "--device", "cpu"]) == 2
+    said = capsys.readouterr().err
+    assert f"Score single answers with 'tunelab predict {shlex.quote(str(run))} --data {answers}'." in said
+    with pytest.raises(DataError) as err:
+        tunelab.evaluate(run, data=answers, device="cpu")
+    assert f"Score single answers with tunelab.predict({str(run)!r}, data={answers!r})." in str(err.value)
+
+
 def test_a_reward_model_refuses_an_answer_whose_prompt_start_fills_max_length(tiny_model_dir, tmp_path, pair_file):
     """A reward model scoring sampled answers (grpo) scored the last tokens of a prompt whose system message alone
     filled max_length, which training never read; it now says which answer it cannot score."""

@@ -147,7 +147,7 @@ def test_an_eval_row_without_rejected_names_the_columns_not_data_fields(tmp_path
     from tunelab.eval.heads import _reward
 
     path = _write(tmp_path / "test.jsonl", [{"prompt": "a", "good": "x", "bad": "y"}])
-    run = SimpleNamespace(data=DataConfig(fields={"chosen": "better"}), tokenizer=None, template=None)
+    run = SimpleNamespace(data=DataConfig(fields={"chosen": "better"}), tokenizer=None, template=None, run_dir=tmp_path)
     with pytest.raises(DataError) as err:
         _reward(run, path, 16)
     msg = str(err.value)
@@ -165,18 +165,22 @@ def test_an_eval_file_of_single_answers_is_sent_to_predict(tmp_path):
     from tunelab.eval.heads import _reward
 
     path = _write(tmp_path / "answers.jsonl", [{"prompt": "a", "answer": "x"}])
-    run = SimpleNamespace(data=DataConfig(), tokenizer=None, template=None)
+    run_dir = tmp_path / "my run"
+    run = SimpleNamespace(data=DataConfig(), tokenizer=None, template=None, run_dir=run_dir)
     with pytest.raises(DataError) as err:
         _reward(run, path, 16)
     msg = str(err.value)
     assert msg.startswith(f"{path}:1: the row gives one answer (column 'answer'), not a preference pair")
-    # a Python caller (tunelab.evaluate) is told of tunelab.predict, the command line of its flags
-    assert f"Score single answers with tunelab.predict(run, data={path!r})." in msg and "Rename the columns" not in msg
+    # a Python caller (tunelab.evaluate) is told of tunelab.predict with this run and file, the command line of its
+    # flags; neither of a placeholder (RUN, run) for the run's directory
+    call = f"tunelab.predict({str(run_dir)!r}, data={path!r})"
+    assert f"Score single answers with {call}." in msg and "Rename the columns" not in msg
     assert ": tunelab.evaluate() of a reward run scores pairs" in msg and "--data" not in msg
     with pytest.raises(DataError) as err:
         _reward(run, path, 16, CLI)
     msg = str(err.value)
-    assert f"'tunelab predict RUN --data {path}'" in msg and ": tunelab eval of a reward run" in msg
+    assert f"'tunelab predict {shlex.quote(str(run_dir))} --data {shlex.quote(path)}'" in msg and " RUN " not in msg
+    assert ": tunelab eval of a reward run" in msg
 
 
 def _chat(user, answer):

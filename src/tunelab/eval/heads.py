@@ -223,7 +223,9 @@ def _pair_scores(margins: torch.Tensor) -> dict:
 def _reward(run: HeadRun, data_file: str, batch_size: int, spelling: Spelling = PYTHON) -> dict:
     opens = thought_opener(run.tokenizer, run.template)  # a thought the template opens is read apart as in training
     pairs, wheres, report = _read(
-        run, data_file, functools.partial(read_pairs, evaluating=True, opens=opens, spelling=spelling)
+        run,
+        data_file,
+        functools.partial(read_pairs, evaluating=True, opens=opens, spelling=spelling, run_dir=run.run_dir),
     )
     if pairs:
         sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]

@@ -171,11 +171,13 @@ def read_pairs(
     transform: str | None = None,
     opens: Opens | None = None,
     spelling: Spelling = CLI,
+    run_dir: str | Path | None = None,
 ) -> list[Pair]:
     """Rows of the files as Pairs; DataError (file:line) for a row without chosen or rejected, whose message says what
     `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed). `opens`:
     the run's template's `thought_opener`, with which a chat side's thought is read apart (`head_data.thought_apart`).
-    `spelling`: how an eval row of one answer is told of the command that scores it (`_refuse_single_answer`)."""
+    `spelling`: how an eval row of one answer is told of the command that scores it (`_refuse_single_answer`), with
+    the file and `run_dir` (the run's directory, where it is known)."""
     pairs = []
     command = "tunelab eval" if evaluating else None
     for record in counted_records(
@@ -183,7 +185,7 @@ def read_pairs(
     ):
         row, where = record.row, location(record.path, record.line)
         if evaluating:
-            _refuse_single_answer(row, fields, where, spelling)
+            _refuse_single_answer(row, fields, where, spelling, run_dir)
         keys = pair_columns(row, fields, where, lenient, "and optionally a prompt", command)
         prompt = read_prompt(row, fields, where, lenient)
         if repeats_prompt(prompt, [row[key] for key in keys], keys, where):
@@ -214,18 +216,17 @@ def read_pairs(
 ANSWER_FIELDS = ("answer", "completion", "response", "output")
 
 
-def _refuse_single_answer(row: dict, fields: dict[str, str], where: str, spelling: Spelling = CLI) -> None:
+def _refuse_single_answer(
+    row: dict, fields: dict[str, str], where: str, spelling: Spelling, run_dir: str | Path | None
+) -> None:
     """DataError for a `tunelab eval` row that gives neither side of a pair but one answer (`read_scored`'s rows): no
     renaming of its columns makes a pair of it, and `tunelab predict` scores it."""
     if column(row, fields, "chosen", True) or column(row, fields, "rejected", True):
         return
     answer = next((key for name in ANSWER_FIELDS if (key := column(row, fields, name, True))), None)
     if answer is not None:
-        evaluate, predict = (
-            ("tunelab eval", f"'tunelab predict RUN --data {location_path(where)}'")
-            if spelling.flags
-            else ("tunelab.evaluate()", f"tunelab.predict(run, data={location_path(where)!r})")
-        )
+        evaluate = "tunelab eval" if spelling.flags else "tunelab.evaluate()"
+        predict = _scoring_call("predict", run_dir, location_path(where), spelling)
         raise DataError(
             f"{where}: the row gives one answer (column '{answer}'), not a preference pair: {evaluate} of a reward "
             f"run scores pairs (chosen and rejected) by pairwise accuracy. Score single answers with {predict}."
@@ -264,7 +265,7 @@ def read_scored(
         elif text is not None:
             item = Input(text=plain_text(row, fields, where, text, True))
         else:
-            evaluate = _evaluate_call(run_dir, record.path, spelling)
+            evaluate = _scoring_call("eval", run_dir, record.path, spelling)
             pair = (
                 f" A preference pair (chosen and rejected) is scored by {evaluate} (pairwise "
                 "accuracy); predict scores one answer a row."
@@ -287,14 +288,14 @@ def read_scored(
     return out
 
 
-def _evaluate_call(run_dir: str | Path | None, path: str, spelling: Spelling) -> str:
-    """How the caller scores the pairs of `path` with the run of `run_dir` (RUN_DIR where it is not known): tunelab
-    eval's command line, or the API's evaluate call."""
+def _scoring_call(command: str, run_dir: str | Path | None, path: str, spelling: Spelling) -> str:
+    """How the caller scores `path` with the run of `run_dir` (RUN_DIR where it is not known) by `command` (eval:
+    pairs, predict: single answers): its command line, or the API's call (tunelab.evaluate, tunelab.predict)."""
     if spelling.flags:
         run = shlex.quote(str(run_dir)) if run_dir is not None else "RUN_DIR"
-        return f"'tunelab eval {run} --data {shlex.quote(path)}'"
+        return f"'tunelab {command} {run} --data {shlex.quote(path)}'"
     run = repr(str(run_dir)) if run_dir is not None else "run_dir"
-    return f"tunelab.evaluate({run}, data={path!r})"
+    return f"tunelab.{'evaluate' if command == 'eval' else command}({run}, data={path!r})"
 
 
 def _unscorable(item: Input) -> str | None:
