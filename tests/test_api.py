@@ -3,6 +3,7 @@
 import importlib
 import importlib.util
 import pkgutil
+import shlex
 import subprocess
 import sys
 
@@ -228,20 +229,20 @@ def test_nothing_to_predict_is_said_before_the_model_loads(tmp_path, capsys, mon
         raise TunelabError("stub: the model loads")
 
     monkeypatch.setattr(predict_module, "open_head_run", loading)
-    (tmp_path / "run.json").write_text(
-        json.dumps({"base_model": "x", "method": "lora", "finished": True, "task": task})
-    )
-    assert main(["predict", str(tmp_path)]) == 2
+    run = tmp_path / "my run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"base_model": "x", "method": "lora", "finished": True, "task": task}))
+    assert main(["predict", str(run)]) == 2
     err = capsys.readouterr().err
     assert "nothing to predict: give --data FILE" in err and "stub" not in err
+    # the texts' form names this run, not a placeholder
+    assert f'texts (tunelab predict {shlex.quote(str(run))} "TEXT" ..., or --text TEXT)' in err and " RUN " not in err
     assert ("--answer" in err) == (task == "reward")  # a classify run is not told of answers, which it cannot score
     with pytest.raises(TunelabError) as caught:
-        tunelab.predict(tmp_path)
+        tunelab.predict(run)
     said = "data= or texts=." if task == "classify" else "data= or texts=, or prompt= with answers=."
     assert str(caught.value) == f"nothing to predict: give {said}"
-    assert (
-        main(["predict", str(tmp_path), "--text", "great"]) == 2 and "stub: the model loads" in capsys.readouterr().err
-    )
+    assert main(["predict", str(run), "--text", "great"]) == 2 and "stub: the model loads" in capsys.readouterr().err
 
 
 def test_predict_takes_its_texts_after_the_run_as_generate_takes_its_prompt(tmp_path, monkeypatch):

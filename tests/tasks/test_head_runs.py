@@ -220,7 +220,7 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     # nothing to predict: a classify run is not told of --prompt with --answer, which score a reward run's answers
     assert main(["predict", str(run), "--device", "cpu"]) == 2
     assert (
-        'nothing to predict: give --data FILE or texts (tunelab predict RUN "TEXT" ..., or --text TEXT).\n'
+        f'nothing to predict: give --data FILE or texts (tunelab predict {run} "TEXT" ..., or --text TEXT).\n'
         in capsys.readouterr().err
     )
     # answers to a prompt score a reward run; each caller is told of its own way to give a classify run texts

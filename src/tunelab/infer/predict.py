@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -132,7 +133,7 @@ def predict(
     if data is None and not texts and not answers:  # said before the model loads, not after
         task = run.info.task if isinstance(run, HeadRun) else read_info(run, require_finished=False).task
         if task in HEAD_TASKS:  # another run is named as such by open_head_run
-            raise _nothing_to_predict(task, spelling)
+            raise _nothing_to_predict(task, run.run_dir if isinstance(run, HeadRun) else run, spelling)
     run = run if isinstance(run, HeadRun) else open_head_run(run, device, from_checkpoint=True, spelling=spelling)
     if texts and run.info.task == "reward" and run.info.extra.get("input") == "chat":
         # its chats end with the answer it scores: a text would be a prompt's user turn without one
@@ -187,7 +188,7 @@ def predict(
                 f"({text_})."
             )
     if not items and not answers:
-        raise _nothing_to_predict(run.info.task, spelling)
+        raise _nothing_to_predict(run.info.task, run.run_dir, spelling)
     thoughts: list[str | None] = [None] * len(items)
     if run.info.task == "reward":  # the answer is scored without its thought
         opens = thought_opener(run.tokenizer, run.template)
@@ -278,20 +279,16 @@ def _say_unknown_labels(data: str | Path, expected: list[str | None], labels: li
     )
 
 
-def _nothing_to_predict(task: str, spelling: Spelling) -> TunelabError:
+def _nothing_to_predict(task: str, run_dir: str | Path, spelling: Spelling) -> TunelabError:
     # a classify run is not told of a prompt with answers, which score answers of a reward run only
     if not spelling.flags:
         return TunelabError(
             "nothing to predict: give data= or texts=" + ("." if task == "classify" else ", or prompt= with answers=.")
         )
+    texts = f'texts (tunelab predict {shlex.quote(str(run_dir))} "TEXT" ..., or --text TEXT)'
     if task == "classify":
-        return TunelabError(
-            'nothing to predict: give --data FILE or texts (tunelab predict RUN "TEXT" ..., or --text TEXT).'
-        )
-    return TunelabError(
-        'nothing to predict: give --data FILE, texts (tunelab predict RUN "TEXT" ..., or --text TEXT), or --prompt '
-        "TEXT with --answer TEXT."
-    )
+        return TunelabError(f"nothing to predict: give --data FILE or {texts}.")
+    return TunelabError(f"nothing to predict: give --data FILE, {texts}, or --prompt TEXT with --answer TEXT.")
 
 
 def format_predictions(predictions: list[Prediction], width: int = 70) -> str:
