@@ -459,8 +459,8 @@ def test_generate_takes_the_prompt_after_the_run_or_as_a_flag(monkeypatch, capsy
     capsys.readouterr()
     assert main(["generate", "runs/a", "One", "--prompt", "Two"]) == 2
     assert "takes one prompt; it got 'One' and --prompt 'Two'" in capsys.readouterr().err
-    assert main(["generate", "runs/a"]) == 2
-    assert 'needs a prompt: tunelab generate RUN "your prompt"' in capsys.readouterr().err
+    assert main(["generate", "runs/my run"]) == 2  # told with the run it gave, quoted for the shell
+    assert "needs a prompt: tunelab generate 'runs/my run' \"your prompt\"" in capsys.readouterr().err
     assert len(asked) == 2
 
 

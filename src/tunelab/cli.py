@@ -281,7 +281,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         system = args.system and read_escapes(args.system)  # \n a newline, as --data.system_prompt reads it
         answer = api.generate(
             args.run_dir,
-            read_escapes(one_prompt(args.text, args.prompt)),
+            read_escapes(one_prompt(args.text, args.prompt, args.run_dir)),
             system=False if (system or "").strip().lower() == "none" else system,
             base=args.base,
             settings=settings,

@@ -154,14 +154,17 @@ def keep_double_dash(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             setattr(args, action.dest, [dashes(action) if v == [] else v for v in value])
 
 
-def one_prompt(positional: str | None, flag: str | None) -> str:
-    """`tunelab generate`'s prompt, given after the run (`generate RUN "Hi"`) or as --prompt: exactly one of them."""
+def one_prompt(positional: str | None, flag: str | None, run: str) -> str:
+    """`tunelab generate`'s prompt, given after the run (`generate RUN "Hi"`) or as --prompt: exactly one of them;
+    none is told with the command that gives one to `run`."""
     if positional is not None and flag is not None:
         raise ConfigError(
             f"tunelab generate takes one prompt; it got {positional!r} and --prompt {flag!r}. Give one of them."
         )
     if positional is None and flag is None:
-        raise ConfigError('tunelab generate needs a prompt: tunelab generate RUN "your prompt" (or --prompt "...").')
+        raise ConfigError(
+            f'tunelab generate needs a prompt: tunelab generate {shlex.quote(run)} "your prompt" (or --prompt "...").'
+        )
     return flag if positional is None else positional
 
 
