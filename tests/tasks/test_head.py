@@ -1,5 +1,7 @@
 """The head on the last real token: pooling with padding, fast body against the transformers body, packing refused."""
 
+import shlex
+
 import pytest
 import torch
 from transformers import LlamaForCausalLM
@@ -99,11 +101,14 @@ def test_eval_questions_are_refused(task, tmp_path):
     """Questions answered by generation after training: a head run generates nothing, so it is said before loading;
     the way to score held-out rows is named as the caller gives it, the command or the Python call, not both."""
     over = {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "eval.questions": str(tmp_path / "q.jsonl")}
-    with pytest.raises(ConfigError, match="eval.questions.*tunelab eval RUN_DIR --data") as err:
+    over["output_dir"] = str(tmp_path / "my run")  # the run's directory: named, not a placeholder
+    with pytest.raises(ConfigError, match="eval.questions") as err:
         get_task(task, spelling=CLI).build_data(load_config(None, over).config, None, 0)
-    assert "evaluate(" not in str(err.value)
-    with pytest.raises(ConfigError, match=r"eval.questions.*tunelab\.evaluate\(run_dir, data=file\)") as err:
+    assert f"`tunelab eval {shlex.quote(over['output_dir'])} --data FILE`" in str(err.value)
+    assert "evaluate(" not in str(err.value) and "RUN_DIR" not in str(err.value)
+    with pytest.raises(ConfigError, match="eval.questions") as err:
         get_task(task, spelling=PYTHON).build_data(load_config(None, over).config, None, 0)
+    assert f"tunelab.evaluate({over['output_dir']!r}, data=FILE)" in str(err.value)
     assert "tunelab eval " not in str(err.value)
 
 
@@ -119,14 +124,16 @@ def test_a_checks_refusal_of_eval_questions_names_the_callers_way_to_score(tiny_
         "model.name": str(tiny_model_dir),
         "data.train": [str(rows)],
         "eval.questions": str(rows),
-        "output_dir": str(tmp_path / "run"),
+        "output_dir": str(tmp_path / "my run"),
     }
     assert main(["check", "--data-only", *cli_flags(over)]) == 2
     err = capsys.readouterr().err
-    assert "`tunelab eval RUN_DIR --data FILE`" in err and "evaluate(" not in err
-    with pytest.raises(ConfigError, match=r"tunelab\.evaluate\(run_dir, data=file\)") as raised:
+    # the run's own directory (output_dir), not a placeholder, for each caller
+    assert f"`tunelab eval {shlex.quote(over['output_dir'])} --data FILE`" in err and "evaluate(" not in err
+    with pytest.raises(ConfigError) as raised:
         tunelab.check(None, over, model=False)
-    assert "tunelab eval " not in str(raised.value)
+    assert f"tunelab.evaluate({over['output_dir']!r}, data=FILE)" in str(raised.value)
+    assert "tunelab eval " not in str(raised.value) and "RUN_DIR" not in err
 
 
 @pytest.mark.parametrize("task", ["classify", "reward"])

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import re
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,17 +91,24 @@ class LabelledRow:
 def refuse_head_options(cfg: RunConfig, spelling: Spelling = CLI) -> None:
     """The options a head run cannot honour: packing (one example per row), eval.questions (answered by text
     generation after training), and the sft data recipes (weighted sources, group_by_length; data.transform is read).
-    `spelling`: how the way to score held-out rows is named, as tunelab eval's command or as the API's evaluate."""
+    `spelling`: how the way to score held-out rows is named, as tunelab eval's command or as the API's evaluate, of
+    the run's output_dir."""
     if cfg.data.packing:
         raise ConfigError(
             f"option 'data.packing' cannot be used with task {cfg.task}: the head reads each row's last token, so every "
             "row must hold one example. Set data.packing to false."
         )
     if cfg.eval.questions:
+        run = cfg.output_dir
+        score = (
+            f"`tunelab eval {shlex.quote(run)} --data FILE`"
+            if spelling.flags
+            else f"tunelab.evaluate({run!r}, data=FILE)"
+        )
         raise ConfigError(
             f"option 'eval.questions' cannot be used with task {cfg.task}: its questions are answered by generating "
             f"text, which {article(cfg.task)} run does not do. Remove it and score held-out rows after training "
-            f"with {'`tunelab eval RUN_DIR --data FILE`' if spelling.flags else 'tunelab.evaluate(run_dir, data=file)'}."
+            f"with {score}."
         )
     refuse_sft_recipes(cfg)
 
