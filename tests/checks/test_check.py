@@ -1,6 +1,7 @@
 """`tunelab check`: passes a good config, and fails each class of problem on a config built to have it."""
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -436,15 +437,16 @@ def test_a_questions_file_as_training_data_is_told_of_eval_as_the_caller_runs_it
     tunelab.evaluate, where they catch the reader's error."""
     questions = tmp_path / "heldout.jsonl"
     questions.write_text('{"question": "Since when?", "expected": "1997"}\n')
-    over = tiny_overrides | {"data.train": [str(questions)]}
+    run = str(tmp_path / "my run")  # the run the config trains is named, not a placeholder (RUN_DIR, run_dir)
+    over = tiny_overrides | {"data.train": [str(questions)], "output_dir": run}
     assert main(["check", "--data-only", *cli_flags(over)]) == 2
     err = capsys.readouterr().err
-    assert "once the run is trained, score them with 'tunelab eval RUN_DIR --data FILE'" in err
+    assert f"once the run is trained, score them with 'tunelab eval {shlex.quote(run)} --data FILE'" in err
     assert "tunelab.evaluate" not in err and "eval's data file" not in err
     for call in (lambda: tunelab.check(None, over, model=False), lambda: train(None, over)):
         with pytest.raises(DataError) as python:
             call()
         said = str(python.value)
         assert f"{questions}:1: cannot tell the data format" in said and "give the file as eval.questions" in said
-        assert "once the run is trained, score them with tunelab.evaluate(run_dir, data=FILE))" in said
+        assert f"once the run is trained, score them with tunelab.evaluate({run!r}, data=FILE))" in said
         assert "tunelab eval" not in said and "--data" not in said

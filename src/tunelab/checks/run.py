@@ -326,7 +326,7 @@ def run_check(
         inputs = _stage_inputs(cfg, task, 1, spelling) if staged else load_inputs(cfg, task, spelling=spelling)
         require_eval_split(cfg.train.early_stopping_patience, inputs.data.eval)  # train refuses it here too (exit 2)
     except (ConfigError, DataError) as exc:
-        raise eval_said_as(locate(exc, resolved.origins), spelling) from None
+        raise eval_said_as(locate(exc, resolved.origins), spelling, resolved.config.output_dir) from None
     data = inputs.data
     out(data.report.summary())
     # a staged run: the stages whose data train compares with their run.json (training/stage_resume.py): the

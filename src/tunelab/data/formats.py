@@ -22,7 +22,9 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from tunelab.config.flags import Spelling
 from tunelab.data.case import CaseMatch
@@ -82,12 +84,18 @@ QUESTIONS_ADVICE = (
 )
 
 
-def eval_said_as(error: TunelabError, spelling: Spelling) -> TunelabError:
-    """`error` of the data reader with QUESTIONS_ADVICE naming eval as the caller runs it: `tunelab eval RUN_DIR
-    --data FILE` for the command line, tunelab.evaluate(run_dir, data=FILE) in Python; any other error as it is."""
+def eval_said_as(error: TunelabError, spelling: Spelling, run_dir: str | Path) -> TunelabError:
+    """`error` of the data reader with QUESTIONS_ADVICE naming eval of `run_dir` (the run the config trains) as the
+    caller runs it: `tunelab eval RUN_DIR --data FILE` for the command line, tunelab.evaluate(RUN_DIR, data=FILE) in
+    Python; any other error as it is."""
     text = str(error)
     if QUESTIONS_LATER in text:
-        call = "'tunelab eval RUN_DIR --data FILE'" if spelling.flags else "tunelab.evaluate(run_dir, data=FILE)"
+        run = str(run_dir)
+        call = (
+            f"'tunelab eval {shlex.quote(run)} --data FILE'"
+            if spelling.flags
+            else f"tunelab.evaluate({run!r}, data=FILE)"
+        )
         error.args = (text.replace(QUESTIONS_LATER, f"(or, once the run is trained, score them with {call})"),)
     return error
 

@@ -435,7 +435,7 @@ def _load_data(
     try:
         inputs = load_inputs(cfg, task, recorded_commit(run_dir) if resume else None, spelling=resolved.spelling)
     except (ConfigError, DataError) as exc:
-        raise eval_said_as(locate(exc, resolved.origins), resolved.spelling) from None
+        raise eval_said_as(locate(exc, resolved.origins), resolved.spelling, run_dir) from None
     data = inputs.data
     print(data.report.summary(), flush=True)
     digest, eval_digest = data_digest(data.train), (data_digest(data.eval) if data.eval else "")
