@@ -2,6 +2,7 @@
 the budget is too small, a staged config stage by stage, and a federated config sent where it belongs (plan and
 train refuse it, naming federate and check)."""
 
+import shlex
 import shutil
 
 import pytest
@@ -103,18 +104,20 @@ def test_a_staged_config_is_planned_stage_by_stage(tiny_overrides, tmp_path, cap
 @pytest.mark.parametrize(
     "command, message",
     [
-        (["plan", "--gpu-memory", "1GiB"], "tunelab check CONFIG shows them, client by client"),
-        (["train"], "Run it with `tunelab federate CONFIG`"),
+        (["plan", "--gpu-memory", "1GiB"], "tunelab check {} shows them, client by client"),
+        (["train"], "Run it with `tunelab federate {}`"),
     ],
 )
 def test_plan_and_train_send_a_federated_config_to_federate(tiny_overrides, tmp_path, capsys, command, message):
-    path = _config(tmp_path, tiny_overrides)
+    """Each names the config file it was given, not a placeholder (CONFIG)."""
+    (tmp_path / "my configs").mkdir()
+    path = _config(tmp_path / "my configs", tiny_overrides)
     config = yaml.safe_load(open(path))
     config["federated"] = {"split_file": config["data"].pop("train")[0]}
     config["output_dir"] = str(tmp_path / "run")
     open(path, "w").write(yaml.safe_dump(config))
     assert main([command[0], path, *command[1:]]) == 2
-    assert message in capsys.readouterr().err
+    assert message.format(shlex.quote(str(path))) in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -8,6 +8,7 @@ shapes). A federated config is refused: its clients choose their auto values fro
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,10 @@ def plan_config(
     gpu_memory was given, named in its errors (--gpu-memory, or gpu_memory= in Python)."""
     cfg = resolved.config
     if cfg.federated.enabled:
+        named = shlex.quote(str(resolved.path)) if resolved.path is not None else "CONFIG"
         raise ConfigError(
             "tunelab plan plans a tunelab train run; a federated config's clients choose their auto values from "
-            "their own data when they train (tunelab check CONFIG shows them, client by client)."
+            f"their own data when they train (tunelab check {named} shows them, client by client)."
         )
     if not cfg.stages or nproc > 1:  # a staged config on several processes: refused as train --nproc refuses it
         return plan_run(cfg, gpu_memory, nproc, budget_name, resolved.spelling)

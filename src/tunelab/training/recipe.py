@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,11 @@ def train(
     f = resolved.config.federated
     if f.enabled:
         what = "federated.clients" if f.clients else "federated.split_file"
+        path = config_path(config)
+        named = shlex.quote(str(path)) if path is not None else "CONFIG"
         raise ConfigError(
             f"option '{what}' is set: this config is a federation, whose clients train on their own data. Run it "
-            "with `tunelab federate CONFIG` (tunelab.federate); tunelab train trains one model on data.train."
+            f"with `tunelab federate {named}` (tunelab.federate); tunelab train trains one model on data.train."
         )
     with session(resolved.config) as ranks:
         return _train(resolved, config_path(config), ranks, resume, check, overwrite_non_run, extra_eval, track_to)
