@@ -44,6 +44,7 @@ def _gguf_named(tok, pre: str, folder, monkeypatch, named: bool = True):
         model=LlamaForCausalLM(_tiny_llama_config(tok)).eval(),
         tokenizer=tok,
         info=SimpleNamespace(base_model="tiny"),
+        base_info=SimpleNamespace(base_model="tiny"),
         template=SimpleNamespace(stop_token_ids=[tok.eos_token_id]),
     )
     path = folder / f"{pre}.gguf"

@@ -302,6 +302,7 @@ def test_a_gguf_file_missing_weights_is_refused_not_filled_with_random_ones(
         model=LlamaForCausalLM(tiny_llama_config(tok)).eval(),
         tokenizer=tok,
         info=SimpleNamespace(base_model="tiny"),
+        base_info=SimpleNamespace(base_model="tiny"),
         template=SimpleNamespace(stop_token_ids=[tok.eos_token_id]),
     )
     every = gguf_export.gguf_tensors
