@@ -63,7 +63,9 @@ def test_a_folder_without_tokenizer_json_names_the_folder_and_the_files_expected
         load_tokenizer(resolve_source(str(folder)))
 
 
-def test_remote_code_error_names_our_option(tiny_model_dir, tmp_path, capsys):
+def _remote_code_model(tiny_model_dir, tmp_path):
+    """A copy of the tiny model whose config names a class in its own code (auto_map), which only
+    trust_remote_code would run."""
     folder = tmp_path / "custom"
     shutil.copytree(tiny_model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
@@ -72,6 +74,11 @@ def test_remote_code_error_names_our_option(tiny_model_dir, tmp_path, capsys):
     (folder / "configuration_my.py").write_text(
         "from transformers import PretrainedConfig\nclass MyConfig(PretrainedConfig):\n    model_type = 'mymodel'\n"
     )
+    return folder
+
+
+def test_remote_code_error_names_our_option(tiny_model_dir, tmp_path, capsys):
+    folder = _remote_code_model(tiny_model_dir, tmp_path)
     source = resolve_source(str(folder))
     load_tokenizer(source)
     with pytest.raises(ModelError) as err:
@@ -87,14 +94,7 @@ def test_remote_code_error_names_the_option_as_its_caller_sets_it(
     import tunelab
     from tunelab.cli import main
 
-    folder = tmp_path / "custom"
-    shutil.copytree(tiny_model_dir, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config |= {"model_type": "mymodel", "auto_map": {"AutoConfig": "configuration_my.MyConfig"}}
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "configuration_my.py").write_text(
-        "from transformers import PretrainedConfig\nclass MyConfig(PretrainedConfig):\n    model_type = 'mymodel'\n"
-    )
+    folder = _remote_code_model(tiny_model_dir, tmp_path)
     with pytest.raises(ModelError) as err:
         tunelab.train(None, tiny_overrides | {"model.name": str(folder)}, check=False)
     assert "overrides['model.trust_remote_code'] = True" in str(err.value) and "--model" not in str(err.value)
