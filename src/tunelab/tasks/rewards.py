@@ -245,10 +245,11 @@ def own_columns(s: Sample) -> dict:
 MISSING = object()
 
 
-def column_value(name: str, s: Sample) -> Any:
+def column_value(name: str, s: Sample, own: dict | None = None) -> Any:
     """The row's column for parameter `name`: the column of that name as the file writes it, else as read, else the
-    one column whose name is `name` in another case; MISSING where none is (or two are, in other cases)."""
-    own = own_columns(s)
+    one column whose name is `name` in another case; MISSING where none is (or two are, in other cases). `own`:
+    `own_columns(s)` where the caller has it."""
+    own = own_columns(s) if own is None else own
     if name in own:
         return own[name]
     if name in s.row:
@@ -269,12 +270,13 @@ def _missing_column(name: str, function: str, s: Sample) -> str:
 def call(fn: Callable, took: Takes, function: str, s: Sample) -> Any:
     """fn(prompt, answer, row, **what it takes by keyword): the row with its renamed columns under their own names
     too; the columns its parameters name; every column for **kwargs; the thought."""
-    row = {**s.row, **{own: s.row[read] for read, own in (s.spelled or {}).items() if read in s.row}}
+    own = own_columns(s)
+    row = {**s.row, **own}
     keywords = {}
     if took.every:
-        keywords = {k: v for k, v in own_columns(s).items() if isinstance(k, str) and k not in (*took.bound, "thought")}
+        keywords = {k: v for k, v in own.items() if isinstance(k, str) and k not in (*took.bound, "thought")}
     for name in took.columns:
-        value = column_value(name, s)
+        value = column_value(name, s, own)
         if value is not MISSING:
             keywords[name] = value
         elif name in took.required:
