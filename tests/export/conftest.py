@@ -1,6 +1,7 @@
 """Fixtures of the export tests: a small real byte-level BPE tokenizer (GGUF readers load it fast), a tiny LoRA run
-on a sharp-attention base and its merged model (`tiny_run`, `tiny_merged`), and the GGUF tests' helpers
-(`gguf_kit`), and the hub that push tests push to (`hub`: hub_recorder.py)."""
+on a sharp-attention base and its merged model (`tiny_run`, `tiny_merged`), the GGUF tests' helpers (`gguf_kit`), the
+merge tests' LoRA run on the tiny model (`lora_run`; merge_setup.py), and the hub that push tests push to (`hub`:
+hub_recorder.py)."""
 
 import json
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.lora import attach_lora, lora_modules
 from tunelab.peft.save import save_adapter
 
+from . import merge_setup
 from .hub_recorder import TOKEN, Hub
 
 SMALL_VOCAB = 2048
@@ -143,6 +145,21 @@ def gguf_kit():
     return SimpleNamespace(
         ids=IDS, lora_run=_lora_run, simulated=_simulated, unpermute=_unpermute, tolerances=TOLERANCES
     )
+
+
+@pytest.fixture
+def lora_run(tiny_model_dir, smollm2_tokenizer, tmp_path):
+    """The merge tests' run: a finished LoRA run on the tiny model (SmolLM2's vocabulary) with a random (non-zero) B,
+    and the logits its model gives on merge_setup.IDS."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    attach_lora(model, ["all-linear"], r=4, alpha=8)
+    torch.manual_seed(3)
+    for _, m in lora_modules(model):
+        torch.nn.init.normal_(m.lora_B.weight, std=0.05)
+    with torch.no_grad():
+        tuned = model(merge_setup.IDS).logits
+    run = merge_setup.write_run(tmp_path / "run", model, smollm2_tokenizer, tiny_model_dir, "lora")
+    return run, tuned
 
 
 @pytest.fixture
