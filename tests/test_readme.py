@@ -330,6 +330,17 @@ def test_the_layout_names_every_benchmark_script():
     assert not scripts - named, f"benchmark scripts the README's Layout does not name: {sorted(scripts - named)}"
 
 
+def test_the_tests_section_names_every_script_of_the_scripts_folder():
+    """The Tests section lists what a maintainer runs from scripts/; five of its GPU scripts (the sampler's, dpo's,
+    the CUDA graphs', the planner's and the speed targets' benchmarks) were named nowhere in the README."""
+    tests = README[README.index("\n## Tests\n") : README.index("\n## Layout\n")]
+    named = set(re.findall(r"[\w.]+\.(?:sh|py)", tests))
+    folder = Path(__file__).resolve().parents[1] / "scripts"
+    scripts = {path.name for path in folder.iterdir() if path.is_file()}
+    assert scripts, folder
+    assert not scripts - named, f"scripts the README's Tests section does not name: {sorted(scripts - named)}"
+
+
 def test_every_note_of_the_layout_follows_the_module_it_describes():
     """The Layout gives each module's note in parentheses after its name; the server's template_kwargs had its note
     after completions, two modules on, where it read as a second note of completions."""
