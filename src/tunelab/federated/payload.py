@@ -8,10 +8,13 @@
                              proximal-mu for FedProx, clipping_norm for DP)
     client -> server (the reply)
       arrays   ArrayRecord   the client's adapter after its local steps, same keys in the same order
-      metrics  MetricRecord  num-examples (FedAvg's weight), uniform-weight (1: DP weighs clients equally),
-                             train-loss, local-steps, loss-tokens, train-seconds
-      client   ConfigRecord  name, dtype, lr (and lr-B with LoRA+: the rates the round's first local step ran at;
-                             not metrics, which Flower aggregates only when every reply has the same keys)
+      metrics  MetricRecord  num-examples (FedAvg's weight: the client's training rows), uniform-weight (1: DP
+                             weighs clients equally), train-loss, local-steps, loss-tokens (the tokens its loss is
+                             averaged over), tokens (the real, non-pad tokens it trained on, prompts included:
+                             run.json's tokens), train-seconds
+      client   ConfigRecord  name, dtype (what it trained in), lr, lr-B (with LoRA+ only; both the rates the round's
+                             first local step ran at: not metrics, which Flower aggregates only when every reply has
+                             the same keys)
 
     server -> client (a QUERY message, once per node before it first trains)
       config   ConfigRecord  tunelab-ask: name
