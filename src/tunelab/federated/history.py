@@ -5,12 +5,14 @@
                      train.keep_best, `best` ({"round", "eval_loss"} of the result kept) and `base_eval_loss` (the
                      base model's, before round 1, which keep_best's last word is told against); --resume reads it
     metrics.jsonl    one record per round: {"step": round, "round", "loss" (the clients' example-weighted train
-                     loss), "eval_loss" (the global adapter on the server's eval set), "clients_used",
-                     "clients_failed" (an error, or no reply in time), "clients_skipped" (a reply whose adapter
-                     does not fit: other keys or shapes, or none), "bytes_sent", "bytes_received", "epsilon", "not_asked" (the clients
-                     federated.fraction < 1 left out of the round)}, and
-                     one per client and round:
-                     {"step": round, "round", "client", "client_loss", "status", "examples", "tokens", "bytes_sent",
+                     loss), "eval_loss" (the global adapter on the server's eval set), "applied" (the round's
+                     average replaced the global adapter), "clients_used", "clients_failed" (an error, or no reply
+                     in time), "clients_skipped" (a reply whose adapter does not fit: other keys or shapes, or
+                     none), "bytes_sent", "bytes_received", "epsilon", "not_asked" (the clients federated.fraction
+                     < 1 left out of the round), "elapsed_s" (the federation's seconds so far)}, before round 1
+                     {"step": 0, "round": 0, "eval_loss"} of the base model, and one per client and round:
+                     {"step": round, "round", "client", "client_loss", "status", "examples", "tokens", "lr" and,
+                     with LoRA+, "lr_B" (the rates its round's first local step ran at), "bytes_sent",
                      "bytes_received", "reason"}; "step" is the round, so the tools that read metrics.jsonl
                      (plots, report) draw the federation's curves as they draw a training run's
     federated.png    eval loss of the global adapter and each client's train loss by round, and the bytes moved
