@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 
 from tunelab.eval.report_html import esc
-from tunelab.training.metrics import loss_axis, loss_curves, plot_text
+from tunelab.training.metrics import loss_axis, loss_curves, plot_text, rate_curves
 
 
 def _svg(fig, label: str) -> str:
@@ -91,13 +91,8 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None, i
         return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
 
     train, evals = loss_curves(records)
-    lr, lr_b, lr_head, speed, grad = (
-        points("lr"),
-        points("lr_B"),  # LoRA+: the B matrices' rate, lr x train.loraplus_lr_ratio
-        points("lr_head"),  # classify, reward: the head's own rate, classify.head_lr
-        points("tokens_per_s"),
-        points("grad_norm"),
-    )
+    rates, log = rate_curves(records)
+    speed, grad = points("tokens_per_s"), points("grad_norm")
     figures = []
     if train or evals:
         series = ([("train loss", train, "-")] if train else []) + ([("eval loss", evals, "o-")] if evals else [])
@@ -108,21 +103,16 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None, i
         if marks:
             caption += "; marked: " + ", ".join(label for _, label, _ in marks)
         figures.append(curve_plot(series, loss_axis(tasks or []), f"Loss: {caption}", marks=marks))
-    if lr and (lr_b or lr_head):  # a log axis: each curve is lr's times a constant, the same shape; a linear one
-        # flattens the lowest
-        others = ([("B matrices (LoRA+)", lr_b, "--")] if lr_b else []) + ([("head", lr_head, ":")] if lr_head else [])
-        said = ["LoRA+ trains the adapters' B matrices at train.lr x train.loraplus_lr_ratio"] if lr_b else []
-        said += ["the head trains at classify.head_lr"] if lr_head else []
-        figures.append(
-            curve_plot(
-                [("A and the rest (train.lr)" if lr_b else "train.lr", lr, "-"), *others],
-                "learning rate",
-                f"Learning rate schedule: {'; '.join(said)}",
-                log=all(y > 0 for _, y in lr + lr_b + lr_head),
-            )
+    if len(rates) > 1:
+        said = (
+            ["LoRA+ trains the adapters' B matrices at train.lr x train.loraplus_lr_ratio"] if "lr_B" in rates else []
         )
-    elif lr:
-        figures.append(curve_plot([("learning rate", lr, "-")], "learning rate", "Learning rate schedule"))
+        said += ["the head trains at classify.head_lr"] if "lr_head" in rates else []
+        figures.append(
+            curve_plot(list(rates.values()), "learning rate", f"Learning rate schedule: {'; '.join(said)}", log=log)
+        )
+    elif rates:
+        figures.append(curve_plot(list(rates.values()), "learning rate", "Learning rate schedule"))
     if speed:
         figures.append(
             curve_plot(

@@ -130,6 +130,34 @@ def loss_curves(records: list[dict]) -> tuple[list[tuple[int, float]], list[tupl
     return train, evals
 
 
+# The learning rates metrics.jsonl records beside lr, each lr's times a constant: (legend label, line style).
+_OTHER_RATES = {
+    "lr_B": ("B matrices (LoRA+)", "--"),  # lr x train.loraplus_lr_ratio
+    "lr_head": ("head", ":"),  # classify, reward: the head's own rate, classify.head_lr
+}
+
+
+def rate_curves(records: list[dict]) -> tuple[dict[str, tuple[str, list[tuple[int, float]], str]], bool]:
+    """The learning-rate curves of metrics.jsonl's records by key (lr, then lr_B and lr_head where recorded), each
+    as (legend label, (step, rate) points, line style), and whether to draw them on a log axis: beside lr each curve
+    is lr's times a constant, the same shape, which a linear axis flattens to the lowest. Empty without lr. A point
+    several records repeat (a federation's clients, one record each, at the rate of their round) is drawn once."""
+
+    def points(key: str) -> list[tuple[int, float]]:
+        found = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
+        return list(dict.fromkeys(found))
+
+    lr = points("lr")
+    if not lr:
+        return {}, False
+    others = {key: (label, found, style) for key, (label, style) in _OTHER_RATES.items() if (found := points(key))}
+    if not others:
+        return {"lr": ("learning rate", lr, "-")}, False
+    first = "A and the rest (train.lr)" if "lr_B" in others else "train.lr"
+    curves = {"lr": (first, lr, "-")} | others
+    return curves, all(y > 0 for _, found, _ in curves.values() for _, y in found)
+
+
 def loss_axis(tasks: list[str | None]) -> str:
     """The loss axis's label for runs of `tasks` (a staged run's stages may differ): what the loss is averaged over,
     as the verdict says it (sft and grpo: a token, classify: an example, dpo and reward: a pair)."""
