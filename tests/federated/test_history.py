@@ -1,5 +1,7 @@
-"""A federation's metrics.jsonl records as history.py writes them, held to the keys its docstring and the README name."""
+"""A federation's metrics.jsonl records as history.py writes them, held to the keys its docstring and the README name,
+and federated.png's learning-rate panel, drawn from them."""
 
+import json
 import re
 from pathlib import Path
 
@@ -59,3 +61,47 @@ def test_every_key_of_the_metrics_records_is_documented():
     assert docstring == (rounds, clients)
     readme = _halves(README.read_text(), "It also holds `metrics.jsonl`", "`federated.png`", r"`(\w+)`")
     assert readme == (rounds, clients)
+
+
+def _run(tmp_path, rates: list[dict]) -> Path:
+    """A run directory whose metrics.jsonl holds len(rates) rounds of two clients, each replying its round's rates."""
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    lines, reports = [], []
+    for r, said in enumerate(rates, start=1):
+        clients = [_client(name, rates=said) for name in ("north", "south")]
+        reports.append({"round": r, "applied": True, "epsilon": None, "clients": clients, "not_asked": []})
+        lines += round_records(reports[-1], 1.0 / r, 10.0 * r)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    state = {"rounds_done": len(rates), "rounds": len(rates), "local_steps": 2, "strategy": "fedavg"}
+    history.write_state(run, state | {"clients": ["north", "south"], "history": reports})
+    return run
+
+
+def _rate_axis(run: Path):
+    from tunelab.training.metrics import read_metrics
+
+    fig = history._figure(read_metrics(run))
+    return [ax for ax in fig.axes if ax.get_ylabel().startswith("learning rate")]
+
+
+def test_federated_png_draws_the_rate_each_round_started_at(tmp_path):
+    """metrics.jsonl held each client's lr and lr_B by round, but federated.png drew losses and bytes alone. The rate
+    panel draws the recorded values, one point a round (the clients share the schedule), lr_B beside lr on a log
+    axis as the report's learning-rate plot draws a LoRA+ run."""
+    rates = [{"lr": 1e-3 * (1 - r / 4), "lr_B": 1.6e-2 * (1 - r / 4)} for r in range(3)]
+    run = _run(tmp_path, rates)
+    (ax,) = _rate_axis(run)
+    drawn = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
+    assert drawn == {
+        "A and the rest (train.lr)": [(r, said["lr"]) for r, said in enumerate(rates, start=1)],
+        "B matrices (LoRA+)": [(r, said["lr_B"]) for r, said in enumerate(rates, start=1)],
+    }
+    assert ax.get_yscale() == "log"
+    assert "<figcaption>Loss, learning rate and bytes by round</figcaption>" in history.federated_section(run)
+    (ax,) = _rate_axis(_run(tmp_path / "plain", [{"lr": 2e-4}, {"lr": 1e-4}]))
+    assert [list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()] == [[(1, 2e-4), (2, 1e-4)]]
+    assert ax.get_yscale() == "linear"
+    older = _run(tmp_path / "older", [{}, {}])  # clients from before the rates: no panel
+    assert _rate_axis(older) == []
+    assert "<figcaption>Loss and bytes by round</figcaption>" in history.federated_section(older)

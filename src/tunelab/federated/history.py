@@ -15,7 +15,8 @@
                      with LoRA+, "lr_B" (the rates its round's first local step ran at), "bytes_sent",
                      "bytes_received", "reason"}; "step" is the round, so the tools that read metrics.jsonl
                      (plots, report) draw the federation's curves as they draw a training run's
-    federated.png    eval loss of the global adapter and each client's train loss by round, and the bytes moved
+    federated.png    eval loss of the global adapter and each client's train loss by round, the learning rate the
+                     clients' rounds started at (lr, and lr_B with LoRA+, on a log axis then), and the bytes moved
     checkpoints/round-NNNNNNN/adapter_model.safetensors, round.json
                      the global adapter after round N (the last two kept) with its sha256 and the state after round
                      N, written before federated.json names round N: a server stopped at any point resumes from a
@@ -37,7 +38,7 @@ from pathlib import Path
 from tunelab.atomic import write_json
 from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError, counted
-from tunelab.training.metrics import plot_text, read_metrics
+from tunelab.training.metrics import plot_text, rate_curves, read_metrics
 
 STATE_FILE = "federated.json"
 PLOT_FILE = "federated.png"
@@ -331,15 +332,17 @@ def client_dtypes(history: list[dict]) -> dict[str, str]:
 
 
 def _figure(records: list[dict]):
-    """Two panels: losses by round, and megabytes moved by round (None when there is nothing to draw)."""
+    """Panels by round: losses, the learning rate the clients' rounds started at (where their records hold it), and
+    megabytes moved (None when there is nothing to draw)."""
     rounds = [r for r in records if "round" in r and "client" not in r]
     if not rounds:
         return None
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(10, 3.8), dpi=100, layout="constrained")
-    loss_ax, bytes_ax = fig.subplots(1, 2)
+    rates, log = rate_curves([r for r in records if "client" in r])  # "step" is the round
+    fig = Figure(figsize=(14 if rates else 10, 3.8), dpi=100, layout="constrained")
+    loss_ax, *lr_ax, bytes_ax = fig.subplots(1, 3 if rates else 2)
     evals = [(r["round"], r["eval_loss"]) for r in rounds if r.get("eval_loss") is not None]
     if evals:
         loss_ax.plot(*zip(*evals), "o-", linewidth=2, color="black", label="global adapter: eval loss (server)")
@@ -364,7 +367,17 @@ def _figure(records: list[dict]):
         )
         bytes_ax.bar([x + 0.2 for x in xs], [r["bytes_received"] / 1e6 for r in moved], width=0.4, label="received")
         bytes_ax.legend(fontsize=8)
-    for ax in (loss_ax, bytes_ax):
+    for ax in lr_ax:  # as the report's learning-rate plot draws a training run's
+        for label, points, style in rates.values():
+            ax.plot(*zip(*points), f"o{style}", linewidth=1.4, markersize=4, label=plot_text(label))
+        if log:
+            ax.set_yscale("log")
+        if len(rates) > 1:
+            ax.legend(fontsize=8)
+        ax.set_xlabel("round")
+        ax.set_ylabel("learning rate (the round's first local step)")
+        ax.grid(alpha=0.3)
+    for ax in (loss_ax, *lr_ax, bytes_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     bytes_ax.set_xlabel("round")
     bytes_ax.set_ylabel("MB (adapter tensors + keys)")
@@ -404,7 +417,8 @@ def federated_section(run_dir: str | Path) -> str | None:
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
         svg = buf.getvalue()
-        parts.append(f"<figure>{svg[svg.index('<svg') :]}<figcaption>Loss and bytes by round</figcaption></figure>")
+        drawn = "Loss, learning rate and bytes" if rate_curves(records)[0] else "Loss and bytes"
+        parts.append(f"<figure>{svg[svg.index('<svg') :]}<figcaption>{drawn} by round</figcaption></figure>")
     rows = []
     by_round = {r["round"]: r for r in records if "round" in r and "client" not in r}
     for report in state["history"]:
