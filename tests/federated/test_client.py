@@ -8,6 +8,7 @@ pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed"
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
@@ -98,29 +99,36 @@ def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
 
 
-def _documented(record: str) -> list[str]:
-    """The keys payload.py's docstring lists for `record` ('metrics', 'client') of a TRAIN reply, in its order: the
-    names between its commas, each one's note in parentheses left out."""
+def _keys(text: str) -> list[str]:
+    """The names between the commas of `text`, each one's note in parentheses (and a name's backticks) left out."""
+    text = " ".join(text.split())
+    while "(" in text:
+        text = re.sub(r"\([^()]*\)", "", text)
+    return [key.strip().strip("`") for key in text.split(",")]
+
+
+def _documented(record: str) -> tuple[list[str], list[str]]:
+    """The keys of `record` ('metrics', 'client') of a TRAIN reply as payload.py's docstring lists them, and as
+    docs/architecture.md's table of the protocol does, each in its order."""
     import tunelab.federated.payload as payload
 
     reply = payload.__doc__.split("client -> server (the reply)")[1]
     entries = re.findall(r"^      (\w+) +\w+Record +(.*?)(?=^      \w|^$)", reply, re.MULTILINE | re.DOTALL)
-    text = " ".join(dict(entries)[record].split())
-    while "(" in text:
-        text = re.sub(r"\([^()]*\)", "", text)
-    return [key.strip() for key in text.split(",")]
+    table = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    row = re.search(rf"^\| \| `{record}` \(\w+Record\) \| (.*) \|$", table, re.MULTILINE)[1]
+    return _keys(dict(entries)[record]), _keys(row)
 
 
 def test_the_payload_docstring_names_every_key_of_a_reply(tiny_model_dir, secret_client, flower_message):
-    """A reply carried `tokens` (and its round's rates) that payload.py, the page of what travels, did not name. A
-    LoRA+ client's reply holds every key there is (lr-B only then)."""
+    """A reply carried `tokens` (and its round's rates) that payload.py, the page of what travels, did not name, nor
+    docs/architecture.md's table of it the rates. A LoRA+ client's reply holds every key there is (lr-B only then)."""
     config = _config(tiny_model_dir)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, loraplus_lr_ratio=4.0))
     _, msg = _train_message(flower_message, config)
     reply = _call(make_client_app([secret_client]), msg)
     assert not reply.has_error(), reply.error
-    assert _documented("metrics") == list(reply.content["metrics"])
-    assert _documented("client") == list(reply.content["client"])
+    for record in ("metrics", "client"):
+        assert _documented(record) == (list(reply.content[record]),) * 2
 
 
 def test_a_client_round_of_one_step_says_one_step(tiny_model_dir, secret_client, flower_message, capsys, monkeypatch):
