@@ -2,7 +2,8 @@
 continue: merge). The last stage's base is stage-1/merged, a folder inside the run; the merged weights are a fine-tune
 of stage 1's base, which the cards name (a hub id in their metadata, base_model_relation finetune), saying the run
 trained in stages, and tunelab_merge.json records with the folder the last stage trained over. The hub base is a
-cache laid out as huggingface_hub leaves it, read offline; the push goes to hub_recorder.py's hub."""
+cache laid out as huggingface_hub leaves it, read offline; the push goes to hub_recorder.py's hub. The adapter card
+`tunelab push` writes for a staged run whose stages all trained one adapter lists the stages too."""
 
 import json
 import shutil
@@ -95,3 +96,20 @@ def test_each_stage_is_said_with_what_it_started_from():
     assert "\n2. `chat`: lora, task sft, 1 step, over the weights stage 1 trained (full)\n" in card
     assert "\n3. `prefs`: lora, task dpo, 2 steps, training stage 2's adapter on\n" in card
     assert "- full\n- lora\n---" in card
+
+
+def test_tunelab_push_of_a_staged_run_lists_its_stages(tiny_overrides, hub):
+    """A staged run whose stages all continued one adapter is pushed as its last stage's adapter; its card said only
+    "trained with tunelab (task sft)", as if one stage had trained it. It lists the stages now, as the merge's and
+    the export's cards do."""
+    data = {"train": tiny_overrides["data.train"]}
+    stages = [
+        {"name": "docs", "data": data, "train": {"max_steps": 1}},
+        {"name": "qa", "data": data, "train": {"max_steps": 2}, "continue": "adapter"},
+    ]
+    run = tunelab.train(None, tiny_overrides | {"data.train": [], "stages": stages}).run_dir
+    assert main(["push", str(run), "--repo", "alice/box-bot"]) == 0
+    card = hub.files["README.md"].decode()
+    assert "trained with tunelab in 2 stages" in card, card
+    assert "\n1. `docs`: lora, task sft, 1 step\n" in card
+    assert "\n2. `qa`: lora, task sft, 2 steps, training stage 1's adapter on\n" in card

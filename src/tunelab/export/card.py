@@ -8,7 +8,8 @@ the GGUF self-check). Only a hub base is named in the metadata (`base_model`, wh
 its folder's or file's name in the text, never the user's absolute path; `base_model_relation: finetune` says what
 the hub would otherwise guess from the files (a GGUF beside a base reads as a mere quantization of it). A staged
 run's merged model is a fine-tune of stage 1's base, whatever its last stage trained over (stage-1/merged after
-continue: merge): the cards of the merge and the GGUF export name that base and list the stages.
+continue: merge): the cards of the merge and the GGUF export name that base and list the stages. The card of a
+staged run's adapter, pushed where every stage trained that adapter on over the original base, lists them too.
 """
 
 from __future__ import annotations
@@ -300,10 +301,13 @@ def adapter_card(
     where the base is a hub id, as `base_model_relation: adapter`), how it is prompted, what the run measured
     (`scores`: compare.json's; `evaluated`: eval.json; None where the run has none), its rank as saved (`rank`:
     adapter_config.json's r) where that is not the rank it trained at, and a PEFT example that loads it from
-    `repo`. A staged run whose last stage trained over weights earlier stages changed is refused before
-    (push.py `collect`): its adapter alone, on the base it names, is another model."""
+    `repo`. A staged run's card lists its stages, as the merge's does; one whose last stage trained over weights
+    earlier stages changed is refused before (push.py `collect`): its adapter alone, on the base it names, is another
+    model."""
     base = shared_name(str(info.base_model))
     hub = info.base_source == "hub"
+    staged = len(_stages(info))
+    trained = f"in {staged} stages" if staged else f"(task {info.task}{', rsLoRA' * info.rslora})"
     qlora = (
         [
             "It was trained over the base quantized to NF4 (QLoRA); over the 16-bit base it answers nearly, not exactly,",
@@ -341,8 +345,8 @@ def adapter_card(
         *_front(info, "peft", relation="adapter"),
         f"# {repo.split('/')[-1]}",
         "",
-        f"A {_ADAPTER_NAMES.get(info.method, info.method)} adapter of `{base}`, trained with "
-        f"tunelab (task {info.task}{', rsLoRA' * info.rslora}).",
+        f"A {_ADAPTER_NAMES.get(info.method, info.method)} adapter of `{base}`, trained with tunelab {trained}.",
+        *_stage_lines(info),
         "",
         *_saved_rank(info, rank),
         *qlora,
