@@ -205,3 +205,34 @@ def test_which_last_stage_trains_over_changed_weights(stages, said):
 
     found = over_changed_weights(stages)
     assert found == said if said is None else found.startswith(said)
+
+
+def _stage_file(tmp_path, overrides: dict, stages: list[dict]) -> str:
+    """A config file of `overrides` (dotted names, written as sections) and `stages`."""
+    sections: dict = {}
+    for name, value in (overrides | {"stages": stages}).items():
+        section, _, key = name.rpartition(".")
+        (sections.setdefault(section, {}) if section else sections)[key or name] = value
+    path = tmp_path / "staged.yaml"
+    path.write_text(json.dumps(sections))
+    return str(path)
+
+
+def test_the_check_reads_each_stage_as_it_trains_under_a_flag(short, hub, capsys, tmp_path):
+    """A flag wins over the file, its stages included (--method.name full trains every stage full), but the check of
+    train.push_to read each stage's method from the file's stages: it accepted a run whose push, after the whole
+    training, was refused (exit 1); and refused a run whose flag made every stage an adapter's. It reads the stages
+    as training resolves them now: refused before training, exit 2, and accepted where the push works."""
+    adapters = [{"method": {"name": "lora"}}, {"method": {"name": "lora"}, "train": {"lr": 1e-4}}]
+    config = _stage_file(tmp_path, short, adapters)
+    assert main(["train", config, "--method.name", "full"]) == 2
+    err = capsys.readouterr().err
+    assert "option 'train.push_to' is 'alice/box-bot', but the last stage's method.name is full" in err
+    assert hub.calls == [] and not Path(short["output_dir"]).exists()  # nothing trained
+    with pytest.raises(ConfigError, match="the last stage's method.name is full"):
+        resolve(config, {"method.name": "full"})
+    whole = [{"method": {"name": "full"}}, {"method": {"name": "lora"}}]  # an adapter over stage 1's weights
+    config = _stage_file(tmp_path, short, whole)
+    with pytest.raises(ConfigError, match="stage 2 starts from the weights stage 1 trained"):
+        resolve(config)
+    assert resolve(config, {"method.name": "lora"}).config.train.push_to == "alice/box-bot"  # both stages lora

@@ -365,7 +365,8 @@ def load_config(
     config = RunConfig()
     _set_values(config, values)
     try:
-        check_consistency(config, task_options=not saved, spelling=CLI if typed else PYTHON)
+        stages = [stage_values(entry, origins) for entry in config.stages]
+        check_consistency(config, task_options=not saved, spelling=CLI if typed else PYTHON, stages=stages)
     except ConfigError as exc:
         raise _placed(exc, origins, lines) from None
     return ResolvedConfig(config, origins, path, CLI if typed else PYTHON)
@@ -536,21 +537,26 @@ def _stage_entry(raw: Any, where_of: Callable[[str], str], options: dict, folder
     return entry
 
 
+def stage_values(entry: dict[str, Any], origins: dict[str, str]) -> dict[str, Any]:
+    """The options a stage's entry sets over the run's config (its name: and continue: aside), given the run's
+    `origins`. A flag wins over the file, its stages included: a stage's value for an option given as a flag (or a key
+    of the API's overrides) is dropped, unless the stages themselves came so: then the stage's own value is the more
+    specific one. What each stage trains with (`stage_config`), and what the check of train.push_to reads."""
+    flagged = not is_override(origins.get("stages", ""))
+    return {
+        k: copy.deepcopy(v)
+        for k, v in entry.items()
+        if k not in STAGE_KEYS and not (flagged and is_override(origins.get(k, "")))
+    }
+
+
 def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> ResolvedConfig:
     """Stage `index` (0-based) of a staged run as a run config of its own: the run's config without its stages,
     overlaid with the stage's options; written to `output_dir`."""
     config = copy.deepcopy(resolved.config)
     config.stages, config.output_dir, config.overwrite = [], output_dir, False
     config.train.push_to, config.train.push_private = None, False  # the run pushes its last stage's result
-    entry = resolved.config.stages[index]
-    # A flag wins over the file, its stages included: a stage's value for an option given as a flag is dropped
-    # (unless the stages themselves came as a flag: then the stage's own value is the more specific one).
-    flagged = not is_override(resolved.origins.get("stages", ""))
-    values = {
-        k: copy.deepcopy(v)
-        for k, v in entry.items()
-        if k not in STAGE_KEYS and not (flagged and is_override(resolved.origins.get(k, "")))
-    }
+    values = stage_values(resolved.config.stages[index], resolved.origins)
     _set_values(config, values)
     if index > 0:  # model.adapter outside stages: is stage 1's start; a later one starts from the stage before it
         config.model.adapter = None

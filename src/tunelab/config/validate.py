@@ -36,13 +36,17 @@ def check_target_modules(targets: list[str]) -> None:
             )
 
 
-def check_consistency(config: RunConfig, task_options: bool = True, spelling: Spelling = PYTHON) -> None:
+def check_consistency(
+    config: RunConfig, task_options: bool = True, spelling: Spelling = PYTHON, stages: list[dict] | None = None
+) -> None:
     """Rules that involve more than one option, or the environment (a tracker's library must be installed).
     `task_options`: refuse an option of a task section that no task of the run reads, and a count that
     train.checkpointing false leaves unread (off for a run's saved config read back: the run trained so).
-    `spelling`: how the commands a message gives are written (the CLI's, or the API's calls)."""
+    `spelling`: how the commands a message gives are written (the CLI's, or the API's calls). `stages`: the options
+    each stage sets over the run's, as it trains with them (config/load.py `stage_values`, which drops a stage's value
+    for an option given as a flag); None: config.stages as written."""
     check_trackers(config.train.report_to)
-    check_push_to(config, spelling)
+    check_push_to(config, spelling, stages)
     check_target_modules(config.method.target_modules)
     if config.train.offload_activations is True and config.train.checkpointing is False:
         raise ConfigError(
@@ -170,11 +174,13 @@ def over_changed_weights(stages: list[tuple[object, object]]) -> str | None:
     return None
 
 
-def check_push_to(config: RunConfig, spelling: Spelling = PYTHON) -> None:
+def check_push_to(config: RunConfig, spelling: Spelling = PYTHON, stages: list[dict] | None = None) -> None:
     """train.push_to names a hub repository, OWNER/NAME, and the run's result is what tunelab push sends: an adapter
     (method lora or dora) of a task without a head, over the original base. A staged run pushes its result, its last
-    stage's. The token and offline mode are the environment's, checked before training (export/push.py
-    `check_push_to`). `spelling`: how the commands to do instead are given (the CLI's, or the API's calls)."""
+    stage's; each stage is read as it trains (`stages`: check_consistency's), so that what is accepted here is not
+    refused by the push after training. The token and offline mode are the environment's, checked before training
+    (export/push.py `check_push_to`). `spelling`: how the commands to do instead are given (the CLI's, or the API's
+    calls)."""
     t = config.train
     if t.push_to is None:
         if t.push_private:
@@ -184,7 +190,8 @@ def check_push_to(config: RunConfig, spelling: Spelling = PYTHON) -> None:
             )
         return
     check_repo_id(t.push_to, "option 'train.push_to'")
-    last = config.stages[-1] if config.stages else {}
+    sets = config.stages if stages is None else stages
+    last = sets[-1] if sets else {}
     method, task = last.get("method.name", config.method.name), last.get("task", config.task)
     whose = "the last stage's " if config.stages else ""
     named = f"option 'train.push_to' is {t.push_to!r}, but {whose}"
@@ -200,8 +207,8 @@ def check_push_to(config: RunConfig, spelling: Spelling = PYTHON) -> None:
             "Remove train.push_to; after training, merge the run into a model folder with its chat template and "
             f"generation settings and push that: {instead}."
         )
-    stages = [(s.get("method.name", config.method.name), s.get("continue", "adapter")) for s in config.stages]
-    if where := over_changed_weights(stages):
+    starts = [(s.get("method.name", config.method.name), e.get("continue")) for s, e in zip(sets, config.stages)]
+    if where := over_changed_weights(starts):
         raise ConfigError(
             f"option 'train.push_to' is {t.push_to!r}, but the last stage trains its adapter over weights that "
             f"earlier stages changed ({where}), which the adapter does not hold: put on the original base, as its "
