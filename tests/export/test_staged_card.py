@@ -51,8 +51,9 @@ def test_a_merged_staged_run_names_stage_ones_base(staged_hub_run, tmp_path, hub
     front = _front_matter(card)
     assert (front.get("base_model"), front.get("base_model_relation")) == ('"org/tiny"', "finetune"), card
     assert "`org/tiny` fine-tuned with tunelab in 2 stages" in card
-    assert "1. `docs`: lora, task sft, 1 step" in card
-    assert "2. `qa`: lora, task sft, 1 step, over stage 1's adapter merged into the base (continue: merge)" in card
+    assert "\n1. `docs`: lora, task sft, 1 step, data `qa.jsonl`\n" in card
+    merged = "over stage 1's adapter merged into the base (continue: merge)"
+    assert f"\n2. `qa`: lora, task sft, 1 step, data `qa.jsonl`, {merged}\n" in card
     assert "`merged`" not in card
     saved = json.loads((out / "tunelab_merge.json").read_text())
     assert (saved["base_model"], saved["base_source"], saved["base_revision"]) == ("org/tiny", "hub", COMMIT)
@@ -98,18 +99,20 @@ def test_each_stage_is_said_with_what_it_started_from():
     assert "- full\n- lora\n---" in card
 
 
-def test_tunelab_push_of_a_staged_run_lists_its_stages(tiny_overrides, hub):
+def test_tunelab_push_of_a_staged_run_lists_its_stages(tiny_overrides, hub, tmp_path):
     """A staged run whose stages all continued one adapter is pushed as its last stage's adapter; its card said only
     "trained with tunelab (task sft)", as if one stage had trained it. It lists the stages now, as the merge's and
-    the export's cards do."""
-    data = {"train": tiny_overrides["data.train"]}
+    the export's cards do, each with the data it trained on (by the names of its sources, as reports name them)."""
+    qa = tiny_overrides["data.train"][0]
+    shutil.copy(qa, tmp_path / "more-qa.jsonl")
     stages = [
-        {"name": "docs", "data": data, "train": {"max_steps": 1}},
-        {"name": "qa", "data": data, "train": {"max_steps": 2}, "continue": "adapter"},
+        {"name": "docs", "data": {"train": [qa]}, "train": {"max_steps": 1}},
+        {"name": "qa", "data": {"train": [str(tmp_path / "more-qa.jsonl")]}, "train": {"max_steps": 2}},
     ]
     run = tunelab.train(None, tiny_overrides | {"data.train": [], "stages": stages}).run_dir
     assert main(["push", str(run), "--repo", "alice/box-bot"]) == 0
     card = hub.files["README.md"].decode()
     assert "trained with tunelab in 2 stages" in card, card
-    assert "\n1. `docs`: lora, task sft, 1 step\n" in card
-    assert "\n2. `qa`: lora, task sft, 2 steps, training stage 1's adapter on\n" in card
+    assert "\n1. `docs`: lora, task sft, 1 step, data `qa.jsonl`\n" in card
+    assert "\n2. `qa`: lora, task sft, 2 steps, data `more-qa.jsonl`, training stage 1's adapter on\n" in card
+    assert str(tmp_path) not in card  # the files by their names, not this machine's paths

@@ -75,8 +75,8 @@ def _front(
 
 
 def _stages(info: RunInfo) -> list[dict]:
-    """run.json's extra.stages of a staged run (each stage's name, task, method, steps and continue); empty for a
-    run of one stage, or where the record is not a list of stages."""
+    """run.json's extra.stages of a staged run (each stage's name, task, method, steps, continue and data); empty for
+    a run of one stage, or where the record is not a list of stages."""
     stages = info.extra.get("stages")
     if not isinstance(stages, list) or len(stages) < 2 or not all(isinstance(s, dict) for s in stages):
         return []
@@ -91,13 +91,16 @@ def _trained(info: RunInfo) -> str:
 
 
 def _stage_lines(info: RunInfo) -> list[str]:
-    """A staged run's stages, one line each, with what each started from; nothing for a run of one stage."""
+    """A staged run's stages, one line each: its name, method, task, steps and data (its sources' names), and what it
+    started from; nothing for a run of one stage."""
     stages = _stages(info)
     lines = []
     for k, stage in enumerate(stages, 1):
         method = _method(info) if k == len(stages) else str(stage.get("method"))
         steps = stage.get("steps")
+        data = stage.get("data") if isinstance(stage.get("data"), list) else []  # runs before 2026-12-06 have none
         said = [method, f"task {stage.get('task')}", *([counted(steps, "step")] if isinstance(steps, int) else [])]
+        said += [f"data {', '.join(f'`{name}`' for name in data)}"] if data else []
         before = str(stages[k - 2].get("method")) if k > 1 else None
         if k > 1 and before not in ADAPTER_METHODS:
             said.append(f"over the weights stage {k - 1} trained ({before})")

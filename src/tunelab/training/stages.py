@@ -46,6 +46,7 @@ import torch
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
 from tunelab.config.load import STAGE_PREFIX
+from tunelab.data.entries import source_names
 from tunelab.errors import (
     ConfigError,
     DataError,
@@ -442,6 +443,7 @@ def train_stages(
                 "name": names[i],
                 "dir": f"{STAGE_PREFIX}{i + 1}",
                 "continue": cfg.stages[i].get("continue", "adapter") if i else None,
+                "data": source_names(plans[i].config.data.train),  # by name, as reports say them: no paths
             }
             | stage_record(read_info(stage_dir(run_dir, i + 1)))
             for i in range(len(plans))
