@@ -3,6 +3,7 @@ predecessor, a bad stage, or a stage's data inside the run directory is refused 
 naming its file and line."""
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 
 from tunelab.api import train
+from tunelab.cli import main
 from tunelab.config import load_config
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.rundir import read_info
 
 from .stages_setup import adapter_of, docs_then_qa
@@ -37,7 +39,7 @@ def staged(tiny_overrides, tmp_path):
         ({"eval": {"refusal": "No."}}, "stage 2: 'eval.refusal' belongs to the whole run"),
         ({"eval": {"max_new_tokens": 8}}, "stage 2: 'eval.max_new_tokens' belongs to the whole run"),
         ({"federated": {"rounds": 2}}, "stage 2: 'federated.rounds': a stage is not federated"),
-        ({"data": {"max_length": 2048}}, "stage 2: option 'data.max_length' is 2048, above the context window"),
+        ({"data": {"max_length": 2048}}, r"stage 2 of 2 \(qa\): option 'data.max_length' is 2048, above the context"),
         ({"name": "docs"}, "stage 2: the stage's name is 'docs', which stage 1 has too"),
     ],
 )
@@ -45,6 +47,38 @@ def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change,
     staged["stages"][1] |= change
     with pytest.raises(ConfigError, match=message):
         train(None, staged)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option", ["train", "eval"])
+def test_a_stages_data_error_names_the_stage_and_eval_as_the_caller_runs_it(
+    staged, tmp_path, capsys, cli_flags, option
+):
+    """A file of questions (question, expected) as a stage's data.train or data.eval was refused naming no stage, and
+    advising "eval's data file" where a single run names eval's command of its run directory."""
+    questions = tmp_path / "heldout.jsonl"
+    questions.write_text('{"question": "Since when?", "expected": "1997"}\n')
+    run = tmp_path / "my run"
+    given = {"train": [str(questions)]} if option == "train" else {"eval": str(questions), "eval_fraction": 0.0}
+    staged["stages"][1]["data"] |= given
+    over = staged | {"output_dir": str(run)}
+    assert main(["train", *cli_flags(over)]) == 2
+    err = capsys.readouterr().err
+    assert f"stage 2 of 2 (qa): {questions}:1: cannot tell the data format" in err
+    assert f"score them with 'tunelab eval {shlex.quote(str(run))} --data FILE'" in err and "eval's data" not in err
+    with pytest.raises(DataError) as python:
+        train(None, over)
+    assert str(python.value).startswith(f"stage 2 of 2 (qa): {questions}:1: cannot tell the data format")
+    assert f"score them with tunelab.evaluate({str(run)!r}, data=FILE)" in str(python.value)
+    assert not run.exists()
+
+
+def test_a_stages_eval_split_error_names_the_stage(staged, tmp_path, capsys, cli_flags):
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"question": "Which box?", "answer": "Box 1."}\n')
+    staged["stages"][0]["data"]["train"] = [str(one)]
+    assert main(["train", *cli_flags(staged)]) == 2
+    assert "stage 1 of 2 (docs): data.eval_fraction=0.2 holds out 1 of 1 usable" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -47,6 +47,7 @@ from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
 from tunelab.config.load import STAGE_PREFIX
 from tunelab.data.entries import source_names
+from tunelab.data.formats import eval_said_as
 from tunelab.errors import (
     ConfigError,
     DataError,
@@ -201,9 +202,15 @@ def refuse_other_labels(plans: list[ResolvedConfig], labels: list[list[str] | No
             )
 
 
-def _eval_rows(plans: list[ResolvedConfig]) -> list[list]:
+def stage_named(k: int, names: list[str]) -> str:
+    """How an error names stage k (1-based) of the stages `names`: stage 2 of 3 (qa)."""
+    return f"stage {k} of {len(names)} ({names[k - 1]})"
+
+
+def _eval_rows(plans: list[ResolvedConfig], names: list[str], run_dir: Path) -> list[list]:
     """Each stage's eval rows, rendered with its own data options and the run's tokenizer (the first stage's model:
-    every later stage's model descends from it). Loading them also checks every stage's data before anything runs."""
+    every later stage's model descends from it). Loading them also checks every stage's data before anything runs:
+    an error names its stage, and advice to score questions names eval of `run_dir` as the caller runs it."""
     first = plans[0].config
     source = resolve_source(first.model.name, first.model.revision)
     tokenizer = load_tokenizer(source, first.model.trust_remote_code, plans[0].spelling)
@@ -213,8 +220,9 @@ def _eval_rows(plans: list[ResolvedConfig]) -> list[list]:
             refuse_beyond_context(plan.config, source, plan.spelling)
             task = get_task(plan.config.task, plan.config, plan.spelling)
             data = task.build_data(plan.config, tokenizer, plan.config.train.seed)
-        except (ConfigError, RunDirError) as exc:
-            raise type(exc)(f"stage {k}: {exc}") from None
+        except (ConfigError, DataError, RunDirError) as exc:
+            exc.args = (f"{stage_named(k, names)}: {exc}",)
+            raise eval_said_as(exc, plan.spelling, run_dir) from None
         rows.append(data.eval)
         labels.append(data.facts.get("labels"))
     refuse_other_labels(plans, labels)
@@ -402,8 +410,8 @@ def train_stages(
     print(describe(resolved), flush=True)
     for note in notes:
         print(note, flush=True)
-    evals = _eval_rows(plans)  # every stage's data loaded and checked before anything is written
     names = [stage_name(cfg.stages[i], i + 1) for i in range(len(plans))]
+    evals = _eval_rows(plans, names, run_dir)  # every stage's data loaded and checked before anything is written
     held: dict = {}  # the tracker sinks the stages share, by name (training/tracking.py)
     # from the move of a run --overwrite replaces: however the run stops, the note on where that run waits
     with failure_noted(plan_dir):
@@ -506,7 +514,7 @@ def _stages(
         track_to = TrackTo(run_dir, offset, continues=k > 1 or resume, last=k == len(plans), held=held)
         if k > 1:
             _same_commit(plan, stage_dir(run_dir, 1))
-        where = f"stage {k} of {len(plans)} ({names[k - 1]})"
+        where = stage_named(k, names)
         try:
             result = _run_stage(plan, here, extra, track_to, resume=resume, check=check)
         except DataChanged as error:  # the stage's rows differ from those it recorded: which stage, by its name
