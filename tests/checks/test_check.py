@@ -261,9 +261,9 @@ def test_a_stage_without_data_is_named(tiny_overrides):
     stage (tunelab train named it)."""
     overrides = {k: v for k, v in tiny_overrides.items() if k != "data.train"}
     stages = [{"data": {"train": tiny_overrides["data.train"]}}, {}]
-    with pytest.raises(ConfigError, match="stage 2: option 'data.train' is empty"):
+    with pytest.raises(ConfigError, match=r"stage 2 of 2 \(stage-2\): option 'data.train' is empty"):
         tunelab.check(None, overrides | {"stages": stages}, model=False, show=False)
-    with pytest.raises(ConfigError, match="stage 1: option 'data.train' is empty"):
+    with pytest.raises(ConfigError, match=r"stage 1 of 2 \(stage-1\): option 'data.train' is empty"):
         tunelab.check(None, overrides | {"stages": stages[::-1]}, model=False, show=False)
 
 

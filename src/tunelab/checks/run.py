@@ -43,7 +43,7 @@ from tunelab.checks.model import (
     untrained_item,
 )
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
-from tunelab.config import AUTO, RunConfig, describe
+from tunelab.config import AUTO, RunConfig, describe, stage_name
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.config.validate import unused_notes
@@ -70,7 +70,7 @@ from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.resume import CONTENT, check_resume_config, data_digest, file_digests, kept_auto, what_changed
 from tunelab.training.stage_resume import refuse_nothing_to_train, stage_dir
-from tunelab.training.stages import plan_stages, refuse_other_labels
+from tunelab.training.stages import plan_stages, refuse_other_labels, stage_named
 
 
 def html_path(html: str | Path | None) -> Path | None:
@@ -261,12 +261,14 @@ def model_items(cfg, inputs, resumed: RunInfo | None = None, federation: bool = 
     return items + [compared(name, "the first micro-batch", fast_loss, generic_loss, dtype)]
 
 
-def _stage_inputs(cfg: RunConfig, task, k: int, spelling: Spelling):
-    """load_inputs for stage k of a staged run, its errors naming the stage (as tunelab train names them)."""
+def _stage_inputs(cfg: RunConfig, task, k: int, names: list[str], spelling: Spelling, run_dir: str):
+    """load_inputs for stage k of a staged run (`names`: its stages' names), its errors naming the stage and eval of
+    `run_dir` as tunelab train names them."""
     try:
         return load_inputs(cfg, task, spelling=spelling)
-    except (ConfigError, RunDirError) as exc:
-        raise type(exc)(f"stage {k}: {exc}") from None
+    except (ConfigError, DataError, RunDirError) as exc:
+        exc.args = (f"{stage_named(k, names)}: {exc}",)
+        raise eval_said_as(exc, spelling, run_dir) from None
 
 
 def run_check(
@@ -323,7 +325,13 @@ def run_check(
     spelling = resolved.spelling
     try:
         staged = resolved.config.stages
-        inputs = _stage_inputs(cfg, task, 1, spelling) if staged else load_inputs(cfg, task, spelling=spelling)
+        names = [stage_name(entry, k) for k, entry in enumerate(staged, 1)]
+        run_dir = resolved.config.output_dir
+        inputs = (
+            _stage_inputs(cfg, task, 1, names, spelling, run_dir)
+            if staged
+            else load_inputs(cfg, task, spelling=spelling)
+        )
         require_eval_split(cfg.train.early_stopping_patience, inputs.data.eval)  # train refuses it here too (exit 2)
     except (ConfigError, DataError) as exc:
         raise eval_said_as(locate(exc, resolved.origins), spelling, resolved.config.output_dir) from None
@@ -361,7 +369,9 @@ def run_check(
         # reads its rows with their tokenizer once they exist; before that, with stage 1's, and says so
         done = _finished_stage(stage_dir(top, k - 1)) and Path(stage.model.name).expanduser().is_dir()
         own = stage.model.name == cfg.model.name or done
-        stage_inputs = _stage_inputs(stage if own else dataclasses.replace(stage, model=cfg.model), None, k, spelling)
+        stage_inputs = _stage_inputs(
+            stage if own else dataclasses.replace(stage, model=cfg.model), None, k, names, spelling, run_dir
+        )
         read_with = (
             ""
             if own
@@ -371,7 +381,9 @@ def run_check(
         labels.append(stage_inputs.data.facts.get("labels"))
         if k in compared:  # read over the stage's own model, the stage before's result, as the stage read them
             info = read_info(stage_dir(top, k), require_finished=False)
-            items += resume_data_items(info, _stage_inputs(stage, None, k, spelling).data, f"stage {k}: ")
+            items += resume_data_items(
+                info, _stage_inputs(stage, None, k, names, spelling, run_dir).data, f"stage {k}: "
+            )
         items += [
             dataclasses.replace(item, name=f"stage {k}: {item.name}") for item in _stage_items(stage, stage_inputs)
         ]
