@@ -306,7 +306,7 @@ def test_answers_of_a_run_replaced_meanwhile_are_not_saved_into_it(tiny_run_dir,
     run = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run)
 
-    def replacing(model, tokenizer, template, conversations, settings, progress=None, names=None):
+    def replacing(model, tokenizer, template, conversations, settings, progress=None, names=None, generator=None):
         info = json.loads((run / "run.json").read_text())
         (run / "run.json").write_text(json.dumps(info | {"note": "another run"}))  # what a new run writes there
         return ["Box 2: 1074." for _ in conversations], [False for _ in conversations]

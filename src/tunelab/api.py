@@ -139,6 +139,7 @@ def compare(
     overwrite: bool = False,
     show_answers: bool = False,
     batch_size: int | None = None,
+    seed: int | None = None,
     *,
     spelling: Spelling = PYTHON,
 ) -> Comparison:
@@ -147,7 +148,10 @@ def compare(
     refusal sentence. `save` writes RUN_DIR/compare.json, which must not exist unless `overwrite`. `show` prints the
     scores, and the answers too with `show_answers`. `base_precision`: trained (a QLoRA adapter over the NF4 base it
     was trained on) or 16bit (over the unquantized weights). `batch_size` (--batch-size): questions answered together;
-    default settings.batch_size (16)."""
+    default settings.batch_size (16). seed: sampled answers (temperature above 0) draw from a generator seeded with it,
+    a fresh one for each model, so the same seed gives the same answers; default the run's train.seed (42 where its
+    config.yaml is gone); compare.json records it. Greedy answers draw nothing."""
+    check_seed(seed, "--seed" if spelling.flags else "compare(): argument 'seed'")  # before the model loads
     _shown_answers(show, show_answers)
     _refuse_overwrite_unsaved(save, overwrite, "compare.json", spelling)
     settings = _with_batch_size(settings, batch_size)
@@ -177,7 +181,7 @@ def compare(
     if save:  # before minutes of generation, not after; after the questions, whose errors are the ones to fix first
         check_writable(compare_file(run_dir), overwrite, spelling)
     loaded = opened(run, device, base_precision, spelling)
-    result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal, dropped)
+    result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal, dropped, seed)
     if save:
         check_same_run(run_dir, stamp, "compare")
     path = save_comparison(result, run_dir, overwrite=overwrite, spelling=spelling) if save else None
@@ -270,6 +274,7 @@ def evaluate(
     base_precision: str = "trained",
     show_answers: bool = False,
     batch_size: int | None = None,
+    seed: int | None = None,
     *,
     spelling: Spelling = PYTHON,
 ):
@@ -278,9 +283,11 @@ def evaluate(
     with `show_answers`); eval.json holds everything. For a classify run: accuracy, macro-F1, per-class P/R/F1 and
     the confusion matrix beside the majority class; for a reward run: pairwise accuracy and mean margin beside the
     untrained head (`eval/heads.py`). `batch_size` (--batch-size): questions answered, or rows scored, together;
-    default settings.batch_size (16)."""
+    default settings.batch_size (16). seed: as compare's (sampled answers only; default the run's train.seed, 42
+    where its config.yaml is gone), recorded in eval.json; a classify or reward run generates nothing and refuses it."""
     from tunelab.eval.evaluate import evaluate_run, format_eval, saved_line
 
+    check_seed(seed, "--seed" if spelling.flags else "evaluate(): argument 'seed'")  # before the model loads
     _shown_answers(show, show_answers)
     settings = _with_batch_size(settings, batch_size)
     if out is not None and not save:  # the results would go nowhere after minutes of answering, without a word
@@ -291,7 +298,7 @@ def evaluate(
     if not isinstance(run, LoadedRun) and (task := read_info(run, require_finished=False).task) in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options
 
-        refuse_text_options(run, task, settings, refusal, base_precision, show_answers, spelling)
+        refuse_text_options(run, task, settings, refusal, base_precision, show_answers, spelling, seed)
         result = evaluate_head_run(
             run,
             data,
@@ -318,6 +325,7 @@ def evaluate(
         out=out,
         overwrite=overwrite,
         base_precision=base_precision,
+        seed=seed,
         spelling=spelling,
     )
     if show:

@@ -237,6 +237,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             base_precision=args.base_precision,
             show_answers=args.show_answers,
             batch_size=args.batch_size,
+            seed=args.seed,
             spelling=CLI,  # errors name the flags typed
         )
     elif args.command == "compare":
@@ -253,6 +254,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             show_answers=args.show_answers,
             batch_size=args.batch_size,
+            seed=args.seed,
             spelling=CLI,  # errors name the flags typed
         )
     elif args.command == "serve":

@@ -71,14 +71,22 @@ def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "
     )
 
 
-def _seed_option(parser: argparse.ArgumentParser, what: str) -> None:
+def _seed_option(parser: argparse.ArgumentParser, what: str, default: str = "none, a new draw each time") -> None:
     parser.add_argument(
         "--seed",
         type=whole(-(2**63), 2**63 - 1),
         default=None,
         metavar="N",
-        help=f"{what}; with --temperature 0 (greedy) it changes nothing (default: none, a new draw each time)",
+        help=f"{what}; with --temperature 0 (greedy) it changes nothing (default: {default})",
     )
+
+
+# compare's and eval's --seed: what it does, and its default
+_ANSWERS_SEED = (
+    "sampled answers draw from a generator seeded with N, a fresh one for each model, so the same seed gives the same "
+    "answers and scores; recorded in the results file",
+    "the run's train.seed, else 42",
+)
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--show-answers", action="store_true", help="print every answer after the scores (they are in compare.json)"
     )
     _generation_options(compare, "the run's eval.max_new_tokens")
+    _seed_option(compare, *_ANSWERS_SEED)
 
     chat = sub.add_parser("chat", help="chat with the tuned model (multi-turn, streaming)")
     chat.add_argument("run_dir", help="a finished run directory")
@@ -231,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--show-answers", action="store_true", help="print every answer after the scores (they are in eval.json)"
     )
     _generation_options(evaluate, "the run's eval.max_new_tokens")
+    _seed_option(evaluate, *_ANSWERS_SEED)
 
     predict = sub.add_parser(
         "predict", help="a classify run's label and probabilities, or a reward run's score, for texts or a file"

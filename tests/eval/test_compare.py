@@ -141,7 +141,7 @@ def test_the_cut_line_counts_only_the_cut_answers(run, questions, monkeypatch, c
     cut = {"base": [False, False, False], "tuned": [True, False, True]}
     calls = []
 
-    def answering(model, tokenizer, template, conversations, settings, progress=None, names=None):
+    def answering(model, tokenizer, template, conversations, settings, progress=None, names=None, generator=None):
         calls.append(model)
         which = "tuned" if len(calls) == 1 else "base"
         return [f"Box {i}" for i in range(len(conversations))], cut[which]

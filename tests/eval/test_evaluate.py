@@ -272,6 +272,7 @@ def test_options_of_generated_answers_are_refused_for_a_head_run(tmp_path, capsy
         (["--base-precision", "16bit"], "--base-precision does not apply"),
         (["--refusal", "I cannot say."], "--refusal does not apply"),
         (["--temperature", "0.7"], "--temperature does not apply"),
+        (["--seed", "3"], "--seed does not apply"),  # nothing is sampled
     ]:
         assert main(["eval", str(run), "--data", data, *flags]) == 2
         err = capsys.readouterr().err
@@ -279,6 +280,8 @@ def test_options_of_generated_answers_are_refused_for_a_head_run(tmp_path, capsy
         assert "Python" not in err and "=" not in err
     with pytest.raises(ConfigError, match=r"generates no text, so settings.temperature does not apply; drop it\.$"):
         tunelab.evaluate(run, data, settings=GenerationSettings(temperature=0.7))  # its own name for the option
+    with pytest.raises(ConfigError, match=r"generates no text, so seed= does not apply; drop it\.$"):
+        tunelab.evaluate(run, data, seed=3)
     with pytest.raises(ConfigError, match=r"so refusal=, show_answers= do not apply; drop them\. eval\.json keeps"):
         tunelab.evaluate(run, data, refusal="No.", show=True, show_answers=True)
 
@@ -325,7 +328,7 @@ def test_the_batch_size_is_an_argument_as_the_cli_has_it(trained, tmp_path, monk
 
     sizes = []
 
-    def answering(model, tokenizer, template, conversations, settings, progress=None, names=None):
+    def answering(model, tokenizer, template, conversations, settings, progress=None, names=None, generator=None):
         sizes.append(settings.batch_size)
         return ["Box 1 has code 1037." for _ in conversations], [False for _ in conversations]
 

@@ -145,7 +145,7 @@ def test_compare_and_eval_judge_the_same_answers_alike(tiny_run_dir, tmp_path, m
     )
     answers = {"Where?": "It is in Dundee", "Price?": "£1,649", "Lights on": "homework", "Meeting at 3": "Label: work."}
 
-    def fake(model, tokenizer, template, conversations, settings, progress=None, names=None):
+    def fake(model, tokenizer, template, conversations, settings, progress=None, names=None, generator=None):
         return [answers[c[-1]["content"]] for c in conversations], [False for _ in conversations]
 
     monkeypatch.setattr(compare_module, "generate_answers", fake)

@@ -30,7 +30,7 @@ def _thinking_answers(expected: list[str], monkeypatch, module):
     a base answer says the expected text after its thought."""
     calls = []
 
-    def answers(model, tokenizer, template, conversations, settings, progress=None, names=None):
+    def answers(model, tokenizer, template, conversations, settings, progress=None, names=None, generator=None):
         calls.append(len(conversations))
         if len(conversations) < len(expected):  # eval's 2-token warm-up
             return ["x"] * len(conversations), [False] * len(conversations)

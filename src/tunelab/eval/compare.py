@@ -23,13 +23,22 @@ from tunelab.data.reasoning import split_thought
 from tunelab.data.report import DataReport
 from tunelab.errors import DataError, Interrupted, RunDirError
 from tunelab.eval.metrics import correct, refused
-from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
+from tunelab.eval.questions import (
+    Question,
+    answer_seed,
+    answer_settings,
+    read_questions,
+    run_data_config,
+    task_labels,
+)
 from tunelab.infer.generate import (
     GenerationSettings,
+    answer_generator,
     answer_progress,
     base_config_notice,
     generate_answers,
     longer_answers,
+    samples,
     say,
     say_config_notice,
 )
@@ -64,12 +73,15 @@ class Comparison:
     base: str = ""  # what the adapter sat on: "nf4" for a QLoRA run evaluated as trained, else the weights' dtype
     transform_dropped: dict[str, dict] = field(default_factory=dict)
     """reason -> {count, locations}: question rows the run's data.transform dropped (as eval.json counts them)"""
+    seed: int | None = None
+    """The seed each model's sampled answers drew from (`answer_seed`); greedy answers draw nothing"""
 
     def to_dict(self) -> dict:
         return {
             "rows": [asdict(r) for r in self.rows],
             "scores": self.scores,
             "settings": self.settings,
+            "seed": self.seed,
             "base": self.base,
             "transform_dropped": self.transform_dropped,
         }
@@ -105,26 +117,44 @@ def compare(
     settings: GenerationSettings | None = None,
     refusal: str | None = None,
     dropped: DataReport | None = None,
+    seed: int | None = None,
 ) -> Comparison:
     """Answer every question with the tuned and the base model, a progress bar on stderr meanwhile. `settings`
     default to greedy with the run's eval.max_new_tokens; `refusal`, when known, adds refusal rates per kind;
-    `dropped`: the rows data.transform dropped while the questions were read (`read_questions`), recorded."""
+    `dropped`: the rows data.transform dropped while the questions were read (`read_questions`), recorded. Sampled
+    answers draw from a generator seeded with `seed` (default: the run's train.seed, `answer_seed`), a fresh one for
+    each model, so the same seed gives the same answers and the base's do not depend on the tuned model's."""
     for q in questions:
         if q.prompt is None:
             raise DataError(f"{q.where}: a text row holds no question to ask; compare needs question rows.")
     settings = answer_settings(settings, run.run_dir)
+    seed = answer_seed(seed, run.run_dir)
     say_config_notice(run.model, whose="the tuned model's")  # the base's is said once it is loaded
     run.check_base()  # a full run's base, loaded after the tuned answers: gone or changed is said before them
     conversations, names = [q.prompt for q in questions], [q.where for q in questions]
     with answer_progress(len(conversations), "answers, tuned model") as step:
         tuned, tuned_cut = generate_answers(
-            run.model, run.tokenizer, run.template, conversations, settings, step, names
+            run.model,
+            run.tokenizer,
+            run.template,
+            conversations,
+            settings,
+            step,
+            names,
+            answer_generator(seed, run.model),
         )
     with run.base_model() as base_model:
         say(base_config_notice(base_model, run.model))
         with answer_progress(len(conversations), "answers, base model") as step:
             base, base_cut = generate_answers(
-                base_model, run.tokenizer, run.template, conversations, settings, step, names
+                base_model,
+                run.tokenizer,
+                run.template,
+                conversations,
+                settings,
+                step,
+                names,
+                answer_generator(seed, base_model),
             )
     labels = task_labels(questions)
     rows = []
@@ -137,7 +167,7 @@ def compare(
             row.base_ok, row.tuned_ok = correct(b, q.expected, task), correct(t, q.expected, task)
         rows.append(row)
     weights = "nf4" if run.quantized_base else str(run.dtype).removeprefix("torch.")
-    return Comparison(rows, score(rows, refusal), asdict(settings), weights, dropped_counts(dropped))
+    return Comparison(rows, score(rows, refusal), asdict(settings), weights, dropped_counts(dropped), seed)
 
 
 def dropped_counts(dropped: DataReport | None) -> dict[str, dict]:
@@ -167,6 +197,19 @@ def cut_line(
         "ran to the limit without ending their turn and may stop before the expected text; "
         f"{f'{longer_answers(spelling)} (or eval.max_new_tokens)' if spelling else 'eval.max_new_tokens'} gives them "
         "more room"
+    )
+
+
+def sampled_line(settings: dict, seed: int | None, spelling: Spelling | None = CLI) -> str | None:
+    """The printed line of sampled answers (eval's and compare's): their temperature, top_p and seed, which gives
+    the same answers again; None for greedy answers, which draw nothing. `spelling`: how the caller names the seed."""
+    temperature, top_p = settings.get("temperature", 0.0), settings.get("top_p", 1.0)
+    if seed is None or not samples(temperature, top_p):
+        return None
+    other = "seed=N" if spelling is not None and not spelling.flags else "--seed N"
+    return (
+        f"  sampled at temperature {temperature}, top_p {top_p}, seed {seed}: the same seed, settings and device "
+        f"give the same answers, {other} others"
     )
 
 
@@ -236,7 +279,7 @@ def format_comparison(
         result.settings.get("max_new_tokens"),
         spelling,
     )
-    for line in (dropped_line(result.transform_dropped), cut):
+    for line in (dropped_line(result.transform_dropped), cut, sampled_line(result.settings, result.seed, spelling)):
         if line:
             parts = ["\n".join([*parts, line])] if parts else [line.strip()]
     shown = show_answers or not result.scores

@@ -10,6 +10,8 @@ Two kinds of numbers per model:
               expected answers (see eval/metrics.py), per kind of row, with label tasks scored as classification,
               and the generation speed in tokens/s. Exact match is scored only where the expected text is a whole
               answer (training rows, labels): an `expected` column is a text to find, never the whole answer.
+              Sampled answers (a temperature above 0) draw from a generator seeded with --seed (default: the
+              run's train.seed), so two evals of one seed score the same answers.
 
 The rows are read by eval/questions.py, the reader `tunelab compare` uses: question + expected, question + label (a
 label task: each generated answer is mapped to one of the labels), any training format (the last assistant turn is
@@ -38,7 +40,7 @@ from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
 from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import counted
-from tunelab.eval.compare import cut_line, dropped_counts, dropped_line
+from tunelab.eval.compare import cut_line, dropped_counts, dropped_line, sampled_line
 from tunelab.eval.metrics import (
     LabelScores,
     TextScores,
@@ -52,6 +54,7 @@ from tunelab.eval.metrics import (
 from tunelab.eval.questions import (
     DATA_SETTINGS,
     Question,
+    answer_seed,
     answer_settings,
     read_questions,
     run_data_config,
@@ -59,6 +62,7 @@ from tunelab.eval.questions import (
 )
 from tunelab.infer.generate import (
     GenerationSettings,
+    answer_generator,
     answer_progress,
     base_config_notice,
     fit_prompts,
@@ -140,6 +144,7 @@ class EvalResult:
     transform_dropped: dict[str, dict] = field(default_factory=dict)  # reason -> {count, locations}: rows the
     # run's data.transform dropped, as training drops them (not in rows_read)
     base_weights: str = ""  # what the adapter sat on: "nf4" (a QLoRA run evaluated as trained) or the weights' dtype
+    seed: int | None = None  # each model's sampled answers drew from a generator seeded with it; greedy ones, nothing
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -186,17 +191,35 @@ def _stop_ids(run: LoadedRun) -> set[int]:
 
 
 def _timed_answers(
-    model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings, progress, names: list[str]
+    model,
+    run: LoadedRun,
+    prompts: list[list[dict]],
+    settings: GenerationSettings,
+    progress,
+    names: list[str],
+    seed: int,
 ) -> tuple[list[str], list[bool], int, float]:
     """Answers, whether each was cut at max_new_tokens, generated tokens and seconds; a 2-token warm-up first so
-    one-time costs are not timed."""
+    one-time costs are not timed. Sampled answers draw from a generator seeded with `seed`, the warm-up from another
+    (torch's global one is left alone), so the answers are those of the seed alone."""
     if not prompts:
         return [], [], 0, 0.0
     warm_up = dataclasses.replace(settings, max_new_tokens=2, batch_size=1)
-    generate_answers(model, run.tokenizer, run.template, prompts[:1], warm_up, names=names[:1])
+    generate_answers(
+        model,
+        run.tokenizer,
+        run.template,
+        prompts[:1],
+        warm_up,
+        names=names[:1],
+        generator=answer_generator(seed, model),
+    )
     counting = _CountingModel(model, _stop_ids(run))
+    generator = answer_generator(seed, model)
     tic = time.perf_counter()
-    answers, cut = generate_answers(counting, run.tokenizer, run.template, prompts, settings, progress, names)
+    answers, cut = generate_answers(
+        counting, run.tokenizer, run.template, prompts, settings, progress, names, generator
+    )
     return answers, cut, counting.tokens, time.perf_counter() - tic
 
 
@@ -292,12 +315,15 @@ def evaluate_run(
     out: str | Path | None = None,
     overwrite: bool = False,
     base_precision: str = "trained",
+    seed: int | None = None,
     spelling: Spelling = PYTHON,
 ) -> EvalResult:
     """Base and tuned model of `run_dir` (a path, or a run already opened with `open_run`) on `data_file`: loss,
     perplexity, answer scores, label tasks, speed. `refusal` defaults to the run's eval.refusal. With `save`, writes
     `out` (default RUN_DIR/eval.json); an existing file is an error unless `overwrite`. `base_precision`: see
-    `infer.run.open_run`. `spelling`: how errors name the arguments (these, or `tunelab eval`'s flags)."""
+    `infer.run.open_run`. Sampled answers draw from a generator seeded with `seed` (default: the run's train.seed,
+    `answer_seed`), a fresh one for each model; eval.json records it. `spelling`: how errors name the arguments
+    (these, or `tunelab eval`'s flags)."""
     loaded = run_dir if isinstance(run_dir, LoadedRun) else None
     run_dir = loaded.run_dir if loaded else Path(run_dir)
     stamp = run_stamp(run_dir)
@@ -312,6 +338,7 @@ def evaluate_run(
     dropped = DataReport()
     items = read_questions(data_file, data, need_expected=True, dropped=dropped)
     settings = answer_settings(settings, run_dir)
+    seed = answer_seed(seed, run_dir, "--seed" if spelling.flags else "evaluate(): argument 'seed'")
     refusal = refusal if refusal is not None else info.refusal
 
     check_base_precision(base_precision)
@@ -340,14 +367,16 @@ def evaluate_run(
 
     tuned_loss = loss(run.model, "tuned")
     with answer_progress(len(prompts), "answers, tuned model") as step:
-        tuned_answers, tuned_cut, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings, step, names)
+        tuned_answers, tuned_cut, tuned_tokens, tuned_s = _timed_answers(
+            run.model, run, prompts, settings, step, names, seed
+        )
     with run.base_model() as base_model:
         if asked:
             say(base_config_notice(base_model, run.model))
         base_loss = loss(base_model, "base")
         with answer_progress(len(prompts), "answers, base model") as step:
             base_answers, base_cut, base_tokens, base_s = _timed_answers(
-                base_model, run, prompts, settings, step, names
+                base_model, run, prompts, settings, step, names, seed
             )
 
     base_scored = _score_answers(base_answers, base_cut, asked, refusal, labels) if asked else []
@@ -377,6 +406,7 @@ def evaluate_run(
         tuned=_model_scores(tuned_loss, tuned_answers, asked, refusal, labels, tuned_tokens, sum(tuned_cut), tuned_s),
         rows=rows,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        seed=seed,
     )
     if save:
         check_same_run(run_dir, stamp, "eval")
@@ -444,6 +474,9 @@ def format_eval(result: EvalResult, show_answers: bool = False, spelling: Spelli
     cut = cut_line(b.cut_answers, t.cut_answers, len(result.rows), result.settings.get("max_new_tokens"), spelling)
     if cut:
         lines.append(cut)
+    sampled = sampled_line(result.settings, result.seed, spelling)
+    if sampled:
+        lines.append(sampled)
     lines += _notes(result)
     if show_answers and result.rows:
         lines += ["", _format_answers(result.rows)]

@@ -272,7 +272,14 @@ def _reward(run: HeadRun, data_file: str, batch_size: int, spelling: Spelling = 
 
 
 def refuse_text_options(
-    run_dir, task: str, settings, refusal, base_precision: str, show_answers: bool, spelling: Spelling = PYTHON
+    run_dir,
+    task: str,
+    settings,
+    refusal,
+    base_precision: str,
+    show_answers: bool,
+    spelling: Spelling = PYTHON,
+    seed: int | None = None,
 ) -> None:
     """ConfigError naming the options of `tunelab eval` that only a run generating text reads, when given for a head
     run: they were dropped without a word (--base-precision 16bit scored the NF4 base all the same). `spelling`: named
@@ -289,6 +296,7 @@ def refuse_text_options(
         ("--refusal", "refusal=", refusal is not None),
         ("--base-precision", "base_precision=", base_precision != "trained"),
         ("--show-answers", "show_answers=", show_answers),
+        ("--seed", "seed=", seed is not None),
     ]
     unused = [flag if spelling.flags else argument for flag, argument, is_given in given if is_given]
     if unused:

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.config import DataConfig, DataSource, RunConfig
+from tunelab.config import DataConfig, DataSource, RunConfig, TrainConfig
 from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.case import CaseMatch
 from tunelab.data.entries import source_config, source_name
@@ -50,7 +50,7 @@ from tunelab.data.sources import iter_records
 from tunelab.data.templates import resolve_template
 from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import ConfigError, DataError, counted
-from tunelab.infer.generate import GenerationSettings, refuse_no_room, say
+from tunelab.infer.generate import GenerationSettings, check_seed, refuse_no_room, say
 from tunelab.models.load import ModelSource, load_hf_config
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_config, saved_config, saved_config_file
 
@@ -425,3 +425,15 @@ def answer_settings(settings: GenerationSettings | None, run_dir: str | Path) ->
     if cfg.task == "grpo":
         length = max(length, cfg.grpo.max_new_tokens)
     return dataclasses.replace(settings, max_new_tokens=length)
+
+
+def answer_seed(seed: int | None, run_dir: str | Path, name: str = "seed") -> int:
+    """The seed compare's and eval's sampled answers draw from: `seed` where given (checked, as `name`), else the
+    run's train.seed (a staged run's last stage's), else, for a run without its config.yaml, train.seed's default
+    (42). Two calls then sample the same answers; greedy answers draw nothing, whatever the seed."""
+    check_seed(seed, name)
+    if seed is not None:
+        return int(seed)
+    if read_config(run_dir) is None:
+        return TrainConfig().seed
+    return saved_config(run_dir, "train.seed, the seed sampled answers draw from (--seed gives it instead)").train.seed

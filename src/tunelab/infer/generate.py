@@ -3,8 +3,8 @@
 Prompts are rendered with the same template the model was trained with and left-padded, so a batch of questions
 of different lengths is answered in one `generate` call. Greedy decoding by default. Answering hundreds of questions
 takes minutes on a CPU, so `answer_progress` shows a bar that `generate_answers` advances batch by batch. A seeded
-answer (generate's and chat's --seed, a server request's seed) draws its sampled tokens from a generator of its own
-(`answer_generator`, `SeededDraw`), never from torch's global one.
+answer (the --seed of generate, chat, compare and eval; a server request's seed) draws its sampled tokens from a
+generator of its own (`answer_generator`, `SeededDraw`), never from torch's global one.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class GenerationSettings:
         """generate()'s arguments; with `model`, those of its generation_config that would change the answer beyond
         these settings are passed as the values that change nothing (NOT_APPLIED). With `generator`, a sampled answer
         draws its tokens from it (`SeededDraw`) rather than from torch's global generator, which it leaves alone."""
-        sampling = self.temperature >= GREEDY_BELOW and self.top_p > 0
+        sampling = samples(self.temperature, self.top_p)
         if sampling and generator is not None:
             from transformers import LogitsProcessorList
 
@@ -189,6 +189,11 @@ class GenerationSettings:
         else:
             out.update(temperature=None, top_p=None, top_k=None)
         return out | {k: NOT_APPLIED[k] for k in _model_sets(model) if k in NOT_APPLIED}
+
+
+def samples(temperature: float, top_p: float) -> bool:
+    """Whether answers of this temperature and top_p are sampled (draw tokens, so a seed matters) or greedy."""
+    return temperature >= GREEDY_BELOW and top_p > 0
 
 
 # The seeds taken: OpenAI's range (a 64-bit signed integer), which torch's generator takes.
@@ -312,12 +317,15 @@ def generate_answers(
     settings: GenerationSettings,
     progress: Callable[[int], object] | None = None,
     names: list[str] | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[list[str], list[bool]]:
     """One answer per conversation (each a list of {role, content} ending with a user turn), and for each whether it
     was cut: it ran to max_new_tokens (or to the room the context left) without ending its turn, so it may stop
     mid-sentence. `progress` is called with the number of answers after each batch. A prompt too long for the
     model's context is refused before any answer, named by `names` (e.g. the questions' file and line) or its
-    position; one that leaves less room than max_new_tokens is answered alone, as far as the context allows."""
+    position; one that leaves less room than max_new_tokens is answered alone, as far as the context allows. With
+    `generator` (`answer_generator`), sampled answers draw from it batch after batch, so the same seed, settings
+    (batch_size included) and device give the same answers; without it, from torch's global generator."""
     prompts, fitted = fit_prompts(model, tokenizer, template, conversations, settings, names)
     # Rows keep their order; each batch holds rows of one setting (all but the overlong ones share the given one).
     answers: list[str] = []
@@ -327,7 +335,7 @@ def generate_answers(
         end = start + 1
         while end < len(prompts) and end - start < settings.batch_size and fitted[end] == fitted[start]:
             end += 1
-        texts, cuts = _answer_batch(model, tokenizer, template, prompts[start:end], fitted[start])
+        texts, cuts = _answer_batch(model, tokenizer, template, prompts[start:end], fitted[start], generator)
         answers += texts
         cut += cuts
         if progress is not None:
