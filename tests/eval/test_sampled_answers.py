@@ -1,7 +1,7 @@
 """compare and eval took no seed: answers sampled at a temperature above 0 (and the scores taken on them) differed
 from one call to the next with no way to give them again. Both now draw from a generator seeded with `seed` /
-`--seed` (default: the run's train.seed), a fresh one for each model, and record it in compare.json and eval.json;
-greedy answers draw nothing and stay as they were."""
+`--seed` (default: the run's train.seed), a fresh one for each model, record it in compare.json and eval.json, and the
+report says it; greedy answers draw nothing and stay as they were."""
 
 import json
 import shutil
@@ -16,6 +16,8 @@ from tunelab.config.flags import PYTHON
 from tunelab.errors import ConfigError
 from tunelab.eval.compare import format_comparison
 from tunelab.eval.evaluate import format_eval
+from tunelab.eval.report_inputs import Input
+from tunelab.eval.report_scores import eval_section
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
 
@@ -86,6 +88,7 @@ def test_compare_and_eval_leave_greedy_answers_as_they_were(loaded, questions):
     assert _evaluated(evals[0]) == _evaluated(evals[1])
     assert [r.tuned.text for r in evals[0].rows] == [r.tuned for r in results[0].rows]  # eval answers as compare does
     assert "sampled" not in format_eval(evals[0])
+    assert "sampled" not in eval_section(Input("eval.json", evals[0].to_dict()), Input("compare.json", None))
 
 
 def test_eval_gives_the_same_sampled_answers_and_scores_for_one_seed(loaded, questions, tmp_path):
@@ -99,6 +102,8 @@ def test_eval_gives_the_same_sampled_answers_and_scores_for_one_seed(loaded, que
     saved = json.loads(out.read_text())
     assert saved["seed"] == 3 and saved["settings"]["temperature"] == 1.0
     assert "seed 3: the same seed" in format_eval(first)
+    page = eval_section(Input("eval.json", saved), Input("compare.json", None))
+    assert "new tokens, sampled at temperature 1.0, top_p 1.0, seed 3;" in page
     assert tunelab.evaluate(loaded, questions, settings=SAMPLED, save=False).seed == RUN_SEED
 
 
@@ -112,6 +117,11 @@ def test_the_seed_flag_gives_compare_json_the_same_answers_and_records_it(run, q
     assert "seed 5: the same seed, settings and device give the same answers, --seed N others" in out
     assert saved[0]["seed"] == saved[1]["seed"] == 5 and saved[2]["seed"] == RUN_SEED
     assert saved[0]["rows"] == saved[1]["rows"] != saved[2]["rows"]
+    page = eval_section(Input("eval.json", None), Input("compare.json", saved[0]))
+    assert "Answers sampled at temperature 1.0, top_p 1.0, seed 5." in page
+    older = {k: v for k, v in saved[0].items() if k != "seed"}  # written before the seed was recorded
+    page = eval_section(Input("eval.json", None), Input("compare.json", older))
+    assert "Answers sampled at temperature 1.0, top_p 1.0, seed not recorded." in page
 
     out_file = run.parent / "eval-seeded.json"
     assert main(["eval", str(run), "--data", str(questions), "--device", "cpu", "--temperature", "1", "--seed", "5",

@@ -12,6 +12,7 @@ from tunelab.eval.metrics import UNDEFINED_RULE
 from tunelab.eval.report_html import esc, fmt, metric_rows
 from tunelab.eval.report_inputs import Input, eval_hint
 from tunelab.eval.report_plots import scores_plot
+from tunelab.infer.generate import samples
 
 # What `tunelab compare` counts (eval.metrics.correct); compare.json does not say which kinds are label tasks.
 COMPARE_LEGEND = (
@@ -87,7 +88,7 @@ def eval_section(ev: Input, cmp: Input, run_dir: Path | None = None) -> str:
         refusal = f"Refusal sentence: “{esc(d['refusal'])}”" if d.get("refusal") else "No refusal sentence."
         parts.append(
             f'<p class="sub">{esc(_rows(d.get("rows_read")))} of {esc(d.get("data_file", "?"))}; '
-            f"{esc(len(d.get('rows') or []))} answered with at most {esc((d.get('settings') or {}).get('max_new_tokens', '?'))} new tokens; "
+            f"{esc(len(d.get('rows') or []))} answered with at most {esc((d.get('settings') or {}).get('max_new_tokens', '?'))} new tokens{esc(sampled_at(d))}; "
             f"loss on {esc(_rows(d.get('loss_rows')))} ({fmt(d.get('loss_tokens'), 'int')} answer tokens). {refusal}</p>"
         )
         if "expected texts" in (d.get("loss_on") or ""):
@@ -157,12 +158,29 @@ def eval_section(ev: Input, cmp: Input, run_dir: Path | None = None) -> str:
                 rows.append((label + f"correct{of}", s.get("base"), s.get("tuned"), "pct", True))
             if "tuned_refused" in s:
                 rows.append((label + "refused", s.get("base_refused"), s.get("tuned_refused"), "pct", None))
+        how = sampled_at(cmp.data)
+        sampled = f" Answers{how.removeprefix(',')}." if how else ""
         parts.append(
-            f'<p class="sub">{COMPARE_LEGEND}</p>' + metric_rows(rows)
+            f'<p class="sub">{COMPARE_LEGEND}{esc(sampled)}</p>' + metric_rows(rows)
             if rows
             else '<p class="missing">compare.json holds no scores (no expected answers or refusal sentence).</p>'
         )
     return "".join(parts)
+
+
+def sampled_at(d: dict) -> str:
+    """', sampled at temperature T, top_p P, seed N' for eval.json's or compare.json's answers where they were
+    sampled (a file written before the seed was recorded: 'seed not recorded'); '' for greedy ones, drawn from
+    nothing."""
+    settings = d.get("settings") or {}
+    temperature, top_p = settings.get("temperature", 0.0), settings.get("top_p", 1.0)
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (temperature, top_p))
+    if not numbers or not samples(temperature, top_p):
+        return ""
+    seed = d.get("seed")
+    return f", sampled at temperature {temperature}, top_p {top_p}, " + (
+        f"seed {seed}" if seed is not None else "seed not recorded"
+    )
 
 
 def _skipped_rows(skipped: dict) -> str:
