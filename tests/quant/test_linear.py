@@ -165,6 +165,16 @@ def test_quantize_model_replaces_every_decoder_linear_and_frees_the_originals(de
     assert 0 < ((after - before).norm() / before.norm()).item() < 0.35
 
 
+def test_quantize_model_leaves_the_kept_layers_16_bit():
+    """`keep`: the layers QPiSSA factorises first (method.init pissa over NF4), quantized afterwards as residuals."""
+    model = tiny_model()
+    kept = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+    names = quantize_model_(model, keep=kept)
+    assert len(names) == 2 * 7 - 2 and not set(kept) & set(names)
+    assert all(type(model.get_submodule(n)) is nn.Linear for n in kept)
+    assert all(isinstance(model.get_submodule(n), NF4Linear) for n in names)
+
+
 def test_quantize_model_refuses_meta_weights():
     with torch.device("meta"):
         model = LlamaForCausalLM(LlamaConfig.from_hf(TINY), select("reference"))

@@ -13,7 +13,7 @@ refuses to shard) and the code tables (1 KiB) stay replicated buffers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from functools import partial
 
 import torch
@@ -196,15 +196,17 @@ def quantize_model_(
     skip: Iterable[str] = ("lm_head",),
     device: torch.device | str | None = None,
     workspace: DequantWorkspace | None = None,
+    keep: Collection[str] = (),
 ) -> list[str]:
-    """Replace every nn.Linear of `model` (but the output head and `skip`) by an NF4Linear, in place, one at a time.
+    """Replace every nn.Linear of `model` (but the output head, `skip`, and the layers whose qualified names are in
+    `keep`) by an NF4Linear, in place, one at a time.
 
     Each 16-bit weight is dropped as soon as it is quantized, so no more than one extra 16-bit weight exists at any
     moment. With `device`, each weight is moved there to be quantized and its NF4Linear lives there: a model loaded
     in CPU memory then reaches the GPU in NF4, layer by layer (move the remaining modules with `.to(device)` after).
     All the new layers share one DequantWorkspace (a new one unless given). Returns the replaced names.
     """
-    names = quantizable_names(model, skip)
+    names = [n for n in quantizable_names(model, skip) if n not in keep]
     workspace = workspace or DequantWorkspace()
     for name in names:
         linear = model.get_submodule(name)
