@@ -22,6 +22,17 @@ def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
     assert json.loads((tmp_path / RUN_FILE).read_text())["extra"] == {"from_a_later_version": [1, 2]}
 
 
+@pytest.mark.parametrize(
+    ("method", "quantize", "init", "again"),
+    [("lora", "nf4", "default", True), ("dora", "nf4", "default", True), ("lora", "nf4", "pissa", False),
+     ("lora", "nf4", "olora", False), ("lora", "none", "default", False), ("full", "nf4", "default", False)],
+)  # fmt: skip
+def test_only_a_qlora_run_started_as_usual_is_opened_over_nf4_again(method, quantize, init, again):
+    """A QPiSSA run (nf4 with init pissa or olora) saved a plain LoRA over the original 16-bit weights."""
+    info = RunInfo(base_model="m", method=method, quantize_base=quantize, init=init)
+    assert info.nf4_again is again
+
+
 def test_damaged_incomplete_and_foreign_folders_are_refused(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         read_info(tmp_path / "missing")

@@ -120,6 +120,13 @@ class RunInfo:
     def is_adapter(self) -> bool:
         return self.method in ADAPTER_METHODS
 
+    @property
+    def nf4_again(self) -> bool:
+        """Whether the run's adapter belongs over its base quantized to NF4 again: QLoRA started as usual. A QPiSSA
+        run (nf4 with init pissa or olora) saved a plain LoRA over the original 16-bit base (peft/weight_init.py),
+        which it is opened, merged and exported over."""
+        return self.is_adapter and self.quantize_base == "nf4" and self.init == "default"
+
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k in saved_fields()}
 

@@ -317,7 +317,7 @@ def adapter_card(
             "as tunelab evaluated it.",
             "",
         ]
-        if info.quantize_base == "nf4"
+        if info.nf4_again
         else []
     )
     if hub:

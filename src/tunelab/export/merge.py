@@ -134,7 +134,7 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     info = check_run(run_dir)
     load_dtype = stored_dtype(run_dir, info)  # fold at the stored precision, round once at the end
     out_dtype = parse_dtype(dtype) or load_dtype
-    qlora = info.is_adapter and info.quantize_base == "nf4"
+    qlora = info.nf4_again
     name = "auto" if qlora else next(k for k, v in DTYPES.items() if v == load_dtype)
     run = open_run(run_dir, device="cpu", dtype=name)
     check = None

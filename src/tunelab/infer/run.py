@@ -5,6 +5,8 @@ weights that base was quantized from. So by default the base is quantized again 
 weights, same dtype, same NF4 code) before the adapter is attached, and compare, chat, generate and eval see the model
 that was trained. `base_precision="16bit"` puts the adapter on the unquantized weights instead, to measure what the
 quantization costs or to answer faster on a CPU; merge always starts from the trained model and dequantizes.
+A QPiSSA run (nf4 with method.init pissa or olora) is the exception: its saved adapter is a plain LoRA over the
+original 16-bit weights (peft/weight_init.py), so it is opened over those (`RunInfo.nf4_again`).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class LoadedRun:
     @property
     def quantized_base(self) -> bool:
         """The adapter sits on an NF4 base, as it did in training."""
-        return self.info.is_adapter and self.info.quantize_base == "nf4" and self.base_precision == "trained"
+        return self.info.nf4_again and self.base_precision == "trained"
 
     def check_base(self) -> None:
         """ModelError now when `base_model` could not load the base (gone, or its weights changed): an adapter run
@@ -108,7 +110,7 @@ class LoadedRun:
                 yield self.model
         else:
             start = self.base_info
-            quantize = start.is_adapter and start.quantize_base == "nf4" and self.base_precision == "trained"
+            quantize = start.nf4_again and self.base_precision == "trained"
             base = trained_base(start, self.dtype, self.device, quantize).to(self.device)
             base.eval()
             try:
@@ -143,7 +145,7 @@ def open_run(
     run_dir = Path(run_dir)
     info = open_info(run_dir, spelling=spelling)
     dev = pick_device(device, "argument 'device'")  # the CLI checked its --device first
-    quantize = info.is_adapter and info.quantize_base == "nf4" and base_precision == "trained"
+    quantize = info.nf4_again and base_precision == "trained"
     dt = run_dtype(info, dtype, dev, quantize)
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)  # saved by train
     if info.is_adapter:

@@ -221,7 +221,7 @@ def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: s
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     dev = pick_device(device, "argument 'device'")  # the CLI checked its --device first
-    quantize = info.is_adapter and info.quantize_base == "nf4"
+    quantize = info.nf4_again
     dt = run_dtype(info, dtype, dev, quantize)
     try:
         config = AutoConfig.from_pretrained(run_dir, trust_remote_code=info.trust_remote_code)

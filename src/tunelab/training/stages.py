@@ -235,7 +235,7 @@ def merge_stage(run_dir: Path, out: Path) -> None:
     dequantized by the fold; untrained rows repaired as in training) and save it as a Hugging Face directory."""
     info = read_info(run_dir)
     dtype = getattr(torch, info.dtype) if info.dtype else torch.float32
-    model = trained_base(info, dtype, torch.device("cpu"), info.quantize_base == "nf4")
+    model = trained_base(info, dtype, torch.device("cpu"), info.nf4_again)
     merge_lora(load_adapter(model, run_dir), dtype)
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
     # the run's tokenizer carries the template it trained with and its system prompt (tasks.task.save_tokenizer); the
