@@ -132,3 +132,38 @@ def test_the_memory_plan_counts_the_kept_start_as_the_layers_hold_it(tiny_model_
     assert {t.dtype for t in kept} == {torch.float32}
     planned = estimate(LlamaConfig.from_hf(model.config.to_dict()), Setup(rank=4, initial_copy=True)).static
     assert planned["adapters' starting A0, B0 (fp32, method.init)"] == sum(t.nbytes for t in kept)
+
+
+def test_qpissa_quantization_error_is_below_qlora_on_a_real_weight():
+    """The PiSSA paper's point for QPiSSA: with the principal part kept in the adapter in full precision, the NF4
+    error of the start, ||W - (deq(Q(W_res)) + s B0 A0)||, is below QLoRA's ||W - deq(Q(W))||; on a weight of the
+    embedded model (layer 0's q_proj, read from its GGUF file)."""
+    import importlib.util
+    from pathlib import Path
+
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from torch import nn
+
+    from tunelab.config.model import EMBEDDED
+    from tunelab.peft.lora_linear import LoRALinear
+    from tunelab.peft.weight_init import init_from_weight_
+    from tunelab.quant.nf4 import dequantize_nf4
+    from tunelab.quant.nf4_ops import quantize_nf4
+
+    package, filename, _ = EMBEDDED["smollm2-135m-instruct"]
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        pytest.skip("the embedded model's package is not installed")
+    reader = GGUFReader(Path(spec.submodule_search_locations[0]) / filename)
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+    w = torch.from_numpy(dequantize(tensor.data, tensor.tensor_type)).to(torch.bfloat16)  # (576, 576)
+    linear = nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+    layer = LoRALinear(linear, r=16, alpha=32)
+    init_from_weight_(layer, "pissa", nf4=True)
+    start = layer.base_layer.dequantized(torch.float32) + layer.scale * (layer.lora_B.weight @ layer.lora_A.weight)
+    qpissa = (w.float() - start).norm()
+    qlora = (w.float() - dequantize_nf4(quantize_nf4(w), torch.float32)).norm()
+    assert qpissa < 0.8 * qlora, (qpissa, qlora)

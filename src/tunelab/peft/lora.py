@@ -22,6 +22,7 @@ from tunelab.peft.lora_linear import LoRALinear, merged_linear
 from tunelab.peft.projection import FusedProjection
 from tunelab.peft.weight_init import init_from_weight_
 from tunelab.quant.linear import NF4Linear
+from tunelab.quant.nf4_ops import DequantWorkspace
 
 
 def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
@@ -86,10 +87,14 @@ def attach_lora(
     dora: bool = False,
     rslora: bool = False,
     init: str = "default",
+    nf4: bool = False,
+    device: torch.device | str | None = None,
+    workspace: DequantWorkspace | None = None,
 ) -> list[str]:
     """Freeze the model and replace each selected nn.Linear by a LoRALinear around it (a DoRALinear with `dora`;
     scaled by alpha / sqrt(r) with `rslora`; started from part of each weight with init "pissa" or "olora",
-    `peft.weight_init`). Returns the replaced names."""
+    `peft.weight_init`, whose residual bases `nf4` quantizes onto `device`, dequantizing into `workspace`: QPiSSA).
+    Returns the replaced names."""
     for p in model.parameters():
         p.requires_grad_(False)
     names = linear_names(model, targets)
@@ -99,7 +104,7 @@ def attach_lora(
         layer = DoRALinear if dora else LoRALinear
         adapted = layer(getattr(parent, child), r, alpha, dropout, rslora)
         if init != "default":
-            init_from_weight_(adapted, init, name)
+            init_from_weight_(adapted, init, name, nf4=nf4, device=device, workspace=workspace)
         setattr(parent, child, adapted)
     use_fast_slots(model)
     return names

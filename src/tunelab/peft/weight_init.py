@@ -22,6 +22,16 @@ Resume recomputes A0, B0 from the base: the SVD (QR) of the same weights on the 
 so a resumed run continues over the same residual bit for bit. (A sign flipped between two factorisations would
 not matter either: W_res and the saved adapter depend on the product B0 A0 only.)
 
+Over an NF4 base (method.quantize_base nf4: QPiSSA, in the PiSSA paper's section 4.4), the factors are taken from
+the 16-bit W before anything is quantized (PEFT's pissa_init refuses a quantized weight, and its example quantizes
+a residual model saved in full precision), and it is the residual that is quantized: the base becomes Q(W_res)
+(`quant.linear.NF4Linear`), so the layer starts at deq(Q(W_res)) + s B0 A0 (what `adapters_disabled` gives), off W
+by the quantization error of W_res alone, which is smaller than that of W (plain QLoRA's start, deq(Q(W))) because
+the principal part, with the largest values, is no longer in what is quantized. The saved adapter is the same
+rank-2r conversion over the original 16-bit W (PEFT's path_initial_model_for_weight_conversion, as its example
+converts PiSSA trained over a 4-bit residual): the trained layer is deq(Q(W_res)) + s B A, and what a user loads
+later, W + s (B A - B0 A0) = W_res + s B A, differs from it by that smaller quantization error only.
+
 Refused (config/validate.py's `check_weight_init`): an NF4 base (quantized before the adapters attach), a continued
 adapter or a staged run (their weights replace the start, or the next stage's base is not the residual), a
 federation (its averaged adapters assume the default start), alpha 0 (an adapter scaled to nothing).
@@ -37,6 +47,8 @@ from torch import nn
 from tunelab.errors import ConfigError
 from tunelab.peft.dora import DoRALinear
 from tunelab.peft.lora_linear import LoRALinear
+from tunelab.quant.linear import NF4Linear
+from tunelab.quant.nf4_ops import DequantWorkspace, quantize_nf4
 
 FROM_WEIGHT = ("pissa", "olora")  # method.init's choices besides default (A Kaiming-uniform, B zero: `LoRALinear`)
 
@@ -52,16 +64,26 @@ def _factors(w: torch.Tensor, r: int, scale: float, how: str) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def init_from_weight_(layer: LoRALinear, how: str, name: str = "") -> None:
+def init_from_weight_(
+    layer: LoRALinear,
+    how: str,
+    name: str = "",
+    *,
+    nf4: bool = False,
+    device: torch.device | str | None = None,
+    workspace: DequantWorkspace | None = None,
+) -> None:
     """Start `layer` (over a 16-bit nn.Linear) from part of its weight, by `how` ("pissa" or "olora"), in place
-    (module docstring). `name`: the layer's path, for the errors."""
+    (module docstring). `name`: the layer's path, for the errors. `nf4` (QPiSSA): the residual base is quantized to an
+    NF4Linear on `device` (the weight is moved there first, so the factorisation runs there too) that dequantizes into
+    `workspace`, as `quant.linear.quantize_model_` puts the layers it quantizes; A and B move there too."""
     if how not in FROM_WEIGHT:
         raise ValueError(f"init {how!r}: expected one of {', '.join(FROM_WEIGHT)}")
     base = layer.base_layer
     if type(base) is not nn.Linear:
         raise ConfigError(
-            f"option 'method.init' is {how}, which needs a 16-bit nn.Linear base; {name or 'a layer'} is "
-            f"{type(base).__name__} (method.quantize_base must be none)."
+            f"option 'method.init' is {how}, which factorises the 16-bit weight of each adapted layer before any "
+            f"quantization; {name or 'a layer'} is {type(base).__name__} already."
         )
     if layer.scale == 0:
         raise ConfigError(f"option 'method.init' is {how}, which needs a LoRA scale above 0; method.alpha must be > 0.")
@@ -71,14 +93,22 @@ def init_from_weight_(layer: LoRALinear, how: str, name: str = "") -> None:
             f"option 'method.r' is {r}, but method.init {how} takes r directions of each adapted weight, and "
             f"{name or 'a layer'} ({layer.out_features} x {layer.in_features}) has only {smallest}; lower method.r."
         )
-    w = base.weight.float()  # (out, in)
+    w = base.weight.detach().to(device if nf4 and device is not None else base.weight.device).float()  # (out, in)
     a0, b0 = _factors(w, r, layer.scale, how)
     layer.lora_A.weight.copy_(a0)
     layer.lora_B.weight.copy_(b0)
     layer.initial_A, layer.initial_B = a0.clone(), b0.clone()
-    base.weight.copy_(w - layer.scale * (b0 @ a0))  # W_res, rounded once to the base's dtype
+    residual = (w - layer.scale * (b0 @ a0)).to(base.weight.dtype)  # W_res, rounded once to the base's dtype
+    if nf4:  # Q(W_res); the 16-bit W goes with the nn.Linear it leaves
+        bias = None if base.bias is None else base.bias.detach().to(residual.device)
+        layer.base_layer = NF4Linear(quantize_nf4(residual), bias, workspace)
+        layer.lora_A.to(residual.device)
+        layer.lora_B.to(residual.device)
+    else:
+        base.weight.copy_(residual)
     if isinstance(layer, DoRALinear):
-        layer.lora_magnitude_vector.copy_(layer.weight_norm())  # ||W_res + s B0 A0|| per row: g = 1 at the start
+        # ||base + s B0 A0|| per row (the base dequantized where it is NF4): g = 1 at the start
+        layer.lora_magnitude_vector.copy_(layer.weight_norm())
 
 
 def starts_from_weight(layer: LoRALinear) -> bool:
