@@ -1,10 +1,12 @@
 """`tunelab merge` and the GGUF export of a method.init pissa run: the merged weights are the original base plus the
 trained change, W + s (B A - B0 A0), with B0 A0 worked out here from the base's own SVD; not the residual plus that
 change (the residual base would be merged over) nor the base plus the change twice (a doubled lora_alpha on top of a
-doubled r)."""
+doubled r). Over an NF4 base (QPiSSA) alike: the saved adapter is over the original 16-bit W, not the quantized
+residual the run trained over."""
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,8 +17,12 @@ from tunelab.export.merge import merged_model
 PREFIX = "base_model.model."  # PEFT's key of a layer's adapter is PREFIX + its name + ".lora_A.weight"
 
 
-def test_merge_and_gguf_of_a_pissa_run_are_the_base_plus_the_trained_change(tiny_overrides, tiny_model_dir, cli_flags):
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_merge_and_gguf_of_a_pissa_run_are_the_base_plus_the_trained_change(
+    tiny_overrides, tiny_model_dir, cli_flags, quantize
+):
     cfg = tiny_overrides | {"train.max_steps": 2, "method.init": "pissa", "method.dropout": 0.0}
+    cfg |= {"method.quantize_base": quantize}
     assert main(["train", *cli_flags(cfg)]) == 0
     run = tiny_overrides["output_dir"]
     out = f"{run}-merged"

@@ -134,6 +134,52 @@ def test_the_memory_plan_counts_the_kept_start_as_the_layers_hold_it(tiny_model_
     assert planned["adapters' starting A0, B0 (fp32, method.init)"] == sum(t.nbytes for t in kept)
 
 
+@pytest.mark.parametrize(("init", "dora"), [("pissa", False), ("olora", True)])
+def test_qpissa_quantizes_the_residual_of_the_adapted_layers_only(tiny_model_dir, tmp_path, init, dora):
+    """QPiSSA (method.quantize_base nf4): the factors come from the 16-bit W, the adapted layers' NF4 base is
+    Q(W - s B0 A0), the other linears are Q(W) as in QLoRA, and the saved adapter is the rank-2r LoRA over the
+    original 16-bit W, whose merge is the trained layer up to the residual's quantization error."""
+    from tunelab.config import MethodConfig
+    from tunelab.quant.linear import NF4Linear
+    from tunelab.quant.nf4 import dequantize_nf4
+    from tunelab.quant.nf4_ops import quantize_nf4
+    from tunelab.training.build import apply_method
+
+    model = _tiny(tiny_model_dir)
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    method = MethodConfig(
+        name="dora" if dora else "lora", r=4, alpha=8, target_modules=["q_proj", "down_proj"], quantize_base="nf4"
+    )
+    method.init = init
+    apply_method(model, method, torch.device("cpu"))
+    adapted = dict(lora_modules(model))
+    assert len(adapted) == 4 and all(type(m.base_layer) is NF4Linear for m in adapted.values())
+    for name, m in adapted.items():
+        start = m.scale * (m.initial_B @ m.initial_A)
+        torch.testing.assert_close(m.scale * (m.lora_B.weight @ m.lora_A.weight), start)
+        # the base is the quantized residual, bit for bit as quantize_nf4 gives it
+        expected = dequantize_nf4(quantize_nf4(original[name] - start), torch.float32)
+        assert torch.equal(m.base_layer.dequantized(torch.float32), expected), name
+    k_name = "model.layers.0.self_attn.k_proj"  # not adapted: QLoRA's Q(W)
+    k_proj = model.get_submodule(k_name).dequantized(torch.float32)
+    assert torch.equal(k_proj, dequantize_nf4(quantize_nf4(original[k_name]), torch.float32))
+    _train_a_little(model)
+    save_adapter(model, tmp_path, base_model=str(tiny_model_dir))
+    over_w = merge_lora(load_adapter(_tiny(tiny_model_dir), tmp_path))  # what a user loads: the adapter over W
+    for name, m in adapted.items():
+        trained = m.merged_weight()  # deq(Q(W_res)) + s B A, DoRA's magnitude applied to that
+        residual = original[name] - m.scale * (m.initial_B @ m.initial_A)
+        quantization_error = (residual - m.base_layer.dequantized(torch.float32)).abs().max()
+        gap = (over_w.get_submodule(name).weight - trained).abs().max()
+        # LoRA: the gap is the residual's quantization error itself; DoRA rescales each row by g / ||row||, which
+        # the error moves by well under a factor 2 here (rows of norm ~1, errors ~1e-2)
+        assert 0 < gap <= (2 if dora else 1) * quantization_error + 1e-6, name
+        if not dora:  # W + s (B A - B0 A0): exactly the residual plus the trained adapter
+            torch.testing.assert_close(
+                over_w.get_submodule(name).weight, residual + m.scale * (m.lora_B.weight @ m.lora_A.weight)
+            )
+
+
 def test_qpissa_quantization_error_is_below_qlora_on_a_real_weight():
     """The PiSSA paper's point for QPiSSA: with the principal part kept in the adapter in full precision, the NF4
     error of the start, ||W - (deq(Q(W_res)) + s B0 A0)||, is below QLoRA's ||W - deq(Q(W))||; on a weight of the
@@ -167,3 +213,22 @@ def test_qpissa_quantization_error_is_below_qlora_on_a_real_weight():
     qpissa = (w.float() - start).norm()
     qlora = (w.float() - dequantize_nf4(quantize_nf4(w), torch.float32)).norm()
     assert qpissa < 0.8 * qlora, (qpissa, qlora)
+
+
+def test_the_memory_plan_of_qpissa_counts_the_kept_start_over_the_nf4_base(tiny_model_dir, qa_file):
+    """A config with method.init pissa over an NF4 base plans the NF4 weights and the fp32 A0, B0 the layers keep."""
+    from tunelab.config import load_config
+    from tunelab.models.llama_config import LlamaConfig
+    from tunelab.training.build import apply_method
+    from tunelab.training.memory import estimate
+    from tunelab.training.plan_setup import config_setup
+
+    overrides = {"model.name": str(tiny_model_dir), "data.train": str(qa_file), "method.r": 4, "method.alpha": 8}
+    cfg = load_config(None, overrides | {"method.init": "pissa", "method.quantize_base": "nf4"}).config
+    setup = config_setup(cfg, seq=64)
+    assert setup.quantized and setup.initial_copy
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    apply_method(model, cfg.method, torch.device("cpu"))
+    kept = sum(t.nbytes for _, m in lora_modules(model) for t in (m.initial_A, m.initial_B))
+    planned = estimate(LlamaConfig.from_hf(model.config.to_dict()), setup).static
+    assert planned["adapters' starting A0, B0 (fp32, method.init)"] == kept > 0

@@ -1,5 +1,5 @@
-"""method.init pissa (olora alike) through a run: a resumed run ends bit for bit where the uninterrupted one ends; the start
-printout and the saved config name the init; what pissa cannot serve is refused with exit 2 before the model loads."""
+"""method.init pissa (olora alike; over an NF4 base too) through a run: a resumed run ends bit for bit where the
+uninterrupted one ends; the start printout and the saved config name the init; what pissa cannot serve is refused with exit 2 before the model loads."""
 
 import dataclasses
 import json
@@ -12,9 +12,15 @@ from safetensors.torch import load_file
 from tunelab.cli import main
 
 
-@pytest.mark.parametrize(("init", "method"), [("pissa", "lora"), ("olora", "dora")])
-def test_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, logged_losses, capsys, init, method):
+@pytest.mark.parametrize(
+    ("init", "method", "quantize"), [("pissa", "lora", "none"), ("olora", "dora", "none"), ("pissa", "lora", "nf4")]
+)
+def test_resume_equals_uninterrupted(
+    tiny_overrides, straight_and_resumed, logged_losses, capsys, init, method, quantize
+):
+    # nf4 (QPiSSA): the resumed run factorises the 16-bit base again and quantizes the same residual
     common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "method.init": init, "method.name": method}
+    common |= {"method.quantize_base": quantize}
     straight, resumed = straight_and_resumed(common, 3)  # dies during step 3, after the checkpoint of step 2
     assert re.search(rf"method\.init +='{init}' +\(overrides", capsys.readouterr().out.replace("= ", "="))
     assert resumed.steps == straight.steps == 4
@@ -34,7 +40,7 @@ def test_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, logge
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--method.quantize_base", "nf4"], "method.quantize_base nf4 quantizes the base"),
+        (["--train.sharding", "fsdp2"], "train.sharding fsdp2 shards A and B"),
         (["--model.adapter", "somewhere"], "model.adapter continues a saved adapter"),
         (["--method.alpha", "0"], "method.alpha 0"),
     ],

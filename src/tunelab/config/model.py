@@ -87,8 +87,8 @@ class MethodConfig:
     init: str = opt(
         "default",
         "how adapters start: default (A random, B zero), pissa (A and B from the top-r singular vectors of each "
-        "adapted weight, the base holding the rest) or olora (from its QR decomposition); pissa and olora save a "
-        "plain LoRA of rank 2r that applies to the original base",
+        "adapted weight, the base holding the rest, quantized with quantize_base nf4: QPiSSA) or olora (from its QR "
+        "decomposition); pissa and olora save a plain LoRA of rank 2r that applies to the original base",
         choices=("default", "pissa", "olora"),
     )
     r: int = opt(16, "LoRA rank", min=1)

@@ -144,10 +144,10 @@ def check_weight_init(config: RunConfig) -> None:
         )
     elif not m.is_adapter:
         return  # unused_notes says that method full or layers does not read it
-    elif m.quantize_base != "none":
+    elif config.train.sharding == "fsdp2":
         why = (
-            "method.quantize_base nf4 quantizes the base before the adapters attach, and method.init "
-            f"{init} must move part of the 16-bit weight into the adapter first; use method.quantize_base none"
+            "train.sharding fsdp2 shards A and B, which the whole starting factors A0, B0 each layer keeps for the "
+            "saved adapter would not meet; use train.sharding ddp (or auto)"
         )
     elif config.model.adapter:
         why = "model.adapter continues a saved adapter, whose weights replace that start; remove one of them"

@@ -46,7 +46,7 @@ def adapter_state_dict(
     for name, m in lora_modules(model):
         tensors = _adapter_tensors(name, m)
         if weights is not None:  # PEFT's key "<PREFIX><name>.lora_A.weight" is the parameter "<name>.lora_A.weight"
-            if starts_from_weight(m):  # FSDP2 shards only NF4 bases, which method.init pissa/olora refuses
+            if starts_from_weight(m):  # method.init pissa/olora refuses FSDP2 (config/validate.py)
                 raise ValueError("an adapter started from its weight is saved from whole weights, not shards")
             tensors = {k: weights[k.removeprefix(PREFIX)] for k in tensors}
         elif starts_from_weight(m):  # the rank-2r LoRA over the original base (peft/weight_init.py)

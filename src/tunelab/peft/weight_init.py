@@ -30,11 +30,13 @@ by the quantization error of W_res alone, which is smaller than that of W (plain
 the principal part, with the largest values, is no longer in what is quantized. The saved adapter is the same
 rank-2r conversion over the original 16-bit W (PEFT's path_initial_model_for_weight_conversion, as its example
 converts PiSSA trained over a 4-bit residual): the trained layer is deq(Q(W_res)) + s B A, and what a user loads
-later, W + s (B A - B0 A0) = W_res + s B A, differs from it by that smaller quantization error only.
+later, W + s (B A - B0 A0) = W_res + s B A, differs from it by that smaller quantization error only; so a QPiSSA
+run is opened, merged and exported over W (`rundir.RunInfo.nf4_again`), not over an NF4 base again.
 
-Refused (config/validate.py's `check_weight_init`): an NF4 base (quantized before the adapters attach), a continued
-adapter or a staged run (their weights replace the start, or the next stage's base is not the residual), a
-federation (its averaged adapters assume the default start), alpha 0 (an adapter scaled to nothing).
+Refused (config/validate.py's `check_weight_init`): a continued adapter or a staged run (their weights replace the
+start, or the next stage's base is not the residual), a federation (its averaged adapters assume the default start),
+FSDP2 (its shards of A and B would not meet the whole A0, B0 kept beside them), alpha 0 (an adapter scaled to
+nothing).
 """
 
 from __future__ import annotations

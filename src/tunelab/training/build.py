@@ -25,8 +25,9 @@ from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import ModelSource, load_hf_model, native_bf16, pick_device, pick_dtype
 from tunelab.models.quiet import quiet_progress
 from tunelab.models.untrained import embedding_matrices, repair_rows
-from tunelab.peft.lora import attach_lora
+from tunelab.peft.lora import attach_lora, linear_names
 from tunelab.quant.linear import NF4Linear, quantize_model_
+from tunelab.quant.nf4_ops import DequantWorkspace
 from tunelab.rundir import RUN_FILE, RunInfo
 
 
@@ -61,10 +62,15 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | None = None) -> None:
-    if method.quantize_base == "nf4":
+    nf4 = method.quantize_base == "nf4"
+    workspace = DequantWorkspace() if nf4 else None  # the one every NF4 layer dequantizes into
+    if nf4:
         if not method.is_adapter:
             raise ConfigError(quantize_needs_adapter(method.name))
-        quantize_model_(model, device=device)  # layer by layer, before the adapters wrap the layers
+        # layer by layer, before the adapters wrap the layers; with method.init pissa or olora (QPiSSA), the adapted
+        # layers are left 16-bit: attach_lora factorises each W first and quantizes its residual (peft.weight_init)
+        started = linear_names(model, method.target_modules) if method.init != "default" else []
+        quantize_model_(model, device=device, workspace=workspace, keep=started)
     if method.is_adapter:
         attach_lora(
             model,
@@ -75,6 +81,9 @@ def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | 
             dora=method.dora,
             rslora=method.rslora,
             init=method.init,
+            nf4=nf4,
+            device=device,
+            workspace=workspace,
         )
     elif method.name == "full":
         for p in model.parameters():
