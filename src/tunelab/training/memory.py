@@ -32,7 +32,9 @@ Static (alive the whole step):
   prepare): a copy of every trainable tensor as it starts, beside the trained one, the whole run long.
 - method.init pissa or olora (`Setup.initial_copy`, `peft.weight_init`): each adapted layer keeps its starting
   factors A0 (r, in) and B0 (out, r) in fp32 the whole run long (for the saved adapter and the base with adapters
-  off), 4 r (in + out) bytes per adapted projection, as much as the adapters themselves.
+  off), 4 r (in + out) bytes per adapted projection, as much as the adapters themselves; over an NF4 base
+  (QPiSSA) alike, its residual bases in NF4 as QLoRA's (the factorisation at build time, one layer's fp32 weight
+  and factors at a time, is over before the first step).
 - DDP (`Setup.ddp`, train.sharding ddp on several ranks): every rank holds the whole model, and DDP's gradient
   buckets besides, one more copy of every trainable gradient (`training.distributed.parallelize` leaves
   gradient_as_bucket_view off, so the buckets are buffers of their own).
