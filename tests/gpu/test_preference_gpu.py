@@ -47,6 +47,8 @@ def feedback_file(pairs_file, tmp_path):
 RUNS = [(loss, quantize, "default") for loss in ("sigmoid", "orpo", "kto") for quantize in ("none", "nf4")]
 # pissa moves the principal part into the adapter: the reference (adapters off) must add it back on the CUDA path too
 RUNS.append(("sigmoid", "none", "pissa"))
+# over an NF4 base (QPiSSA) the reference is the quantized residual plus the principal part: the policy at step 0 too
+RUNS.append(("sigmoid", "nf4", "pissa"))
 
 
 @pytest.mark.gpu

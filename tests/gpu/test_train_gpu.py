@@ -55,6 +55,11 @@ CASES = {
         "train": {"lr": 5e-4, "loraplus_lr_ratio": 16, "optimizer": "adamw_8bit"},
     },
     "lora-padded-pissa": {"method": {"name": "lora", "r": 16, "init": "pissa"}, "train": {"lr": 5e-4}},
+    "qlora-packed-qpissa": {
+        "method": {"name": "lora", "r": 16, "init": "pissa", "quantize_base": "nf4"},
+        "data": {"packing": True},
+        "train": {"lr": 5e-4, "checkpointing": True},
+    },
     "dora-packed-olora": {
         "method": {"name": "dora", "r": 16, "init": "olora"},
         "data": {"packing": True},
