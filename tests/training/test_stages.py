@@ -309,13 +309,14 @@ def test_a_stage_changed_on_resume_is_named_with_its_line(staged, tmp_path, cras
     flags = {k: v for k, v in staged.items() if k not in ("stages", "data.train")}
     with crash_at(5):  # stage 2's second step
         train(config, flags)
-    staged["stages"][0]["train"]["lr"] = 0.5
+    # not train.lr: the flags give it, and a flag wins over a stage's own, so a stage's lr would train nothing else
+    staged["stages"][0]["train"]["weight_decay"] = 0.5
     config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
     with pytest.raises(ConfigError, match=r"staged\.yaml:\d+: stage 1: resume=True .* stage 1's options differ from "):
         train(config, flags, resume=True)
-    with pytest.raises(ConfigError, match=r"train\.lr: not set -> 0\.5\. Put them back"):
+    with pytest.raises(ConfigError, match=r"train\.weight_decay: not set -> 0\.5\. Put them back"):
         train(config, flags, resume=True)
-    del staged["stages"][0]["train"]["lr"]
+    del staged["stages"][0]["train"]["weight_decay"]
     staged["stages"][0]["model"] = {"revision": "v1"}
     config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
     with pytest.raises(ConfigError, match=r"model\.revision: not set -> 'v1'\. model\.revision names the base every"):

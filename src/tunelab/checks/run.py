@@ -43,7 +43,7 @@ from tunelab.checks.model import (
     untrained_item,
 )
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
-from tunelab.config import AUTO, RunConfig, describe, stage_name
+from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, stage_name
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.config.validate import unused_notes
@@ -69,7 +69,7 @@ from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.resume import CONTENT, check_resume_config, data_digest, file_digests, kept_auto, what_changed
-from tunelab.training.stage_resume import refuse_nothing_to_train, stage_dir
+from tunelab.training.stage_resume import check_staged_resume, refuse_nothing_to_train, stage_dir
 from tunelab.training.stages import plan_stages, refuse_other_labels, stage_named
 
 
@@ -89,9 +89,9 @@ def html_path(html: str | Path | None) -> Path | None:
     return path
 
 
-def output_items(cfg, config, resume: bool, overwrite_non_run: bool, spelling: Spelling = CLI) -> list[CheckItem]:
-    """What train would do with output_dir, as a check: refusals fail, the rest informs; `spelling`: how the
-    caller names resume and overwrite."""
+def output_items(resolved: ResolvedConfig, config, resume: bool, overwrite_non_run: bool) -> list[CheckItem]:
+    """What train would do with output_dir, as a check: refusals fail, the rest informs."""
+    cfg, spelling = resolved.config, resolved.spelling
     try:
         plan = plan_output_dir(
             cfg.output_dir,
@@ -105,9 +105,10 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool, spelling: S
             what = "an existing run: train replaces it, keeping it as {} until the new run finishes"
             summary = what.format(plan.previous) if plan.replace else "new: train creates it"
             return [CheckItem("output_dir", "pass", f"{plan.run_dir}: {summary}")]
-        notes = check_resume_config(plan.run_dir, cfg, by_content=CONTENT, spelling=spelling)  # rows: the data item
-        if cfg.stages:
+        if cfg.stages:  # compared as train compares them: each stage as it trains
+            notes = check_staged_resume(plan.run_dir, resolved)
             return [_staged_resume(plan.run_dir, len(cfg.stages), notes, spelling)]
+        notes = check_resume_config(plan.run_dir, cfg, by_content=CONTENT, spelling=spelling)  # rows: the data item
         checkpoint, damaged = intact_checkpoint(plan.run_dir)
         if checkpoint is None:
             return [CheckItem("resume", "fail", f"{plan.run_dir}: no intact checkpoint to resume from", damaged)]
@@ -301,7 +302,7 @@ def run_check(
         return federated_check(
             cfg, clients, config, resume, page, examples, model, out, color, described, resolved.spelling
         )
-    items = output_items(cfg, config, resume, overwrite_non_run, resolved.spelling) + push_items(cfg)
+    items = output_items(resolved, config, resume, overwrite_non_run) + push_items(cfg)
     if resume and (
         warning := resume_warning(cfg.output_dir, resolved.spelling)
     ):  # before the data and the model load, as train says it

@@ -15,7 +15,7 @@ The package's modules, each imported only by those after it:
   paths       relative paths of a YAML file resolved against its folder
   validate    rules across options (`check_consistency`, `check_head_options`)
   load        `load_config` -> ResolvedConfig (values with their origins), stages (`stage_config`)
-  render      `dump_yaml` (the saved form), `describe` (the printed form), `to_dict`, ACTION_OPTIONS
+  render      `dump_yaml` (the saved form, a staged run's `as_trained`), `describe` (the printed form), `to_dict`, ACTION_OPTIONS
   flags       the command line's arguments before argparse reads them (`join_negative_values`, `refuse_repeated`)
 
 This module re-exports the names the rest of tunelab, the tests, examples and benchmarks import from `tunelab.config`.
@@ -26,7 +26,7 @@ from tunelab.config.federated import ClientSource, FederatedConfig
 from tunelab.config.load import ResolvedConfig, load_config, stage_config, stage_name, stage_where
 from tunelab.config.model import MethodConfig, ModelConfig
 from tunelab.config.options import AUTO
-from tunelab.config.render import ACTION_OPTIONS, describe, dump_yaml, to_dict
+from tunelab.config.render import ACTION_OPTIONS, as_trained, describe, dump_yaml, to_dict
 from tunelab.config.run import RunConfig, auto_options, iter_options, section_names
 from tunelab.config.suggest import unknown_option
 from tunelab.config.tasks import PLACEHOLDER, ClassifyConfig, DpoConfig, GrpoConfig, RewardSpec
@@ -50,6 +50,7 @@ __all__ = [
     "RewardSpec",
     "RunConfig",
     "TrainConfig",
+    "as_trained",
     "auto_options",
     "check_trackers",
     "describe",

@@ -1,14 +1,16 @@
-"""The config written out: its saved form (`dump_yaml`, a run's config.yaml, without the ACTION_OPTIONS) and its printed
-form (`describe`: one option a line, with where its value came from)."""
+"""The config written out: its saved form (`dump_yaml`, a run's config.yaml, without the ACTION_OPTIONS; a staged run's
+stages as they train, `as_trained`) and its printed form (`describe`: one option a line, with where its value came
+from)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 import yaml
 
-from tunelab.config.load import ResolvedConfig
+from tunelab.config.load import STAGE_KEYS, ResolvedConfig, stage_values
 from tunelab.config.run import RunConfig, iter_options
 from tunelab.config.validate import unread_options, unused_notes
 
@@ -25,6 +27,19 @@ def dump_yaml(config: RunConfig) -> str:
     """The config's saved form (config.yaml of a run): every option but the ACTION_OPTIONS."""
     values = {k: v for k, v in to_dict(config).items() if k not in ACTION_OPTIONS}
     return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
+def as_trained(resolved: ResolvedConfig) -> RunConfig:
+    """The run's config as it trains, the form its config.yaml saves: each stage's entry holds only the values the
+    stage trains with (load.stage_values), its name: and continue:. An option a flag won over a stage's own
+    (--method.name full over stages of method lora) is left to the top level, which holds the flag's value: saved as
+    written, the file read back without the flag would train other stages, as a file's stages win over its top level."""
+    config = copy.deepcopy(resolved.config)
+    config.stages = [
+        {k: v for k, v in entry.items() if k in STAGE_KEYS} | stage_values(entry, resolved.origins)
+        for entry in resolved.config.stages
+    ]
+    return config
 
 
 def describe(resolved: ResolvedConfig) -> str:

@@ -228,6 +228,19 @@ def kept_auto(run_dir: Path, cfg: RunConfig) -> dict[str, Choice]:
     return kept
 
 
+def flags_over_stages(saved: dict, flagged: set[str], length: set[str] = LENGTH) -> dict:
+    """A staged run's saved config as a resume that gives the options `flagged` as flags compares it: where a resume
+    may change the option (ALLOWED, `length`), the flag wins over the saved stages' own value, as it wins over the
+    stages it trains (config/load.py `stage_values`), so that the change is the run's option's, said once (a longer
+    --train.max_steps applies to the stages still to train), not each stage's, refused."""
+    stages, drop = saved.get("stages"), flagged & (ALLOWED | length)
+    if not drop or not isinstance(stages, list):
+        return saved
+    return saved | {
+        "stages": [{k: v for k, v in e.items() if k not in drop} if isinstance(e, dict) else e for e in stages]
+    }
+
+
 def check_resume_config(
     run_dir: Path,
     cfg: RunConfig,
@@ -235,18 +248,20 @@ def check_resume_config(
     unread: set[str] = frozenset(),
     by_content: set[str] = frozenset(),
     spelling: Spelling = CLI,
+    flagged: set[str] = frozenset(),
 ) -> list[str]:
     """ConfigError listing the changes that break exactness; otherwise the notes to print about allowed ones.
     length: the options that set how long the run trains (train's, or a federation's federated.rounds); unread:
     options the run does not read, not compared; by_content: the data options (of `CONTENT`) whose files may have
     moved, for a caller that then compares their rows with the run's digest (`check_same_data`). Those the run
-    recorded no digest for are compared by path. `spelling`: how the caller names resume and overwrite."""
+    recorded no digest for are compared by path. `spelling`: how the caller names resume and overwrite. `flagged`:
+    a staged run's options given as flags over its stages (`flags_over_stages`)."""
     path = Path(run_dir) / CONFIG_FILE
     info = read_info(run_dir, require_finished=False)
     digested = {name for name in by_content if getattr(info, CONTENT[name], "")}
     if cfg.stages:  # each stage's run.json holds its digests, and each stage compares its own rows
         digested = set(by_content)
-    saved = _saved_config(run_dir)
+    saved = flags_over_stages(_saved_config(run_dir), flagged, length)
     refused, allowed = config_changes(saved, cfg, _chosen(run_dir), length, unread, digested)
     if refused:
         raise ConfigError(

@@ -17,14 +17,22 @@ from typing import Any
 import yaml
 
 from tunelab.atomic import write_text
-from tunelab.config import ResolvedConfig, stage_where
+from tunelab.config import ResolvedConfig, as_trained, stage_where
 from tunelab.config.flags import CLI, Spelling
-from tunelab.config.load import STAGE_PREFIX
+from tunelab.config.load import STAGE_PREFIX, is_override
 from tunelab.errors import ConfigError
 from tunelab.models.base_record import recorded_commit
 from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info
 from tunelab.training.prepare import load_inputs
-from tunelab.training.resume import check_same_data, data_digest, file_digests, split_changed
+from tunelab.training.resume import (
+    CONTENT,
+    check_resume_config,
+    check_same_data,
+    data_digest,
+    file_digests,
+    flags_over_stages,
+    split_changed,
+)
 
 
 def stage_dir(run_dir: Path, k: int) -> Path:
@@ -92,11 +100,32 @@ def _shown(stage: dict, key: str) -> str:
     return repr(stage[key]) if key in stage else "not set"
 
 
+def check_staged_resume(run_dir: Path, resolved: ResolvedConfig) -> list[str]:
+    """--resume's check of a staged run's config against the run's config.yaml, each compared as the run saves it
+    (`as_trained`: its stages as they train): the notes on the allowed changes (training/resume.py
+    `check_resume_config`), or ConfigError naming the first stage whose options changed, and its line."""
+    try:
+        return check_resume_config(
+            run_dir, as_trained(resolved), by_content=CONTENT, spelling=resolved.spelling, flagged=_flagged(resolved)
+        )
+    except ConfigError:
+        refuse_changed_stage(run_dir, resolved)
+        raise
+
+
+def _flagged(resolved: ResolvedConfig) -> set[str]:
+    """The options given as flags that win over the run's stages (none where the stages came so too: stage_values)."""
+    if is_override(resolved.origins.get("stages", "")):
+        return set()
+    return {name for name, origin in resolved.origins.items() if is_override(origin)}
+
+
 def refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
     """ConfigError naming the first stage (its file and line) whose options differ from that stage in the run's
     config.yaml, each old -> new: --resume refused the whole `stages:` list, old and new, leaving the user to find
     the change. A stage's name may change (it only labels the stage); more or fewer stages are left to the caller."""
-    saved, now = saved_config(run_dir).get("stages"), resolved.config.stages
+    saved = flags_over_stages(saved_config(run_dir), _flagged(resolved)).get("stages")
+    now = as_trained(resolved).stages  # as config.yaml saves them
     if not isinstance(saved, list) or len(saved) != len(now):
         return
     for k, (old, new) in enumerate(zip(saved, now), 1):

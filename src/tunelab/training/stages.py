@@ -1,8 +1,9 @@
 """Staged runs: `stages:` trains partial configs one after another in one run directory, each from the result before.
 
     output_dir/
-      config.yaml, run.json   the whole config; run.json describes the final result (and, in extra, every stage and
-                              the forgetting matrix), so compare, chat, eval, report, merge and export open output_dir
+      config.yaml, run.json   the whole config, its stages as they train (`as_trained`); run.json describes the final
+                              result (and, in extra, every stage and the forgetting matrix), so compare, chat, eval,
+                              report, merge and export open output_dir
       adapter or weights      the last stage's result, copied (hard links where the file system allows), with its
                               data_report.json
       metrics.jsonl, loss.png every stage's records in turn, each with its "stage" and steps counted across stages
@@ -46,6 +47,7 @@ import torch
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
 from tunelab.config.load import STAGE_PREFIX
+from tunelab.config.render import as_trained
 from tunelab.data.entries import source_names
 from tunelab.data.formats import eval_said_as
 from tunelab.errors import (
@@ -75,11 +77,11 @@ from tunelab.training.prepare import protected_paths, refuse_beyond_context
 from tunelab.training.progress import overflow_steps, record_stopped, whole_run
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
-from tunelab.training.resume import CONTENT, LENGTH, DataChanged, check_resume_config, config_changes
+from tunelab.training.resume import CONTENT, LENGTH, DataChanged, config_changes
 from tunelab.training.stage_resume import (
     check_finished_data,
+    check_staged_resume,
     follow_move,
-    refuse_changed_stage,
     refuse_nothing_to_train,
     saved_config,
     stage_dir,
@@ -399,11 +401,7 @@ def train_stages(
     notes = []
     if resume:
         hold_lock(run_dir)  # a new run takes it in start_run_dir
-        try:  # data moved: each stage compares its rows with its run.json's (`_run_stage`, recipe's resume)
-            notes = check_resume_config(run_dir, cfg, by_content=CONTENT, spelling=resolved.spelling)
-        except ConfigError:
-            refuse_changed_stage(run_dir, resolved)  # where a stage's options changed: that stage, and its line
-            raise
+        notes = check_staged_resume(run_dir, resolved)  # moved data: each stage compares its rows (`_run_stage`)
         refuse_nothing_to_train(run_dir, len(plans), resolved.spelling)
         follow_move(run_dir, plans)
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
@@ -419,7 +417,7 @@ def train_stages(
             start_run_dir(plan_dir)
         # resumed: with the changes allowed (eval.questions, a longer length, a stage's name), which the export's
         # self-check, the report and a later --resume read, as a single run's resume records them
-        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        write_text(run_dir / CONFIG_FILE, dump_yaml(as_trained(resolved)))
         first = plans[0].config
         write_info(
             run_dir,
