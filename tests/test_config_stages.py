@@ -124,3 +124,46 @@ def test_a_stage_that_contradicts_the_run_names_its_file_and_line(tmp_path):
     flagged = load_config(None, FlagValues({"stages": [{"name": "a"}, {"dpo": {"beta": 0.5}}]}))
     with pytest.raises(ConfigError, match=r"^--stages: stage 2: option 'dpo\.beta'"):
         stage_config(flagged, 1, str(tmp_path / "run"))
+
+
+def _staged_file(tmp_path, stage: dict):
+    """A config file of two stages, each `stage`, that a flag can win over (stages given as a flag are more
+    specific than any other flag)."""
+    import yaml
+
+    config = tmp_path / "staged.yaml"
+    config.write_text(
+        yaml.safe_dump({"model": {"name": "m"}, "stages": [stage | {"data": {"train": ["a.jsonl"]}}] * 2})
+    )
+    return config
+
+
+def test_the_rules_across_options_read_each_stage_as_a_flag_makes_it(tmp_path):
+    """A flag wins over a file's stages while training, but method.init, early stopping and the task options were
+    checked against the stages as written: a flag that turned an option off in every stage was refused for what
+    the stages said, and one that left a top-level option unread by every stage was let through."""
+    pissa = _staged_file(tmp_path, {"method": {"init": "pissa"}})
+    with pytest.raises(ConfigError, match="option 'method.init' is pissa, but a staged run"):
+        load_config(pissa)
+    resolved = load_config(pissa, FlagValues({"method.init": "default"}))
+    assert {stage_config(resolved, k, "s").config.method.init for k in (0, 1)} == {"default"}
+    patience = _staged_file(tmp_path, {"train": {"early_stopping_patience": 3}})
+    with pytest.raises(ConfigError, match="'train.early_stopping_patience' is not supported in a staged run"):
+        load_config(patience)
+    assert load_config(patience, FlagValues({"train.early_stopping_patience": "0"})).config.stages
+    dpo = _staged_file(tmp_path, {"task": "dpo"})
+    assert load_config(dpo, FlagValues({"dpo.beta": "0.5"})).config.dpo.beta == 0.5  # the stages' dpo reads it
+    with pytest.raises(ConfigError, match=r"option 'dpo.beta' is for task dpo; the stages' tasks are sft"):
+        load_config(dpo, FlagValues({"dpo.beta": "0.5", "task": "sft"}))
+
+
+def test_a_flag_over_the_stages_methods_notes_the_stages_options_it_leaves_unread(tmp_path):
+    """--method.name full over stages of lora r 8: every stage trains full, which reads no r; the note said nothing,
+    reading the stages' lora as written, and the printed config showed method.alpha as read."""
+    from tunelab.config import describe
+
+    config = _staged_file(tmp_path, {"method": {"name": "lora", "r": 8}})
+    shown = describe(load_config(config, FlagValues({"method.name": "full"})))
+    assert "note: stage 1: method.r (8) is not used by method full" in shown
+    assert "note: stage 2: method.r (8) is not used by method full" in shown
+    assert "method.alpha" not in shown.split("... and")[0]  # left out: at its default and unread by full

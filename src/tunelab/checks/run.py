@@ -43,7 +43,7 @@ from tunelab.checks.model import (
     untrained_item,
 )
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
-from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, stage_name
+from tunelab.config import AUTO, ResolvedConfig, RunConfig, as_trained, describe, stage_name
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.config.validate import unused_notes
@@ -307,7 +307,9 @@ def run_check(
         warning := resume_warning(cfg.output_dir, resolved.spelling)
     ):  # before the data and the model load, as train says it
         out(f"warning: {warning}")
-    if unused := unused_notes(cfg, resolved.origins):  # printed under the config; an item for the API and the page
+    if unused := unused_notes(
+        cfg, resolved.origins, as_trained(resolved).stages
+    ):  # printed under the config; an item for the API and the page
         items.append(
             CheckItem(
                 "unused options", "info", f"{counted(len(unused), 'option')} set that the run does not read", unused

@@ -47,8 +47,11 @@ def describe(resolved: ResolvedConfig) -> str:
     the run does not read (method.r beside method full). The options the run never reads (federated.* outside a
     federation, dpo.* of an sft run: validate.unread_options) are left out while at their defaults, counted in one
     line; the saved config.yaml holds them all."""
-    lines = []
-    unread = unread_options(resolved.config)
+    lines, stages = (
+        [],
+        as_trained(resolved).stages,
+    )  # each stage as it trains: a flag over them may leave options unread
+    unread = unread_options(resolved.config, stages)
     left_out: dict[str, int] = {}
     for name, _, _ in iter_options():
         section, _, key = name.rpartition(".")
@@ -68,7 +71,7 @@ def describe(resolved: ResolvedConfig) -> str:
             f"  ... and {sum(left_out.values())} options at their defaults that this run does not read: {groups} "
             "(every option is in the run's config.yaml, and in --help)"
         )
-    lines += unused_notes(resolved.config, resolved.origins)
+    lines += unused_notes(resolved.config, resolved.origins, stages)
     return "\n".join(lines)
 
 

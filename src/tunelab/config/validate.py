@@ -68,7 +68,7 @@ def check_consistency(
             "option 'eval.refusal' is empty: every answer would contain it. Give the refusal sentence, or null."
         )
     if task_options:
-        check_task_options(config)
+        check_task_options(config, stages)
         check_dpo_loss_options(config)
     check_head_options(config)
     if config.task == "dpo" and config.dpo.beta <= 0:
@@ -83,7 +83,7 @@ def check_consistency(
             f"option 'train.neftune_alpha' adds noise to the embeddings of task sft; option 'task' is {config.task}. "
             "Remove it or set it to 0."
         )
-    check_early_stopping(config, task_options)
+    check_early_stopping(config, task_options, stages)
     if config.data.eval and config.data.eval_fraction:
         raise ConfigError(
             "options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split."
@@ -126,14 +126,21 @@ def check_consistency(
     if config.method.quantize_base != "none" and not config.method.is_adapter and not config.stages:
         # a staged run's stages are checked each with its own method (stage_config)
         raise ConfigError(quantize_needs_adapter(config.method.name))
-    check_weight_init(config)
+    check_weight_init(config, stages)
 
 
-def check_weight_init(config: RunConfig) -> None:
+def as_they_train(config: RunConfig, stages: list[dict] | None) -> list[dict]:
+    """The options each stage sets over the run's, as it trains with them: `stages` (check_consistency's), or where
+    None, config.stages as written."""
+    return config.stages if stages is None else stages
+
+
+def check_weight_init(config: RunConfig, stages: list[dict] | None = None) -> None:
     """method.init pissa or olora where its adapter would be wrong: beside a base that changes under it or an
-    adapter that replaces its start (peft/weight_init.py says why each)."""
+    adapter that replaces its start (peft/weight_init.py says why each). `stages`: as check_consistency's."""
     m = config.method
-    init = next((e["method.init"] for e in config.stages if e.get("method.init", "default") != "default"), m.init)
+    sets = as_they_train(config, stages)
+    init = next((e["method.init"] for e in sets if e.get("method.init", "default") != "default"), m.init)
     if init == "default":
         return
     why = None
@@ -190,7 +197,7 @@ def check_push_to(config: RunConfig, spelling: Spelling = PYTHON, stages: list[d
             )
         return
     check_repo_id(t.push_to, "option 'train.push_to'")
-    sets = config.stages if stages is None else stages
+    sets = as_they_train(config, stages)
     last = sets[-1] if sets else {}
     method, task = last.get("method.name", config.method.name), last.get("task", config.task)
     whose = "the last stage's " if config.stages else ""
@@ -217,13 +224,14 @@ def check_push_to(config: RunConfig, spelling: Spelling = PYTHON, stages: list[d
         )
 
 
-def check_early_stopping(config: RunConfig, task_options: bool = True) -> None:
+def check_early_stopping(config: RunConfig, task_options: bool = True, stages: list[dict] | None = None) -> None:
     """train.early_stopping_patience where it cannot work: without evaluations during training (train.eval_every 0),
     in a federation (its rounds are not the loop's steps) or in a staged run (a stage stopped early would hand a
     shorter stage to the next); min_delta without patience, which nothing reads. The eval split itself is checked
-    once the data is read (training/early_stop.py `require_eval_split`): a source's own eval file gives one too."""
+    once the data is read (training/early_stop.py `require_eval_split`): a source's own eval file gives one too.
+    `stages`: as check_consistency's."""
     t = config.train
-    staged = any("train.early_stopping_patience" in entry for entry in config.stages)
+    staged = any("train.early_stopping_patience" in entry for entry in as_they_train(config, stages))
     if not (t.early_stopping_patience or staged):
         if task_options and t.early_stopping_min_delta:
             raise ConfigError(
@@ -276,28 +284,29 @@ METHOD_OPTIONS = {
 STAGED_RUN = "the staged run"  # the origin of `stages` in a stage's own config (load.stage_config)
 
 
-def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
+def unused_notes(config: RunConfig, origins: dict[str, str], stages: list[dict] | None = None) -> list[str]:
     """A note for each option the user set (its origin is no default) that the run does not read: method.r beside
     method full, method.top_layers beside lora, eval.max_new_tokens of a classify run, data.split_seed without a split,
     train.offload_activations on model.device cpu. Not refused: a sweep shares its overrides across methods. A staged
     run's option is unused when no stage's method reads it; a stage's own option when its stage's method does not.
     In a stage's own config, the options it takes from the run were noted with the run's (method.r, read by a lora
-    stage, is no news beside a full stage): only those the stage sets are."""
+    stage, is no news beside a full stage): only those the stage sets are. `stages`: as check_consistency's (a flag
+    --method.name full over stages of lora makes their method.r unused)."""
     if origins.get("stages") == STAGED_RUN:  # a stage: the options it sets itself
         origins = {k: v if v.startswith("stage ") else "default" for k, v in origins.items()}
-    notes = []
-    methods = {entry.get("method.name", config.method.name) for entry in config.stages} or {config.method.name}
+    notes, sets = [], as_they_train(config, stages)
+    methods = {entry.get("method.name", config.method.name) for entry in sets} or {config.method.name}
     for key, readers in METHOD_OPTIONS.items():
         name = f"method.{key}"
         if origins.get(name, "default") != "default" and not methods & set(readers):
             value = getattr(config.method, key)
             notes.append(f"note: {name} ({value}) is not used by method {' or '.join(sorted(methods))}")
-    for k, entry in enumerate(config.stages, 1):
+    for k, entry in enumerate(sets, 1):
         method = entry.get("method.name", config.method.name)
         for key, readers in METHOD_OPTIONS.items():
             if f"method.{key}" in entry and method not in readers:
                 notes.append(f"note: stage {k}: method.{key} ({entry[f'method.{key}']}) is not used by method {method}")
-    tasks = run_tasks(config)
+    tasks = run_tasks(config, stages)
     if not tasks - {"classify", "reward"}:  # a head generates no text: no answer to limit or refuse
         for name in ("eval.max_new_tokens", "eval.refusal"):
             if origins.get(name, "default") != "default":
@@ -325,15 +334,16 @@ def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
     return notes
 
 
-def unread_options(config: RunConfig) -> set[str]:
+def unread_options(config: RunConfig, stages: list[dict] | None = None) -> set[str]:
     """The options the run does not read whatever their values: the federated section outside a federation, a task
     section's options that no task of the run reads (dpo.* of an sft run), a method's options beside another method
     (method.r beside full), the answer's limits of a run that generates no text; in a federation, the options of
     tunelab train it does not read (federated.NOT_READ, which it refuses when set) and the federated.* options its
     other settings leave idle. The printed config leaves out those at their defaults (config/render.py);
-    unused_notes names those the user set."""
-    tasks = run_tasks(config)
-    methods = {entry.get("method.name", config.method.name) for entry in config.stages} or {config.method.name}
+    unused_notes names those the user set. `stages`: as check_consistency's."""
+    tasks = run_tasks(config, stages)
+    methods = {entry.get("method.name", config.method.name) for entry in as_they_train(config, stages)}
+    methods = methods or {config.method.name}
     unread = set()
     for name, _, _ in iter_options():
         section, _, key = name.partition(".")
@@ -389,16 +399,17 @@ def option_default(f: dataclasses.Field):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def run_tasks(config: RunConfig) -> set[str]:
-    """The tasks a run trains: its stages' (a stage without `task` takes the run's), else its own."""
-    return {entry.get("task", config.task) for entry in config.stages} or {config.task}
+def run_tasks(config: RunConfig, stages: list[dict] | None = None) -> set[str]:
+    """The tasks a run trains: its stages' (a stage without `task` takes the run's), else its own. `stages`: as
+    check_consistency's."""
+    return {entry.get("task", config.task) for entry in as_they_train(config, stages)} or {config.task}
 
 
-def check_task_options(config: RunConfig) -> None:
+def check_task_options(config: RunConfig, stages: list[dict] | None = None) -> None:
     """An option of a task section that no task of the run reads (dpo.beta on an sft run) is refused, not ignored. A
     staged run's options serve every task among its stages (config/load.py's stage_config gives each stage those of
-    its task)."""
-    tasks = run_tasks(config)
+    its task), each as it trains (`stages`: as check_consistency's)."""
+    tasks = run_tasks(config, stages)
     shown = ", ".join(sorted(tasks))
     where = f"the stages' tasks are {shown}" if config.stages else f"option 'task' is {config.task}"
     for name, f, _ in iter_options():
