@@ -1,6 +1,7 @@
 """A staged run's saved config.yaml trains what the run trained: a flag that won over the file's stages (--method.name
 full over stages of method lora) is written into the stages it won over, so the file read back alone, without the
-flag, gives every stage the config it ran with, and resumes the run with it."""
+flag, gives every stage the config it ran with, and resumes the run with it; the chain of stages is checked with
+each stage as it trains too."""
 
 import json
 import shutil
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 from tunelab.api import train
 from tunelab.config import load_config, to_dict
+from tunelab.errors import ConfigError
 from tunelab.rundir import open_info
 from tunelab.training.stages import plan_stages
 
@@ -62,3 +64,17 @@ def test_a_staged_run_resumed_from_its_saved_config_keeps_the_flags_method(lora_
     assert open_info(by_file).finished and open_info(by_file).method == "full"
     a, b = (load_file(next(run.glob("*.safetensors"))) for run in (by_file, by_flag))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_flag_over_a_later_stages_model_is_what_that_stage_trains_over(tmp_path):
+    """--model.name over a file whose stage 2 names another model: the flag wins (stage_values), so stage 2 starts
+    from stage 1's result over the flag's model, but the chain's check read the stage as written and refused it."""
+    config = tmp_path / "staged.yaml"
+    stage = {"data": {"train": ["a.jsonl"]}}
+    config.write_text(yaml.safe_dump({"stages": [stage, stage | {"model": {"name": "other"}}]}))
+    resolved = load_config(config, {"model.name": "base"})
+    plans = plan_stages(resolved, tmp_path / "run")
+    assert plans[0].config.model.name == "base"
+    assert plans[1].config.model.adapter == str((tmp_path / "run" / "stage-1").absolute())
+    with pytest.raises(ConfigError, match="model.name is 'other', but stage 2 starts from stage 1's result"):
+        plan_stages(load_config(config), tmp_path / "run")

@@ -97,9 +97,8 @@ STAGE_ONLY = ("checkpoints", METRICS, CONFIG_FILE, "loss.png", "run.json")  # no
 def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]:
     """Every stage's config, chained to the stage before (module docstring); ConfigError for a stage that cannot
     start from the previous stage's result."""
-    cfg = resolved.config
     plans: list[ResolvedConfig] = []
-    for index, entry in enumerate(cfg.stages):
+    for index, entry in enumerate(as_trained(resolved).stages):  # as it trains: a flag's option is not the stage's
         k = index + 1
         stage = stage_config(resolved, index, str(stage_dir(run_dir, k)))
         s = stage.config
