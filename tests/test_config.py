@@ -305,7 +305,11 @@ def test_a_path_or_a_tuple_is_taken_where_the_api_takes_paths_or_a_list(tmp_path
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("dat: {train: [qa.jsonl]}\n", "c.yaml: unknown section 'dat'. Did you mean 'data'? The sections are model,"),
+        (
+            "output_dir: r\ndat: {train: [qa.jsonl]}\n",  # the key's line, as an unknown option's
+            "c.yaml:2: unknown section 'dat'. Did you mean 'data'? The sections are model,",
+        ),
+        ("output_dir: r\ntrainer:\n  lr: 1.0e-4\n", "c.yaml:2: unknown section 'trainer'. Training options live under"),
         (
             "stages:\n  - {train: {lr: 1.0e-4}}\n  - {contine: merge}\n",
             "c.yaml:3: stage 2: unknown key 'contine'. Did you mean 'continue'?",

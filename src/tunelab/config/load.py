@@ -36,11 +36,11 @@ def _flatten(raw: dict, where: str, lines: dict[str, int] | None = None) -> dict
     sections = section_types()
     flat = {}
     for key, value in raw.items():
+        at = f"{where}:{lines[key]}" if lines and key in lines else where  # the line of the key, in a file
         if key in sections:
             if value is None:
                 continue
             if not isinstance(value, dict):  # model: smollm2-135m-instruct, data: qa.jsonl
-                at = f"{where}:{lines[key]}" if lines and key in lines else where
                 main = _MAIN_OPTION.get(key)
                 shown = f"[{', '.join(map(str, value))}]" if isinstance(value, list) else value
                 like = f" like {key}: {{{main}: {shown}}}" if main and isinstance(value, (str, list)) else ""
@@ -48,7 +48,7 @@ def _flatten(raw: dict, where: str, lines: dict[str, int] | None = None) -> dict
             for sub, v in value.items():
                 _put(flat, f"{key}.{sub}", v, where, lines)
         else:
-            if isinstance(value, dict) and (error := unknown_section(str(key), where, value)):
+            if isinstance(value, dict) and (error := unknown_section(str(key), at, value)):
                 raise error
             _put(flat, str(key), value, where, lines)
     return flat
