@@ -64,6 +64,15 @@ def test_a_stages_own_config_notes_only_what_the_stage_sets():
     ]
 
 
+def test_epochs_beside_max_steps_is_noted():
+    both = load_config(None, {"train.epochs": 2, "train.max_steps": 3})
+    assert notes(both) == [
+        "note: train.epochs (2.0) is not used beside train.max_steps (3), which sets the run's length"
+    ]
+    assert notes(load_config(None, {"train.max_steps": 3})) == []  # epochs at its default (auto)
+    assert notes(load_config(None, {"train.epochs": 2})) == []
+
+
 def test_offload_on_cpu_is_noted():
     resolved = load_config(None, {"model.device": "cpu", "train.offload_activations": True})
     assert notes(resolved) == [

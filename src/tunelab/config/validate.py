@@ -287,7 +287,7 @@ STAGED_RUN = "the staged run"  # the origin of `stages` in a stage's own config 
 def unused_notes(config: RunConfig, origins: dict[str, str], stages: list[dict] | None = None) -> list[str]:
     """A note for each option the user set (its origin is no default) that the run does not read: method.r beside
     method full, method.top_layers beside lora, eval.max_new_tokens of a classify run, data.split_seed without a split,
-    train.offload_activations on model.device cpu. Not refused: a sweep shares its overrides across methods. A staged
+    train.epochs beside train.max_steps, train.offload_activations on model.device cpu. Not refused: a sweep shares its overrides across methods. A staged
     run's option is unused when no stage's method reads it; a stage's own option when its stage's method does not.
     In a stage's own config, the options it takes from the run were noted with the run's (method.r, read by a lora
     stage, is no news beside a full stage): only those the stage sets are. `stages`: as check_consistency's (a flag
@@ -326,6 +326,13 @@ def unused_notes(config: RunConfig, origins: dict[str, str], stages: list[dict] 
         if not config.stages and not config.federated.enabled:
             notes.append(
                 f"note: {split} ({config.data.split_seed}) is not used without data.eval_fraction (it seeds that split)"
+            )
+    epochs = "train.epochs"  # max_steps sets the run's length; epochs is then read by nothing
+    if origins.get(epochs, "default") != "default" and config.train.max_steps is not None:
+        if not config.stages and not config.federated.enabled:  # a stage or a federation says its own length
+            notes.append(
+                f"note: {epochs} ({config.train.epochs}) is not used beside train.max_steps "
+                f"({config.train.max_steps}), which sets the run's length"
             )
     offload = "train.offload_activations"
     if origins.get(offload, "default") != "default" and config.train.offload_activations is True:
