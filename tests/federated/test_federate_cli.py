@@ -393,8 +393,8 @@ def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir, fede
     config = federate_config(tmp_path, tiny_model_dir)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "mine.txt").write_text("keep")
-    with pytest.raises(RunDirError, match=r"Pass overrides\['overwrite'\] = True to replace it"):
-        tunelab.federate(config)
+    with pytest.raises(RunDirError, match=r"is not a run directory .*delete it yourself .*\(federate\(\) replaces"):
+        tunelab.federate(config)  # not "pass overwrite": federate() would refuse this folder with it too
     with pytest.raises(RunDirError, match="nothing to resume"):
         tunelab.federate(config, resume=True)
     assert (tmp_path / "run" / "mine.txt").read_text() == "keep"
@@ -413,7 +413,7 @@ def test_a_folder_federate_will_not_replace_is_refused_with_what_federate_offers
     err = capsys.readouterr().err
     assert "is not a run directory tunelab wrote" in err and "--overwrite-non-run" not in err
     assert "delete it yourself if everything in it may go (tunelab federate replaces run directories only)" in err
-    (tmp_path / "run" / "run.json").write_text("{}")
+    (tmp_path / "run" / "run.json").write_text('{"base_model": "m", "method": "lora"}')  # a run's description
     assert main(["federate", str(config)]) == 2
     err = capsys.readouterr().err
     said = (

@@ -105,9 +105,10 @@ def test_a_folder_tunelab_did_not_write_is_replaced_only_when_forced(tiny_overri
     # a Python caller is told of its arguments alone, not of flags it has no way to give
     with pytest.raises(RunDirError) as caught:
         recipe.train(None, tiny_overrides | {"train.max_steps": 1})
-    assert str(caught.value).endswith(
-        "exists and is not empty. Pass overrides['overwrite'] = True to replace it (the old run is kept until the new "
-        "one finishes), resume=True to continue it, or choose another output_dir."
+    assert str(caught.value).endswith(  # not "pass overwrite": alone it would refuse this folder too
+        "exists, is not empty and is not a run directory tunelab wrote (it has no run.json): it may hold files of "
+        "yours. Choose another output_dir, or give overrides['overwrite'] = True and overwrite_non_run=True together "
+        "if everything in it may be deleted."
     )
     with pytest.raises(RunDirError) as caught:
         recipe.train(None, tiny_overrides | {"train.max_steps": 1, "overwrite": True})
@@ -159,6 +160,23 @@ def test_output_dir_that_is_a_file_or_cannot_be_created(tiny_overrides, tmp_path
         recipe.train(None, tiny_overrides | {"output_dir": str(blocker)})
     with pytest.raises(RunDirError, match="is a file, so no folder can be created there"):
         recipe.train(None, tiny_overrides | {"output_dir": str(blocker / "run")})
+
+
+def test_a_folder_that_is_no_run_is_not_offered_to_overwrite_alone(tmp_path):
+    """`tunelab train` into a folder of the user's files said 'Pass --overwrite to replace it', which then refused."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("mine")
+    with pytest.raises(RunDirError) as caught:
+        plan_output_dir(folder, overwrite=False, resume=False, protected={})
+    assert "Pass --overwrite to replace it" not in str(caught.value)
+    assert str(caught.value).endswith(
+        "is not a run directory tunelab wrote (it has no run.json): it may hold files of yours. Choose another "
+        "output_dir, or give --overwrite and --overwrite-non-run together if everything in it may be deleted."
+    )
+    with pytest.raises(RunDirError, match=r"delete it yourself if everything in it may go \(tunelab federate "):
+        plan_output_dir(folder, overwrite=False, resume=False, protected={}, command="federate")
+    assert (folder / "thesis.txt").read_text() == "mine"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")

@@ -179,6 +179,22 @@ def plan_output_dir(
             f"lets {overwrite_} replace a folder that is not a run. Give {overwrite_} as well to replace it, or choose "
             "another output_dir."
         )
+    non_run = (  # what to do when every file there may go
+        f"add {non_run_} if everything in it may be deleted"
+        if command in ("train", "check")
+        else f"delete it yourself if everything in it may go "
+        f"({f'tunelab {command}' if spelling.flags else f'{command}()'} replaces run directories only)"
+    )
+    if not overwrite and not is_run_dir(path):  # neither --overwrite alone nor --resume would take it
+        both = (
+            f"give {overwrite_} and {non_run_} together if everything in it may be deleted"
+            if command in ("train", "check")
+            else non_run
+        )
+        raise RunDirError(
+            f"{where} exists, is not empty and is not a run directory tunelab wrote (it has no {RUN_FILE}): it may "
+            f"hold files of yours. Choose another output_dir, or {both}."
+        )
     if not overwrite and _finished_for_good(path):  # --resume would be refused: nothing to continue from
         raise RunDirError(
             f"{where}: a finished run is there (its step checkpoints deleted at its end or never written, so "
@@ -190,12 +206,6 @@ def plan_output_dir(
             f"{where}: the run directory exists and is not empty. Pass {overwrite_} to replace it (the old run is "
             f"kept until the new one finishes), {spelling.resume} to continue it, or choose another output_dir."
         )
-    non_run = (  # what to do when every file there may go
-        f"add {non_run_} if everything in it may be deleted"
-        if command in ("train", "check")
-        else f"delete it yourself if everything in it may go "
-        f"({f'tunelab {command}' if spelling.flags else f'{command}()'} replaces run directories only)"
-    )
     if not is_run_dir(path) and not overwrite_non_run:
         raise RunDirError(
             f"{where} is not a run directory tunelab wrote (it has no {RUN_FILE}), so {overwrite_} will not replace "
