@@ -293,3 +293,19 @@ def test_a_failed_quantization_names_the_file_asked_for(tiny_run, tmp_path, monk
     with pytest.raises(ModelError, match=r"failed making .*k\.gguf \(q4_k_m\) from its f16 file \(status 1") as error:
         export_gguf(tiny_run, tmp_path / "k.gguf", "q4_k_m", check=False)
     assert ".tmp-" not in str(error.value) and list(tmp_path.iterdir()) == []
+
+
+def test_a_self_check_skipped_for_want_of_llama_cpp_is_said(tiny_run_dir, tmp_path, monkeypatch, capsys):
+    """Without llama-cpp-python, `tunelab export --type q8_0` wrote the file and printed its path and the Ollama line
+    alone: nothing said that the self-check README promises had not run. It says so now, with the install line;
+    --no-check, which asks for no check, prints no such line."""
+    import tunelab.export.llama_cpp as llama_cpp_module
+    from tunelab.cli import main
+
+    monkeypatch.setattr(llama_cpp_module, "available", lambda: False)
+    assert main(["export", str(tiny_run_dir), "--gguf", str(tmp_path / "a.gguf"), "--type", "f32"]) == 0
+    printed = capsys.readouterr().out
+    assert f"self-check of {tmp_path / 'a.gguf'}: not run" in printed and llama_cpp_module.INSTALL in printed
+    assert not (tmp_path / "a.check.json").exists()
+    assert main(["export", str(tiny_run_dir), "--gguf", str(tmp_path / "b.gguf"), "--type", "f32", "--no-check"]) == 0
+    assert "self-check" not in capsys.readouterr().out

@@ -515,6 +515,12 @@ def export_gguf(
     write_text(card, card_text)
     if result and show:
         print(format_check(result, out), flush=True)
+    elif check is None and show:  # skipped for want of llama.cpp: said, so that no one takes the file for checked
+        print(
+            f"self-check of {out}: not run, as llama.cpp's Python binding does not import. Install it with: "
+            f"{llama_cpp.INSTALL}; --no-check skips the check without this line.",
+            flush=True,
+        )
     elif result and result.verdict == "fail":  # the CLI exits 1 on it; a script that asked for quiet still hears of it
         print(f"export: the self-check of {out} FAILED; see {check_path(out)}.", file=sys.stderr, flush=True)
     return out
