@@ -213,6 +213,16 @@ def _train_on(model: Path, tmp_path: Path) -> int:
     return main(["train", "--model.name", str(model), *args, "--output_dir", str(tmp_path / "r"), "--overwrite"])
 
 
+def test_the_first_conversion_is_said_and_the_next_load_is_quiet(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """The first use of a GGUF model converted it with no word from tunelab (only transformers' own bar, which does
+    not say that the copy is kept, nor where): it is said now, naming the copy, and a later load says nothing."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    folder = Path(materialize(resolve_source(str(tiny_gguf))))
+    assert f"converting the GGUF file once into {folder}" in capsys.readouterr().err
+    assert Path(materialize(resolve_source(str(tiny_gguf)))) == folder
+    assert "converting" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage", ["cut", "deleted"])
 def test_a_damaged_conversion_is_listed_and_converted_again(damage, tiny_gguf, tmp_path, monkeypatch, capsys):
     """A converted copy whose weights were cut short failed inside safetensors with a traceback at every run; one

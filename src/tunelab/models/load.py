@@ -218,6 +218,13 @@ def materialize(source: ModelSource) -> str:
             file=sys.stderr,
             flush=True,
         )
+    else:  # the first use: said, as it takes a while and leaves a copy of the model's size on disk
+        print(
+            f"model '{source.name}': converting the GGUF file once into {target} (later uses load that copy; "
+            "tunelab cache lists it).",
+            file=sys.stderr,
+            flush=True,
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
