@@ -515,9 +515,8 @@ def export_gguf(
     write_text(card, card_text)
     if result and show:
         print(format_check(result, out), flush=True)
-    elif (
-        not run_check and check is None and show
-    ):  # skipped for want of llama.cpp: said, so that no one takes the file for checked
+    # skipped for want of llama.cpp: said, so that no one takes the file for checked
+    elif not run_check and check is None and show:
         print(
             f"self-check of {out}: not run, as llama.cpp's Python binding does not import. Install it with: "
             f"{llama_cpp.INSTALL}; --no-check skips the check without this line.",
