@@ -43,7 +43,7 @@ from tunelab.checks.model import (
     untrained_item,
 )
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
-from tunelab.config import AUTO, ResolvedConfig, RunConfig, as_trained, describe, stage_name
+from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, stage_name, trained_stages
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.config.validate import unused_notes
@@ -69,8 +69,8 @@ from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.resume import CONTENT, check_resume_config, data_digest, file_digests, kept_auto, what_changed
-from tunelab.training.stage_resume import check_staged_resume, refuse_nothing_to_train, stage_dir
-from tunelab.training.stages import plan_stages, refuse_other_labels, stage_named
+from tunelab.training.stage_resume import check_staged_resume, refuse_nothing_to_train, stage_dir, stage_error
+from tunelab.training.stages import plan_stages, refuse_other_labels
 
 
 def html_path(html: str | Path | None) -> Path | None:
@@ -268,8 +268,7 @@ def _stage_inputs(cfg: RunConfig, task, k: int, names: list[str], spelling: Spel
     try:
         return load_inputs(cfg, task, spelling=spelling)
     except (ConfigError, DataError, RunDirError) as exc:
-        exc.args = (f"{stage_named(k, names)}: {exc}",)
-        raise eval_said_as(exc, spelling, run_dir) from None
+        raise stage_error(exc, k, names, spelling, run_dir) from None
 
 
 def run_check(
@@ -307,9 +306,8 @@ def run_check(
         warning := resume_warning(cfg.output_dir, resolved.spelling)
     ):  # before the data and the model load, as train says it
         out(f"warning: {warning}")
-    if unused := unused_notes(
-        cfg, resolved.origins, as_trained(resolved).stages
-    ):  # printed under the config; an item for the API and the page
+    # printed under the config; an item for the API and the page
+    if unused := unused_notes(cfg, resolved.origins, trained_stages(resolved)):
         items.append(
             CheckItem(
                 "unused options", "info", f"{counted(len(unused), 'option')} set that the run does not read", unused

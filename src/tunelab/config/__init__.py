@@ -26,7 +26,7 @@ from tunelab.config.federated import ClientSource, FederatedConfig
 from tunelab.config.load import ResolvedConfig, load_config, stage_config, stage_name, stage_where
 from tunelab.config.model import MethodConfig, ModelConfig
 from tunelab.config.options import AUTO
-from tunelab.config.render import ACTION_OPTIONS, as_trained, describe, dump_yaml, to_dict
+from tunelab.config.render import ACTION_OPTIONS, as_trained, describe, dump_yaml, to_dict, trained_stages
 from tunelab.config.run import RunConfig, auto_options, iter_options, section_names
 from tunelab.config.suggest import unknown_option
 from tunelab.config.tasks import PLACEHOLDER, ClassifyConfig, DpoConfig, GrpoConfig, RewardSpec
@@ -51,6 +51,7 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "as_trained",
+    "trained_stages",
     "auto_options",
     "check_trackers",
     "describe",

@@ -1,5 +1,5 @@
 """The config written out: its saved form (`dump_yaml`, a run's config.yaml, without the ACTION_OPTIONS; a staged run's
-stages as they train, `as_trained`) and its printed form (`describe`: one option a line, with where its value came
+stages as they train, `as_trained` / `trained_stages`) and its printed form (`describe`: one option a line, with where its value came
 from)."""
 
 from __future__ import annotations
@@ -29,16 +29,22 @@ def dump_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
-def as_trained(resolved: ResolvedConfig) -> RunConfig:
-    """The run's config as it trains, the form its config.yaml saves: each stage's entry holds only the values the
-    stage trains with (load.stage_values), its name: and continue:. An option a flag won over a stage's own
-    (--method.name full over stages of method lora) is left to the top level, which holds the flag's value: saved as
-    written, the file read back without the flag would train other stages, as a file's stages win over its top level."""
-    config = copy.deepcopy(resolved.config)
-    config.stages = [
-        {k: v for k, v in entry.items() if k in STAGE_KEYS} | stage_values(entry, resolved.origins)
+def trained_stages(resolved: ResolvedConfig) -> list[dict[str, Any]]:
+    """Each stage's entry as it trains: only the values the stage trains with (load.stage_values), its name: and
+    continue:. An option a flag won over a stage's own (--method.name full over stages of method lora) is left to the
+    top level, which holds the flag's value."""
+    return [
+        {k: copy.deepcopy(v) for k, v in entry.items() if k in STAGE_KEYS} | stage_values(entry, resolved.origins)
         for entry in resolved.config.stages
     ]
+
+
+def as_trained(resolved: ResolvedConfig) -> RunConfig:
+    """The run's config as it trains, the form its config.yaml saves: its stages as `trained_stages` gives them. Saved
+    as written, the file read back without the flag would train other stages, as a file's stages win over its top
+    level."""
+    config = copy.deepcopy(resolved.config)
+    config.stages = trained_stages(resolved)
     return config
 
 
@@ -47,10 +53,8 @@ def describe(resolved: ResolvedConfig) -> str:
     the run does not read (method.r beside method full). The options the run never reads (federated.* outside a
     federation, dpo.* of an sft run: validate.unread_options) are left out while at their defaults, counted in one
     line; the saved config.yaml holds them all."""
-    lines, stages = (
-        [],
-        as_trained(resolved).stages,
-    )  # each stage as it trains: a flag over them may leave options unread
+    lines = []
+    stages = trained_stages(resolved)  # each stage as it trains: a flag over them may leave options unread
     unread = unread_options(resolved.config, stages)
     left_out: dict[str, int] = {}
     for name, _, _ in iter_options():

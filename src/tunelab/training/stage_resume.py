@@ -17,9 +17,10 @@ from typing import Any
 import yaml
 
 from tunelab.atomic import write_text
-from tunelab.config import ResolvedConfig, as_trained, stage_where
+from tunelab.config import ResolvedConfig, as_trained, stage_where, trained_stages
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import STAGE_PREFIX, is_override
+from tunelab.data.formats import eval_said_as
 from tunelab.errors import ConfigError
 from tunelab.models.base_record import recorded_commit
 from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info
@@ -125,7 +126,7 @@ def refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
     config.yaml, each old -> new: --resume refused the whole `stages:` list, old and new, leaving the user to find
     the change. A stage's name may change (it only labels the stage); more or fewer stages are left to the caller."""
     saved = flags_over_stages(saved_config(run_dir), _flagged(resolved)).get("stages")
-    now = as_trained(resolved).stages  # as config.yaml saves them
+    now = trained_stages(resolved)  # as config.yaml saves them
     if not isinstance(saved, list) or len(saved) != len(now):
         return
     for k, (old, new) in enumerate(zip(saved, now), 1):
@@ -167,3 +168,15 @@ def refuse_nothing_to_train(run_dir: Path, count: int, spelling: Spelling = CLI)
 
 def saved_config(here: Path) -> dict:
     return yaml.safe_load((here / CONFIG_FILE).read_text(encoding="utf-8"))
+
+
+def stage_named(k: int, names: list[str]) -> str:
+    """How an error names stage k (1-based) of the stages `names`: stage 2 of 3 (qa)."""
+    return f"stage {k} of {len(names)} ({names[k - 1]})"
+
+
+def stage_error(exc: Exception, k: int, names: list[str], spelling: Spelling, run_dir: str | Path) -> Exception:
+    """`exc`, raised reading stage k's data, named by its stage (`stage_named`), its advice to score questions naming
+    eval of `run_dir` as the caller runs it (`eval_said_as`)."""
+    exc.args = (f"{stage_named(k, names)}: {exc}",)
+    return eval_said_as(exc, spelling, run_dir)

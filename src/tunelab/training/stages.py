@@ -47,9 +47,8 @@ import torch
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
 from tunelab.config.load import STAGE_PREFIX
-from tunelab.config.render import as_trained
+from tunelab.config.render import as_trained, trained_stages
 from tunelab.data.entries import source_names
-from tunelab.data.formats import eval_said_as
 from tunelab.errors import (
     ConfigError,
     DataError,
@@ -85,6 +84,8 @@ from tunelab.training.stage_resume import (
     refuse_nothing_to_train,
     saved_config,
     stage_dir,
+    stage_error,
+    stage_named,
 )
 from tunelab.training.tracking import TrackTo, end_held, end_running_tracker_runs
 
@@ -98,7 +99,7 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
     """Every stage's config, chained to the stage before (module docstring); ConfigError for a stage that cannot
     start from the previous stage's result."""
     plans: list[ResolvedConfig] = []
-    for index, entry in enumerate(as_trained(resolved).stages):  # as it trains: a flag's option is not the stage's
+    for index, entry in enumerate(trained_stages(resolved)):  # as it trains: a flag's option is not the stage's
         k = index + 1
         stage = stage_config(resolved, index, str(stage_dir(run_dir, k)))
         s = stage.config
@@ -203,11 +204,6 @@ def refuse_other_labels(plans: list[ResolvedConfig], labels: list[list[str] | No
             )
 
 
-def stage_named(k: int, names: list[str]) -> str:
-    """How an error names stage k (1-based) of the stages `names`: stage 2 of 3 (qa)."""
-    return f"stage {k} of {len(names)} ({names[k - 1]})"
-
-
 def _eval_rows(plans: list[ResolvedConfig], names: list[str], run_dir: Path) -> list[list]:
     """Each stage's eval rows, rendered with its own data options and the run's tokenizer (the first stage's model:
     every later stage's model descends from it). Loading them also checks every stage's data before anything runs:
@@ -222,8 +218,7 @@ def _eval_rows(plans: list[ResolvedConfig], names: list[str], run_dir: Path) -> 
             task = get_task(plan.config.task, plan.config, plan.spelling)
             data = task.build_data(plan.config, tokenizer, plan.config.train.seed)
         except (ConfigError, DataError, RunDirError) as exc:
-            exc.args = (f"{stage_named(k, names)}: {exc}",)
-            raise eval_said_as(exc, plan.spelling, run_dir) from None
+            raise stage_error(exc, k, names, plan.spelling, run_dir) from None
         rows.append(data.eval)
         labels.append(data.facts.get("labels"))
     refuse_other_labels(plans, labels)
