@@ -5,6 +5,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 import tunelab.federated.history as history
 from tunelab.federated.history import round_records
 
@@ -105,3 +107,38 @@ def test_federated_png_draws_the_rate_each_round_started_at(tmp_path):
     older = _run(tmp_path / "older", [{}, {}])  # clients from before the rates: no panel
     assert _rate_axis(older) == []
     assert "<figcaption>Loss and bytes by round</figcaption>" in history.federated_section(older)
+
+
+def _documented_state() -> tuple[set[str], set[str], set[str]]:
+    """The keys history.py's docstring names for federated.json: the state's, a round report's, a client entry's."""
+    part = history.__doc__[history.__doc__.index("federated.json ") : history.__doc__.index("metrics.jsonl ")]
+    state, report = part.split("each round's report (")
+    report, client = report.split("each client's entry (")
+    return tuple(set(re.findall(r'"(\w+)"', text)) for text in (state, report, client))
+
+
+def test_every_key_of_federated_json_is_documented(tmp_path, tiny_model_dir, federate_config, monkeypatch):
+    """history.py described federated.json as "rounds done, the clients, each round's report ..., the DP
+    accountant's state", leaving out rounds, local_steps, strategy, warmup_steps and elapsed_s, and no key of a
+    round's report or a client's entry by name. A federation's own file is held to the keys it names."""
+    pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+    from tunelab.config import load_config
+    from tunelab.federated import rounds
+    from tunelab.federated.rounds import ClientRound, RoundReport
+    from tunelab.federated.server import run_federation
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        evaluate_fn(0, initial_arrays)
+        clients = [ClientRound("site0", 1, "ok", examples=3, train_loss=2.0, dtype="float32", rates={"lr": 1e-3})]
+        clients.append(ClientRound("site1", 2, "failed", reason="out of memory"))
+        self.reports[1] = RoundReport(1, sampled=2, applied=True, clients=clients)
+        evaluate_fn(1, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    config = load_config(federate_config(tmp_path, tiny_model_dir), {"federated.rounds": 1})
+    run = run_federation(None, config, 2, ["site0", "site1"], resume=False)
+    state = history.read_state(run)
+    assert "best" in state and "base_eval_loss" in state  # the keys written with an eval set and keep_best
+    (report,) = state["history"]
+    written = (set(state), set(report), set().union(*report["clients"]))
+    assert _documented_state() == written

@@ -1,9 +1,19 @@
 """A federation's records in its run directory, its plot, and the HTML section of `tunelab report` about it.
 
-    federated.json   the federation's state after each round: rounds done, the clients, each round's report
-                     (every client's status, loss, examples, bytes; the clients not asked), the DP accountant's state and, with
-                     train.keep_best, `best` ({"round", "eval_loss"} of the result kept) and `base_eval_loss` (the
-                     base model's, before round 1, which keep_best's last word is told against); --resume reads it
+    federated.json   the federation's state after each round, which --resume reads: {"rounds_done", "rounds"
+                     (federated.rounds), "local_steps", "strategy" (fedavg or fedprox, + DP with DP), "clients"
+                     (every client's name), "warmup_steps" (the warmup the federation started with, which a
+                     --resume keeps), "elapsed_s" (the rounds' seconds so far), "accountant" (the DP accountant's
+                     state; null without DP), "history" (each round's report, below), with an eval set
+                     "base_eval_loss" (the base model's, before round 1, which keep_best's last word is told
+                     against) and with train.keep_best "best" (the round and eval loss of the result kept)};
+                     each round's report (rounds.py RoundReport): {"round", "sampled" (the clients asked),
+                     "applied", "note" (why not applied), "epsilon", "clients" (one entry per client asked,
+                     below), "not_asked" (the names federated.fraction < 1 left out)};
+                     each client's entry (rounds.py ClientRound): {"client", "node_id", "status" (ok, failed or
+                     skipped), "reason", "examples", "train_loss", "steps", "tokens", "seconds", "bytes_sent",
+                     "bytes_received", "dtype" (what it trained in), "rates" (lr, and lr_B with LoRA+, its round's
+                     first local step ran at)}
     metrics.jsonl    one record per round: {"step": round, "round", "loss" (the clients' example-weighted train
                      loss), "eval_loss" (the global adapter on the server's eval set), "applied" (the round's
                      average replaced the global adapter), "clients_used", "clients_failed" (an error, or no reply
