@@ -25,7 +25,7 @@ from tunelab.training.memory import (
 from tunelab.training.memory_setup import Setup, adamw8bit_bytes, nf4_bytes
 from tunelab.training.plan import calibrate
 
-from .memory_tiny import LORA, TINY
+from .memory_tiny import LORA, TINY, TINY_HF
 
 
 def test_bf16_weights():
@@ -451,3 +451,42 @@ def test_pissa_counts_the_starting_factors_each_layer_keeps():
     assert estimate(TINY, s).peak - estimate(TINY, LORA).peak == kept
     dora = dataclasses.replace(s, dora=True)  # DoRA's magnitude is not part of the start kept
     assert estimate(TINY, dora).static["adapters' starting A0, B0 (fp32, method.init)"] == kept
+
+
+def test_qpissa_counts_the_factorisation_at_build_as_a_peak_of_its_own():
+    """QPiSSA (method.init pissa or olora over an NF4 base) factorises each adapted weight on the GPU in fp32 before
+    its residual is quantized; the memory model counted nothing of it. At the widest tiny weight (gate/up/down,
+    64 x 96, k = 64): the weight in fp32 and the SVD's copy of it 8 x 6144 = 49,152 bytes, U and V^T 4 x 64 x (64 + 96)
+    = 40,960: 90,112. Beside it the NF4 decoder 3 x (2 x 3208 + 2 x 2152 + 3 x 4264 + 256) = 71,304, the adapters and
+    their A0, B0, 44,544 each; no gradient, optimizer state, embedding or head yet."""
+    from tunelab.training.plan import calibrate
+
+    qpissa = dataclasses.replace(LORA, quantized=True, initial_copy=True)
+    e = estimate(TINY, qpissa)
+    assert e.build == {
+        "weights: decoder (nf4)": 71304,
+        "adapters (fp32)": 44544,
+        "adapters' starting A0, B0 (fp32, method.init)": 44544,
+        "build: widest adapted weight factorised (fp32, SVD/QR)": 90112,
+    }
+    assert e.build_peak == 250504 < e.step_peak == e.peak  # the step holds more here: its peak stays the peak
+    for plain in (LORA, dataclasses.replace(LORA, quantized=True), dataclasses.replace(LORA, initial_copy=True)):
+        assert estimate(TINY, plain).build == {}  # QLoRA, and pissa over 16-bit weights, factorise no fp32 copy
+    # one layer of 64 -> 4096 -> 64, a vocabulary of 8 and one token: the build is the peak, and the largest part
+    wide = LlamaConfig.from_hf(TINY_HF | dict(intermediate_size=4096, num_hidden_layers=1, vocab_size=8))
+    one = dataclasses.replace(qpissa, micro_batch=1, seq=1, blas_workspace=0)
+    e = estimate(wide, one)
+    # 8 x 64 x 4096 + 4 x 64 x (64 + 4096)
+    assert e.build["build: widest adapted weight factorised (fp32, SVD/QR)"] == 2097152 + 1064960
+    assert e.peak == e.build_peak > e.step_peak
+    assert e.dominant() == ("build: widest adapted weight factorised (fp32, SVD/QR)", 3162112)
+    # a measured first step is the step's alone: the build's peak is over before it
+    assert calibrate(e, e.step_peak).activation_scale == pytest.approx(1.0, abs=1e-6)
+    # the planner fits the larger peak: a budget the step fits but the build does not fits nothing, naming the build
+    from tunelab.training.plan import plan
+
+    refused = plan(wide, one, (e.step_peak + e.build_peak) // 2, 1, cuda=False)
+    assert refused.chosen is None and "build: widest adapted weight factorised" in refused.reason
+    shown = plan(wide, one, e.build_peak, 1, cuda=False)
+    assert shown.chosen is not None and "while the model is built (each adapted weight" in shown.breakdown()
+    assert "the peak):" in shown.breakdown()

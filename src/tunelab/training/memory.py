@@ -33,8 +33,16 @@ Static (alive the whole step):
 - method.init pissa or olora (`Setup.initial_copy`, `peft.weight_init`): each adapted layer keeps its starting
   factors A0 (r, in) and B0 (out, r) in fp32 the whole run long (for the saved adapter and the base with adapters
   off), 4 r (in + out) bytes per adapted projection, as much as the adapters themselves; over an NF4 base
-  (QPiSSA) alike, its residual bases in NF4 as QLoRA's (the factorisation at build time, one layer's fp32 weight
-  and factors at a time, is over before the first step).
+  (QPiSSA) alike, its residual bases in NF4 as QLoRA's.
+- QPiSSA's build (`Estimate.build`, `build_bytes`): before the first step, each adapted weight is factorised on the
+  GPU in fp32 before its residual is quantized (`peft.weight_init.init_from_weight_`), one at a time. At the widest
+  one (out x in, k = min(out, in)) the GPU holds at most the decoder's NF4 weights, the adapters and their A0, B0
+  (all but that layer's already there: counted whole), and the weight in fp32, 4 out in, the copy of it the SVD
+  (QR) overwrites, 4 out in, and its factors U (out, k) and V^T (k, in) (Q and R), 4 k (out + in): 8 out in + 4 k
+  (out + in) bytes. The residual after it, W - s B0 A0, takes W and two (out, in) fp32 temporaries, 12 out in, never
+  more, since k (out + in) >= out in. The solver's own workspace (cuSOLVER's, blocks of a few columns) is left out.
+  It is a peak of its own, once, with no activation, gradient or optimizer state alive yet: `Estimate.peak` is the
+  larger of it and the step's.
 - DDP (`Setup.ddp`, train.sharding ddp on several ranks): every rank holds the whole model, and DDP's gradient
   buckets besides, one more copy of every trainable gradient (`training.distributed.parallelize` leaves
   gradient_as_bucket_view off, so the buckets are buffers of their own).
@@ -103,7 +111,7 @@ step), per-parameter buffers under a kilobyte.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the planner's terms)
 from tunelab.kernels.head_chunk import head_chunk_tokens
@@ -139,6 +147,7 @@ class Estimate:
     transient: dict[str, int]  # the working set at the peak
     peak_phase: str  # which transient wins: "head", "backward of a kept layer", "recomputation", "optimizer step"
     activation_scale: float = 1.0  # from a measured step (`plan.Calibration`)
+    build: dict[str, int] = field(default_factory=dict)  # what the model's build holds at its peak (QPiSSA; else {})
 
     @property
     def static_bytes(self) -> int:
@@ -149,8 +158,23 @@ class Estimate:
         return sum(self.saved.values()) + sum(self.transient.values())
 
     @property
-    def peak(self) -> int:
+    def step_peak(self) -> int:
+        """The training step's peak: what a measured first step is compared with (`plan.calibrate`)."""
         return self.static_bytes + math.ceil(self.dynamic_bytes * self.activation_scale)
+
+    @property
+    def build_peak(self) -> int:
+        """The model's build's peak, before the first step (0: none counted)."""
+        return sum(self.build.values())
+
+    @property
+    def peak(self) -> int:
+        """What the run needs: the larger of the step's peak and the build's."""
+        return max(self.step_peak, self.build_peak)
+
+    @property
+    def build_wins(self) -> bool:
+        return self.build_peak > self.step_peak
 
     def components(self) -> dict[str, int]:
         """Every part by name, the dynamic ones scaled by the calibration."""
@@ -159,8 +183,8 @@ class Estimate:
         return self.static | dynamic
 
     def dominant(self) -> tuple[str, int]:
-        """The largest part and its size."""
-        return max(self.components().items(), key=lambda kv: kv[1])
+        """The largest part at the peak (the build's where it is the larger) and its size."""
+        return max((self.build if self.build_wins else self.components()).items(), key=lambda kv: kv[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -372,6 +396,21 @@ def sampler_prefill_bytes(c: LlamaConfig, s: Setup) -> int:
     return b * t * t + 2 * p * c.head_dim * e + max(attention, o_proj, mlp)
 
 
+def build_bytes(c: LlamaConfig, s: Setup, static: dict[str, int]) -> dict[str, int]:
+    """QPiSSA's build peak (method.init pissa or olora over an NF4 base; {} otherwise): the decoder's NF4 weights, the
+    adapters and their A0, B0 from `static`, and the factorisation of the widest adapted weight (module docstring)."""
+    if not (s.initial_copy and s.quantized and s.method == "lora"):
+        return {}
+    ranks = adapter_ranks(c, s)
+    adapted = [(i, o) for n, (i, o) in projection_shapes(c).items() if ranks[n]]
+    if not adapted:
+        return {}
+    # no gradient, optimizer state, embedding or head (moved to the GPU after: `training.build`) yet
+    held = [n for n in static if n.startswith(("weights: decoder", "adapters (fp32)", "adapters' starting"))]
+    factorised = max(8 * i * o + 4 * min(i, o) * (i + o) for i, o in adapted)
+    return {n: static[n] for n in held} | {"build: widest adapted weight factorised (fp32, SVD/QR)": factorised}
+
+
 def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimate:
     """The peak of one training step of the fast path (see the module docstring for every term)."""
     n, d, e = s.tokens, c.hidden_size, s.dtype_bytes
@@ -459,7 +498,7 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         key=lambda item: sum(item[1][0].values()) + sum(item[1][1].values()),
     )
     name, (saved_at_peak, transient) = best
-    return Estimate(static, dict(saved_at_peak), transient, name, activation_scale)
+    return Estimate(static, dict(saved_at_peak), transient, name, activation_scale, build_bytes(c, s, static))
 
 
 def gib(n: int | float) -> str:

@@ -114,12 +114,19 @@ class MemoryPlan:
         s = which or self.chosen or self.smallest
         lines = [f"peak of {s.candidate.describe(self.layers)} (at its {s.estimate.peak_phase}):"]
         parts = [(name, size) for name, size in s.estimate.components().items() if size]
-        width = max([48, *(len(name) + 2 for name, _ in parts)])  # a long name does not push its size out of line
+        named = [*(name for name, _ in parts), *s.estimate.build]
+        width = max([48, *(len(name) + 2 for name in named)])  # a long name does not push its size out of line
         # one unit for the column: MiB where the whole is under a tenth of a GiB (a small model's parts read 0.000 GiB)
         unit, name_of = (GIB, "GiB") if s.peak >= GIB / 10 else (2**20, "MiB")
         for name, size in sorted(parts, key=lambda kv: -kv[1]):
             lines.append(f"  {name:<{width}}{size / unit:>8.3f} {name_of}")
-        lines.append(f"  {'total':<{width}}{s.peak / unit:>8.3f} {name_of}")
+        lines.append(f"  {'total':<{width}}{s.estimate.step_peak / unit:>8.3f} {name_of}")
+        if s.estimate.build:  # QPiSSA's factorisation, once before the first step (`memory.build_bytes`)
+            which = "the peak" if s.estimate.build_wins else "below the step's"
+            lines.append(f"while the model is built (each adapted weight factorised in fp32; {which}):")
+            for name, size in sorted(s.estimate.build.items(), key=lambda kv: -kv[1]):
+                lines.append(f"  {name:<{width}}{size / unit:>8.3f} {name_of}")
+            lines.append(f"  {'total':<{width}}{s.estimate.build_peak / unit:>8.3f} {name_of}")
         return "\n".join(lines)
 
 
@@ -470,7 +477,7 @@ def calibrate(predicted: Estimate, measured_peak: int) -> Calibration:
     raw = (measured_peak - predicted.static_bytes) / dynamic if dynamic else 1.0
     scale = min(max(raw, 0.5), 3.0)
     notes = [] if scale == raw else [f"measured/predicted activation ratio {raw:.2f} clamped to {scale:.2f}"]
-    return Calibration(scale, measured_peak, predicted.peak, notes)
+    return Calibration(scale, measured_peak, predicted.step_peak, notes)
 
 
 def measured_note(result: MemoryPlan | None, measured: int) -> str | None:
@@ -478,7 +485,7 @@ def measured_note(result: MemoryPlan | None, measured: int) -> str | None:
     if result is None or result.chosen is None:
         return None
     cal = calibrate(result.chosen.estimate, measured)
-    predicted = result.chosen.peak
+    predicted = result.chosen.estimate.step_peak  # the step's: a QPiSSA build's peak is over before it
     return (
         f"memory: first step peaked at {gib(measured)} reserved, predicted {gib(predicted)} "
         f"(ratio {predicted / measured:.2f}; activation scale {cal.activation_scale:.2f} for `tunelab plan`)"
