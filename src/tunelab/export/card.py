@@ -9,7 +9,10 @@ its folder's or file's name in the text, never the user's absolute path; `base_m
 the hub would otherwise guess from the files (a GGUF beside a base reads as a mere quantization of it). A staged
 run's merged model is a fine-tune of stage 1's base, whatever its last stage trained over (stage-1/merged after
 continue: merge): the cards of the merge and the GGUF export name that base and list the stages. The card of a
-staged run's adapter, pushed where every stage trained that adapter on over the original base, lists them too.
+staged run's adapter, pushed where every stage trained that adapter on over the original base, lists them too. An
+adapter started from its weight (method.init pissa or olora) is said so, with what it is saved as (a plain LoRA of
+rank 2r over the original base); over an NF4 base (QPiSSA), that it trained over the quantized residual, and that it
+belongs over the original 16-bit base, unquantized.
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ def model_card(
         f"`{base}` fine-tuned with tunelab {_trained(info)} and merged into plain weights: it loads",
         "without tunelab, PEFT or the base model.",
         *_stage_lines(info),
+        *_merged_start(info),
         "",
         *_prompting(info, "Its tokenizer's chat template writes"),
         "Its `generation_config.json` answers greedily, stopping at the end-of-turn tokens it was trained with: as",
@@ -212,6 +216,7 @@ def gguf_card(
         f"`{base}` fine-tuned with tunelab {_trained(info)}, merged and written as one GGUF file,",
         f"`{gguf.name}`, in `{qtype}`, for llama.cpp, Ollama and LM Studio.",
         *_stage_lines(info),
+        *_merged_start(info),
         "",
         *_prompting(info, "The file's chat template (`tokenizer.chat_template`) and the Modelfile's TEMPLATE write"),
         "It answers greedily, with no repetition penalty, as `tunelab eval`, `chat`, `generate` and `serve` answered",
@@ -283,16 +288,55 @@ def _method(info: RunInfo) -> str:
     )
 
 
+_STARTS = {
+    "pissa": ("the top-r singular vectors of each adapted weight, its principal components", "PiSSA"),
+    "olora": ("the first r columns of each adapted weight's QR decomposition", "OLoRA"),
+}
+
+
+def _started(info: RunInfo, subject: str = "It") -> str:
+    """How an adapter started from its weight (method.init pissa or olora, peft/weight_init.py) began, and over what
+    base it trained: the rest of the weight, or with method.quantize_base nf4 (QPiSSA) that rest quantized to NF4.
+    `subject`: what the sentence says started ("It", "Its adapter")."""
+    how, name = _STARTS.get(info.init, ("part of each adapted weight", info.init))
+    source = f"{how} ({name}, method.init {info.init})"
+    if info.quantize_base != "nf4":
+        return f"{subject} started from {source}, the base keeping the rest of each weight"
+    return (
+        f"{subject} started, in 16 bits, from {source}, over the rest of each weight quantized to NF4 (QPiSSA: "
+        "method.quantize_base nf4, the residual quantized, not the weight)"
+    )
+
+
+def _merged_start(info: RunInfo) -> list[str]:
+    """What the merge of an adapter started from its weight folded: the trained change over the original weights;
+    with an NF4 residual (QPiSSA), over the 16-bit weights, which training did not see as they are."""
+    if info.init == "default" or not info.is_adapter:
+        return []
+    over = "the original base" if info.quantize_base != "nf4" else "the original 16-bit base, not an NF4 one"
+    lines = [f"{_started(info, 'Its adapter')}; the merge folded the plain LoRA of rank 2r it is saved as into {over}."]
+    if info.quantize_base == "nf4":
+        lines.append("The merged model differs from the one training ran by the residual's NF4 rounding error only.")
+    return ["", *lines]
+
+
 def _saved_rank(info: RunInfo, rank: int | None) -> list[str]:
     """What an adapter started from its weight (method.init pissa or olora) is as saved: a plain LoRA of twice the
-    rank it trained at, over the original base (peft/weight_init.py)."""
+    rank it trained at, over the original base (peft/weight_init.py); a QPiSSA one over the original 16-bit base,
+    where it answers nearly, not exactly, as tunelab evaluated it."""
     if info.init == "default":
         return []
     size = f"rank {rank} (`r` in `adapter_config.json`)" if rank else "twice the rank it trained at"
+    if info.quantize_base != "nf4":
+        return [
+            f"{_started(info)}; it is saved, as PEFT converts such an adapter, as a plain LoRA of {size} over the",
+            "original base, so it loads as any LoRA does.",
+            "",
+        ]
     return [
-        f"It started from the principal part of each adapted weight (method.init {info.init}), the base keeping the",
-        f"rest; it is saved, as PEFT converts such an adapter, as a plain LoRA of {size} over the original base, so",
-        "it loads as any LoRA does.",
+        f"{_started(info)}. It is saved, as PEFT converts such an adapter, as a plain LoRA of {size} over the",
+        "original 16-bit base: load that base unquantized (not in 4 bits), and it loads as any LoRA does. There it",
+        "answers nearly, not exactly, as tunelab evaluated it: off by the residual's NF4 rounding error only.",
         "",
     ]
 
