@@ -343,7 +343,23 @@ def test_a_gguf_export_has_a_model_card_beside_it(tiny_run, tmp_path, sharp_base
     assert f"`{sharp_base.name}` fine-tuned with tunelab (lora" in card and str(sharp_base) not in card
     assert "`box-q8.gguf`, in `q8_0`" in card and "> Answer box questions.\n" in card
     assert "llama-cli -m box-q8.gguf --jinja -cnv --temp 0" in card
-    assert "ollama create box-q8 -f box-q8.Modelfile" in card and "self-check did not run" in card
+    assert "ollama create box-q8 -f box-q8.Modelfile" in card
+    assert "self-check did not run: it was skipped (`check=False`).\n" in card
+
+
+def test_a_gguf_card_says_why_the_self_check_did_not_run(tiny_run, tmp_path, monkeypatch):
+    """The card said the check did not run "(`--no-check`, or llama-cpp-python is not installed)", whichever it was:
+    a reader could not tell a file checked by no one for want of llama.cpp from one its exporter chose not to check."""
+    from tunelab.cli import main
+    from tunelab.export import llama_cpp
+
+    monkeypatch.setattr(llama_cpp, "available", lambda: False)
+    export_gguf(tiny_run, tmp_path / "box.gguf", "q8_0")
+    card = " ".join((tmp_path / "box.README.md").read_text().split())
+    assert "self-check did not run: llama.cpp's Python binding (llama-cpp-python) did not import" in card
+    assert "skipped" not in card and llama_cpp.INSTALL.split()[0] in card
+    assert main(["export", str(tiny_run), "--gguf", str(tmp_path / "cli.gguf"), "--type", "q8_0", "--no-check"]) == 0
+    assert "self-check did not run: it was skipped (`--no-check`).\n" in (tmp_path / "cli.README.md").read_text()
 
 
 def test_the_printed_ollama_commands_name_the_model_as_ollama_takes_it(tiny_run, tmp_path, capsys):

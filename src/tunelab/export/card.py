@@ -189,10 +189,12 @@ def gguf_card(
     check: str | None,
     missing: dict[str, str] | None = None,
     start: RunInfo | None = None,
+    unchecked: str = "",
 ) -> str:
     """NAME.README.md beside the GGUF file `gguf`: what it is, its quantization, how llama.cpp and Ollama run it (as
     the Modelfile `modelfile` beside it sets; `missing`: {TEMPLATE or SYSTEM: why} for what it leaves out, from
-    modelfile.left_out), and the self-check's printed verdict (`check`; None: not run). `start`: as model_card's."""
+    modelfile.left_out), and the self-check's printed verdict (`check`; None: not run, for the reason `unchecked`
+    gives: skipped on request, or llama.cpp missing). `start`: as model_card's."""
     missing = missing or {}
     held = [what for key, what in _MODELFILE_PARTS if key not in missing]
     absent = [f"It has no {key}: {why}" for key, why in missing.items()]
@@ -207,7 +209,7 @@ def gguf_card(
             "```",
         ]
         if check
-        else ["The export's self-check did not run (`--no-check`, or llama-cpp-python is not installed)."]
+        else [f"The export's self-check did not run: {unchecked or 'no reason was recorded'}."]
     )
     lines = [
         *_front(info, "gguf", ("gguf", qtype), start=start),

@@ -411,6 +411,19 @@ def parse_qtype(qtype: str, spelling: Spelling = PYTHON) -> str:
 DEFAULT_CHECK_QUESTIONS = 8  # questions the self-check asks both models
 
 
+def unchecked_reason(check: bool | None, spelling: Spelling) -> str:
+    """Why the self-check of an export did not run, as its card says it: skipped on request (`check` False), else
+    llama.cpp's Python binding did not import (`check` None, which runs it where llama.cpp imports)."""
+    if check is False:
+        return f"it was skipped (`{'--no-check' if spelling.flags else 'check=False'}`)"
+    from tunelab.export import llama_cpp
+
+    return (
+        "llama.cpp's Python binding (llama-cpp-python) did not import where the file was exported, so nothing was "
+        f"checked; export again after installing it to check the file: {llama_cpp.INSTALL}"
+    )
+
+
 def export_gguf(
     run: str | Path,
     out: str | Path,
@@ -511,7 +524,17 @@ def export_gguf(
     result = check_export(merged, out, qtype, run_dir, check_questions) if run_check else None
     checked = format_check(result) if result else None  # the file by its name: the card lies beside it
     missing = left_out(modelfile_body)
-    card_text = gguf_card(merged.info, out, qtype, modelfile, merged.base_generation, checked, missing, merged.start)
+    card_text = gguf_card(
+        merged.info,
+        out,
+        qtype,
+        modelfile,
+        merged.base_generation,
+        checked,
+        missing,
+        merged.start,
+        unchecked_reason(check, spelling),
+    )
     write_text(card, card_text)
     if result and show:
         print(format_check(result, out), flush=True)
