@@ -483,10 +483,12 @@ def test_qpissa_counts_the_factorisation_at_build_as_a_peak_of_its_own():
     # a measured first step is the step's alone: the build's peak is over before it
     assert calibrate(e, e.step_peak).activation_scale == pytest.approx(1.0, abs=1e-6)
     # the planner fits the larger peak: a budget the step fits but the build does not fits nothing, naming the build
-    from tunelab.training.plan import plan
+    from tunelab.training.plan import BudgetError, plan, require_fit
 
     refused = plan(wide, one, (e.step_peak + e.build_peak) // 2, 1, cuda=False)
     assert refused.chosen is None and "build: widest adapted weight factorised" in refused.reason
+    with pytest.raises(BudgetError, match="method.init default for the build's fp32 factorisation"):
+        require_fit(refused, "budget")
     shown = plan(wide, one, e.build_peak, 1, cuda=False)
     assert shown.chosen is not None and "while the model is built (each adapted weight" in shown.breakdown()
     assert "the peak):" in shown.breakdown()

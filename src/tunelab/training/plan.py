@@ -263,6 +263,8 @@ def _ways(s: Setup | None) -> str:
         ways.append("method.name lora (or layers) for the trained weights, their gradients and optimizer state")
     elif s.method == "layers":
         ways.append("fewer method.top_layers for the trained weights, their gradients and optimizer state")
+    if s.initial_copy and s.quantized and s.method == "lora":  # QPiSSA: `memory.build_bytes`
+        ways.append("method.init default for the build's fp32 factorisation")
     if s.optimizer == "adamw" and s.shards <= 1:
         ways.append("train.optimizer adamw_8bit for the optimizer state")
     if s.optimizer == "adamw" and s.method != "lora":  # fsdp2 takes it, and it drops the bf16 compensation
