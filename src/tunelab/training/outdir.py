@@ -11,14 +11,15 @@
   itself: `stage_of`): that run's --overwrite would delete it with the rest, and a stage folder replaced from outside
   breaks the staged run (its later stages, its resume and its report read the stage as it trained);
 - exists and is not empty, unless --overwrite (or --resume) is given; with --overwrite, it must be a run directory
-  tunelab wrote (its run.json is the marker) holding no other run directory, unless --overwrite-non-run says to
+  tunelab wrote (its run.json is the marker) holding no other run directory and no file or folder tunelab did not
+  write there (`run_files.foreign_entries`: notes or data of the user's), unless --overwrite-non-run says to
   replace any folder.
 
 `start_run_dir` is called only once the new run can start (config, data and model all loaded): an existing run
 moves aside to `NAME.previous`, marked as moved there by tunelab (`REPLACED_FILE`), and is deleted by
 `finish_replacement` when the new run has finished (resumed or not), unless it was resumed in NAME.previous meanwhile
-(`_taken_up`). If the new run fails or is interrupted, the
-previous one is still there, and the message says how to put it back. A `NAME.previous` tunelab did not move there
+(`_taken_up`), or something tunelab did not write was put there meanwhile. If the new run fails or is interrupted,
+the previous one is still there, and the message says how to put it back. A `NAME.previous` tunelab did not move there
 (a run or folder of the user's) is never deleted, and neither is a finished run in NAME: --overwrite refuses both.
 
 While a run writes its directory it holds a lock on `NAME/.tunelab.lock` (`hold_lock`, where the system has
@@ -41,6 +42,7 @@ from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
 from tunelab.rundir import RUN_FILE, STAGE_DIR, federation_stopped, is_run_dir, read_info
 from tunelab.training.interrupt import sigterm_raises
+from tunelab.training.run_files import foreign_entries, listed
 
 PREVIOUS_SUFFIX = ".previous"
 REPLACED_FILE = ".tunelab-replaced.json"  # in NAME.previous: tunelab moved it there, to be replaced by NAME
@@ -53,6 +55,7 @@ class OutputPlan:
     run_dir: Path
     replace: bool  # an existing run directory is moved aside once the new run can start
     resume: bool
+    anything: bool = False  # --overwrite-non-run: what tunelab did not write may go with the run it replaces
 
     @property
     def previous(self) -> Path:
@@ -217,11 +220,26 @@ def plan_output_dir(
             f"{where} holds another run directory, {nested}: {overwrite_} replaces {path} as a whole, which would "
             f"delete that run too. Move it out of the folder first, or {non_run.replace('everything in it', 'it')}."
         )
+    if not overwrite_non_run:
+        forced = f"add {non_run_} if they may be deleted" if command in ("train", "check") else ""
+        _refuse_foreign(path, where, overwrite_, forced)
     previous = previous_dir(path)
     if previous.exists() or previous.is_symlink():
         _check_previous(path, previous, where)
     _check_creatable(path.parent, path)
-    return OutputPlan(path, replace=True, resume=False)
+    return OutputPlan(path, replace=True, resume=False, anything=overwrite_non_run)
+
+
+def _refuse_foreign(path: Path, where: str, overwrite_: str = "--overwrite", otherwise: str = "") -> None:
+    """RunDirError when the run directory `path` holds files or folders tunelab did not write there (`foreign_entries`),
+    which replacing the run would delete with it. `otherwise`: the caller's way to let them go."""
+    foreign = foreign_entries(path)
+    if foreign:
+        raise RunDirError(
+            f"{where} holds {listed(foreign)} that tunelab did not write there: {overwrite_} replaces the run "
+            f"directory as a whole, which would delete them with it. Move them out of {path}, or choose another "
+            f"output_dir{f', or {otherwise}' if otherwise else ''}."
+        )
 
 
 def _refuse_inside_a_run(path: Path, target: Path, where: str, stage_of: Path | None, spelling: Spelling) -> None:
@@ -343,6 +361,12 @@ def start_run_dir(plan: OutputPlan) -> None:
     try:
         if plan.replace:
             hold_lock(path)  # not while another process writes the run about to be moved aside
+            if not plan.anything:  # put there since plan_output_dir looked
+                try:
+                    _refuse_foreign(path, f"output_dir {path}")
+                except RunDirError:
+                    release_lock(path)
+                    raise
             previous = plan.previous
             if previous.exists() or previous.is_symlink():
                 _check_previous(path, previous, f"output_dir {path}")
@@ -402,6 +426,12 @@ def finish_replacement(plan: OutputPlan, spelling: Spelling = CLI) -> str | None
             return (
                 f"kept {plan.previous}: the run moved aside there was resumed since ({there} {spelling.resume}), so it "
                 "is not deleted; delete it yourself if you no longer need it"
+            )
+        foreign = [e for e in foreign_entries(plan.previous) if e != REPLACED_FILE] if not plan.anything else []
+        if foreign:
+            return (
+                f"kept {plan.previous}: it holds {listed(foreign)} that tunelab did not write there, put there since "
+                "the run was moved aside; move them out, then delete it yourself"
             )
         shutil.rmtree(plan.previous)
         return f"replaced the previous run in {plan.run_dir}"

@@ -1,0 +1,102 @@
+"""What tunelab writes into a run directory, by name, and what else is there (`foreign_entries`).
+
+`train --overwrite` replaces a run directory whole, so a file or folder of the user's in it (notes, a data file put
+there) would go with the run: `plan_output_dir` refuses while `foreign_entries` finds one. Each name or pattern below
+says which module writes it. A writer's name missing here makes --overwrite refuse a run it could replace (the tests
+train, compare, evaluate and report a tiny run and find nothing foreign, and check each writer's constant against
+these names); a pattern wider than the writers' names would let a file of the user's go with the run.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from tunelab.rundir import STAGE_DIR
+
+RUN_ENTRIES = (
+    # training/recipe.py (federated/server.py for a federation): the run's description, config and data report
+    "run.json",
+    "config.yaml",
+    "data_report.json",
+    # training/metrics.py: METRICS_FILE, PLOT_FILE
+    "metrics.jsonl",
+    "loss.png",
+    # training/tracking.py: TRACKER_RUNS, TensorBoard's events, MLflow's SQLite store (and its journal), W&B offline
+    "trackers.json",
+    "tensorboard",
+    "mlflow.db",
+    "mlflow.db-*",
+    "wandb",
+    # training/checkpoint.py, training/best.py, federated/checkpoints.py: step-N, best.safetensors, round-N
+    "checkpoints",
+    # federated/history.py: STATE_FILE, PLOT_FILE
+    "federated.json",
+    "federated.png",
+    # the result (training/result.py save_final, training/stages.py _publish): PEFT's adapter (peft/save.py) or a
+    # Hugging Face model (training/build.py, tasks/head.py; transformers' save_pretrained may shard it) ...
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    # ... and its tokenizer (tasks/task.py save_tokenizer: transformers' save_pretrained, whose files depend on the
+    # tokenizer's class)
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "additional_chat_templates",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    # eval/compare.py COMPARE_FILE, eval/evaluate.py and eval/heads.py EVAL_FILE, eval/report.py REPORT_FILE
+    "compare.json",
+    "eval.json",
+    "report.html",
+    # training/outdir.py LOCK_FILE; a write cut short: atomic.py temporary_sibling, training/result.py's staging
+    ".tunelab.lock",
+    ".tmp-*",
+)
+STAGE_ENTRIES = ("merged",)  # training/stages.py MERGED: a stage's result merged into its base (continue: merge)
+CHECKPOINT_ENTRIES = ("step-*", "round-*", "best.safetensors", ".tmp-*")  # what checkpoints/ holds (see above)
+
+
+def _written(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def foreign_entries(run_dir: Path, stage: bool = False) -> list[str]:
+    """The files and folders in `run_dir` that tunelab did not write there, as paths relative to it (a folder with a
+    trailing /), sorted: those at its top, in its checkpoints/ folder, and in its stage-K folders (each a run
+    directory of its own, whose contents are read the same way). `stage`: run_dir is a stage's folder."""
+    found = []
+    for entry in sorted(run_dir.iterdir()):
+        name = entry.name
+        if entry.is_dir() and not entry.is_symlink() and STAGE_DIR.fullmatch(name):
+            found += [f"{name}/{inner}" for inner in foreign_entries(entry, stage=True)]
+        elif name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
+            found += [
+                f"{name}/{_shown(e)}" for e in sorted(entry.iterdir()) if not _written(e.name, CHECKPOINT_ENTRIES)
+            ]
+        elif not _written(name, RUN_ENTRIES + (STAGE_ENTRIES if stage else ())):
+            found.append(_shown(entry))
+    return found
+
+
+def _shown(entry: Path) -> str:
+    return entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
+
+
+def listed(entries: list[str], most: int = 5) -> str:
+    """How many `entries` there are and up to `most` of them, for a message: "2 files or folders (a, b/)"."""
+    what = "file or folder" if len(entries) == 1 else "files or folders"
+    more = f", and {len(entries) - most} more" if len(entries) > most else ""
+    return f"{len(entries)} {what} ({', '.join(entries[:most])}{more})"
