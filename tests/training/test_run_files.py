@@ -144,3 +144,21 @@ def test_check_fails_the_output_dir_item_and_keeps_the_file(previous_run, tiny_o
     assert not result.passed and item.status == "fail" and "1 file or folder (notes.txt)" in item.summary
     assert tunelab.check(None, overrides, model=False, html=tmp_path / "c.html", overwrite_non_run=True).passed
     assert (previous_run / "notes.txt").read_text() == "mine"
+
+
+def test_a_finished_run_deletes_its_checkpoints_but_not_a_file_of_the_users_beside_them(tmp_path, capsys):
+    from tunelab.training.result import tidy_up
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-0000003").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000003" / "state.json").write_text("{}")
+    (run / "checkpoints" / "best.safetensors").write_text("")
+    (run / "checkpoints" / "mine.txt").write_text("mine")
+    tidy_up(run, OutputPlan(run, replace=False, resume=False), keep_checkpoints=False)
+    out = capsys.readouterr().out
+    assert "deleted the step checkpoint" in out
+    assert f"kept {run / 'checkpoints'}: it holds 1 file or folder (mine.txt) that tunelab did not write" in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["mine.txt"]
+    (run / "checkpoints" / "mine.txt").unlink()
+    tidy_up(run, OutputPlan(run, replace=False, resume=False), keep_checkpoints=False)
+    assert not (run / "checkpoints").exists()

@@ -28,6 +28,7 @@ from tunelab.atomic import new_file_mode, ordinary_permissions, temporary_siblin
 from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
 from tunelab.training.guard import require_finite
+from tunelab.training.run_files import CHECKPOINT_ENTRIES, written
 
 STEP_PREFIX = "step-"
 STATE_FILE = "state.json"
@@ -294,11 +295,23 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all([state for _, state in cuda][: torch.cuda.device_count()])
 
 
-def delete_checkpoints(run_dir: Path) -> int:
-    """Remove the step checkpoints of a finished run; returns how many there were."""
+def delete_checkpoints(run_dir: Path) -> tuple[int, list[str]]:
+    """Remove the step checkpoints of a finished run (with keep_best's file and what a write cut short left), then
+    the checkpoints folder; returns how many checkpoints there were, and what is left in the folder: the entries
+    tunelab did not write there (`run_files.CHECKPOINT_ENTRIES`), which stay, and the folder with them."""
     found = checkpoints(run_dir)
-    shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
-    return len(found)
+    folder = Path(run_dir) / "checkpoints"
+    left = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else ():
+        if not written(entry.name, CHECKPOINT_ENTRIES):
+            left.append(entry.name + "/" * (entry.is_dir() and not entry.is_symlink()))
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if not left:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(found), left
 
 
 def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from tunelab.training.build import BuiltModel, save_full_weights
 from tunelab.training.checkpoint import STEP_PREFIX, delete_checkpoints, intact_checkpoint, no_space_message
 from tunelab.training.guard import require_finite
 from tunelab.training.outdir import OutputPlan, finish_replacement
+from tunelab.training.run_files import listed
 
 
 def save_final(
@@ -122,12 +123,17 @@ def tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool, spelling: S
     weights before (a --resume's) or of the unfinished run (a report made while it trained)."""
     drop_stale_results(run_dir, resumed=plan.resume)
     if not keep_checkpoints:
-        deleted = delete_checkpoints(run_dir)
+        deleted, left = delete_checkpoints(run_dir)
         if deleted:
             what, them = ("the step checkpoint", "it") if deleted == 1 else (f"the {deleted} step checkpoints", "them")
             print(
                 f"deleted {what}: the run is finished and its result saved "
                 f"(train.keep_checkpoints_after_finish: true keeps {them})",
+                flush=True,
+            )
+        if left:
+            print(
+                f"kept {run_dir / 'checkpoints'}: it holds {listed(left)} that tunelab did not write there",
                 flush=True,
             )
     message = finish_replacement(plan, spelling)

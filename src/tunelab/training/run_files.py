@@ -69,7 +69,8 @@ STAGE_ENTRIES = ("merged",)  # training/stages.py MERGED: a stage's result merge
 CHECKPOINT_ENTRIES = ("step-*", "round-*", "best.safetensors", ".tmp-*")  # what checkpoints/ holds (see above)
 
 
-def _written(name: str, patterns: tuple[str, ...]) -> bool:
+def written(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether an entry called `name` is one tunelab writes, by `patterns` (RUN_ENTRIES, CHECKPOINT_ENTRIES)."""
     return any(fnmatchcase(name, pattern) for pattern in patterns)
 
 
@@ -83,10 +84,8 @@ def foreign_entries(run_dir: Path, stage: bool = False) -> list[str]:
         if entry.is_dir() and not entry.is_symlink() and STAGE_DIR.fullmatch(name):
             found += [f"{name}/{inner}" for inner in foreign_entries(entry, stage=True)]
         elif name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
-            found += [
-                f"{name}/{_shown(e)}" for e in sorted(entry.iterdir()) if not _written(e.name, CHECKPOINT_ENTRIES)
-            ]
-        elif not _written(name, RUN_ENTRIES + (STAGE_ENTRIES if stage else ())):
+            found += [f"{name}/{_shown(e)}" for e in sorted(entry.iterdir()) if not written(e.name, CHECKPOINT_ENTRIES)]
+        elif not written(name, RUN_ENTRIES + (STAGE_ENTRIES if stage else ())):
             found.append(_shown(entry))
     return found
 
