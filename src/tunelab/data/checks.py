@@ -1,6 +1,6 @@
 """Checks on the rendered data (and what every check of `tunelab check` reports: CheckItem, CheckResult), cheap enough for `tunelab train` to run before it loads the model.
 
-- prompt rendering: for the first examples, the tokens training puts before each answer are exactly the tokens
+- prompt rendering: for the first examples training keeps, the tokens training puts before each answer are exactly the tokens
   `chat`/`generate` feed the model for that conversation (`data.render.render_prompt`). A difference means the model
   is trained on one prompt format and asked in another (typically a token merged across the prompt/answer border).
 - answer ends: every answer's labelled tokens end with a token generation stops on (the end-of-turn or EOS token,
@@ -22,6 +22,7 @@ from tunelab.data.loader import epoch_rows
 from tunelab.data.packing import Packed
 from tunelab.data.render import IGNORE, encode, render_prompt, special_text_in, special_texts
 from tunelab.data.report import location
+from tunelab.data.size_bound import size_bound, surely_longer
 from tunelab.errors import counted
 
 STATUSES = ("pass", "warn", "fail", "info")
@@ -70,16 +71,32 @@ def _first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def render_parity(examples: list, tokenizer, template) -> CheckItem:
+def _compared(examples: list, tokenizer, template, drop_over: int | None):
+    """The first PARITY_EXAMPLES chats that render_parity compares, each with its rendered text and answer spans:
+    those training does not skip for their special-token text or (`drop_over`: the max_length of a run with
+    data.overlong=drop) as too long by their size alone, which would take the tokenizer longest."""
+    specials, bound = special_texts(tokenizer), size_bound(tokenizer) if drop_over is not None else None
+    chats = []
+    for ex in examples:
+        if len(chats) == PARITY_EXAMPLES:
+            break
+        if ex.messages is None or special_text_in(ex.messages, specials):
+            continue
+        text, spans = template.render(ex.messages)
+        if not surely_longer(text, drop_over or 0, bound):
+            chats.append((ex, text, spans))
+    return chats
+
+
+def render_parity(examples: list, tokenizer, template, drop_over: int | None = None) -> CheckItem:
+    """Whether the prompts before the answers of the first chats training keeps are the tokens chat/generate feed;
+    `drop_over`: the run's max_length where data.overlong is drop (see `_compared`)."""
     name = "prompt rendering (training = chat/generate)"
-    specials = special_texts(tokenizer)  # conversations training skips (their special-token text)
-    chats = [ex for ex in examples if ex.messages is not None and not special_text_in(ex.messages, specials)]
-    chats = chats[:PARITY_EXAMPLES]
+    chats = _compared(examples, tokenizer, template, drop_over)
     if not chats:
         return CheckItem(name, "info", "no chat examples (text data): there is no prompt to compare")
     problems, turns = [], 0
-    for ex in chats:
-        text, spans = template.render(ex.messages)
+    for ex, text, spans in chats:
         ids = encode(tokenizer, [text], [[]])[0][0]
         answers = [i for i, m in enumerate(ex.messages) if m["role"] == "assistant"]
         for k, (index, span) in enumerate(zip(answers, spans)):
@@ -189,7 +206,9 @@ def padding(rows: list, tokenizer, template, cfg: RunConfig) -> CheckItem:
 def data_checks(cfg: RunConfig, inputs) -> list[CheckItem]:
     data, tokenizer = inputs.data, inputs.tokenizer
     return [
-        render_parity(data.examples, tokenizer, data.template),
+        render_parity(
+            data.examples, tokenizer, data.template, cfg.data.max_length if cfg.data.overlong == "drop" else None
+        ),
         answer_ends(data.train + data.eval, data.template, cfg, tokenizer),
         padding(epoch_rows(data, cfg.train.seed, 0), tokenizer, data.template, cfg),
     ]

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from tunelab.config import DataConfig
 from tunelab.data.formats import Example
 from tunelab.data.report import DataReport, location
+from tunelab.data.size_bound import size_bound, surely_longer
 from tunelab.data.templates import Template, TemplateRefused, default_bos
 from tunelab.errors import ConfigError, article, not_text
 
@@ -260,14 +261,28 @@ def _render_chats(
         sp = [span for span, weight in zip(sp, weights, strict=True) if weight]  # OpenAI's weight 0: no loss
         texts.append(text)
         spans.append(sp)
-    encoded = encode(tokenizer, texts, spans)
-    report.add_lengths([len(ids) for ids, _ in encoded])
     rows, limit = [], cfg.max_length
-    for ex, (ids, inside) in zip(kept, encoded):
+    # data.overlong=drop drops a chat over max_length whatever its tokens: one too long by its size alone is not
+    # tokenized (data/size_bound.py) and counts in the lengths at its least token count
+    bound = size_bound(tokenizer) if cfg.overlong == "drop" else None
+    dropped = f"longer than max_length ({limit} tokens; data.overlong=drop)"
+    long = [surely_longer(text, limit, bound) for text in texts]
+    short = iter(
+        encode(tokenizer, [t for t, o in zip(texts, long) if not o], [s for s, o in zip(spans, long) if not o])
+    )
+    encoded = [None if over else next(short) for over in long]
+    report.add_lengths(
+        [bound.least_tokens(text) if e is None else len(e[0]) for text, e in zip(texts, encoded)], at_least=sum(long)
+    )
+    for ex, enc in zip(kept, encoded):
+        if enc is None:
+            report.skip(dropped, ex.path, ex.line)
+            continue
+        ids, inside = enc
         labels = list(ids) if cfg.train_on_prompt else [t if keep else IGNORE for t, keep in zip(ids, inside)]
         if len(ids) > limit:
             if cfg.overlong == "drop":
-                report.skip(f"longer than max_length ({limit} tokens; data.overlong=drop)", ex.path, ex.line)
+                report.skip(dropped, ex.path, ex.line)
                 continue
             ids, labels = ids[:limit], labels[:limit]
             if all(label == IGNORE for label in labels):

@@ -79,7 +79,9 @@ class Skip:
 
 @dataclass
 class LengthStats:
-    """Token lengths of examples as rendered, before any truncation or drop (what max_length is chosen against)."""
+    """Token lengths of examples as rendered, before any truncation or drop (what max_length is chosen against).
+    `at_least` of them are lower bounds: examples dropped as too long by their size alone, never tokenized
+    (data/size_bound.py)."""
 
     count: int = 0
     min: int = 0
@@ -89,6 +91,7 @@ class LengthStats:
     p95: int = 0
     bin_edges: list[int] = field(default_factory=list)  # HISTOGRAM_BINS + 1 edges; bin i is [edges[i], edges[i+1])
     counts: list[int] = field(default_factory=list)
+    at_least: int = 0  # lengths that are lower bounds (never tokenized)
 
     @classmethod
     def of(cls, lengths: list[int]) -> LengthStats:
@@ -200,10 +203,13 @@ class DataReport:
                 entry.locations += skip.locations[: MAX_LOCATIONS - len(entry.locations)]
         return out
 
-    def add_lengths(self, lengths: list[int]) -> None:
-        """Token lengths of rendered examples (chat) or documents (text), before truncation or drop."""
+    def add_lengths(self, lengths: list[int], at_least: int = 0) -> None:
+        """Token lengths of rendered examples (chat) or documents (text), before truncation or drop; `at_least` of
+        them are lower bounds (examples too long by their size alone, not tokenized)."""
         self._lengths.extend(lengths)
+        at_least += self.lengths.at_least
         self.lengths = LengthStats.of(self._lengths)
+        self.lengths.at_least = at_least
 
     def truncated(self, path: str, line: int) -> None:
         """Record that the example at path:line was cut to max_length and kept."""
@@ -268,8 +274,14 @@ class DataReport:
                 lines.append(f"    each epoch's draw is packed: epoch 0 trains on {self.packed_epoch_rows} packed rows")
         if self.lengths.count:
             s = self.lengths
+            bounded = (
+                f"; {counted(s.at_least, per)} over it by size alone, not tokenized: counted at the fewest tokens "
+                f"{'it' if s.at_least == 1 else 'they'} can have"
+                if s.at_least
+                else ""
+            )
             lines.append(
-                f"  tokens per {per}: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (max_length {self.max_length})"
+                f"  tokens per {per}: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (max_length {self.max_length}{bounded})"
             )
         if self.text_blocks:
             lines.append(f"  text: {self.text_blocks} blocks of {self.max_length} tokens")
