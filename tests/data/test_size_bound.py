@@ -16,23 +16,10 @@ from tunelab.data.report import DataReport
 from tunelab.data.size_bound import SizeBound, size_bound, surely_longer
 from tunelab.data.templates import resolve_template
 
+from .counting import Counting
 from .test_render import oasst_conversations
 
 DROPPED = "longer than max_length (64 tokens; data.overlong=drop)"
-
-
-class Counting:
-    """A tokenizer that records the size of every text it is asked to tokenize."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.sizes = tokenizer, []
-
-    def __call__(self, text, *args, **kwargs):
-        self.sizes += [len(t) for t in ([text] if isinstance(text, str) else text)]
-        return self.tokenizer(text, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
 
 
 def test_no_token_of_the_embedded_tokenizer_stands_for_more_bytes_than_the_bound(smollm2_tokenizer):

@@ -52,7 +52,7 @@ from tunelab.tasks.head_data import (
     read_task_data,
     refuse_chat_format,
     refuse_sft_recipes,
-    render,
+    render_within,
 )
 from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
 from tunelab.tasks.task import Task, eval_mode
@@ -338,8 +338,9 @@ def to_rows(
     index = {label: i for i, label in enumerate(labels)}
     spelled = {label_key(label): label for label in labels}
     wheres = [location(it.path, it.line) for it in items]
-    encoded = render([it.input for it in items], tokenizer, template, wheres, text_format)
-    report.add_lengths([len(ids) for ids in encoded])
+    drop_over = max_length if overlong == "drop" else None  # dropped whatever their tokens: see render_within
+    encoded, over = render_within([it.input for it in items], tokenizer, template, wheres, text_format, drop_over)
+    report.add_lengths([over.get(n, len(ids)) for n, ids in enumerate(encoded)], at_least=len(over))
     inputs = [it.input for it in items]
     kept = starts(inputs, encoded, tokenizer, template, max_length, text_format) if overlong == "truncate" else None
     rows, respelt = [], []  # respelt: (item, the run's label) of rows that write a training label otherwise
@@ -352,7 +353,7 @@ def to_rows(
             respelt.append((item, near))
             item = dataclasses.replace(item, label=near)
         keep = kept[n] if kept else Keep()
-        fitted = fit(ids, max_length, overlong, keep)
+        fitted = None if n in over else fit(ids, max_length, overlong, keep)
         if fitted is None:
             report.skip(overlong_reason(max_length, keep), item.path, item.line)
             continue

@@ -48,6 +48,7 @@ from tunelab.data.reasoning import CLOSE, answer_apart, prompt_opens_thought
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.repeats import note_repeated_eval
 from tunelab.data.report import DataReport, location, location_path
+from tunelab.data.size_bound import size_bound, surely_longer
 from tunelab.data.sources import Record, headerless, note_held_out_files, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
 from tunelab.data.transform import apply_transform, load_transform
@@ -254,6 +255,20 @@ def render(
 ) -> list[list[int]]:
     """Token ids of each input (see the module docstring); `wheres` (file:line per input) locates template errors;
     `text_format` (classify.prompt_format) wraps each text input."""
+    return render_within(inputs, tokenizer, template, wheres, text_format)[0]
+
+
+def render_within(
+    inputs: list[Input],
+    tokenizer,
+    template: Template,
+    wheres: list[str] | None = None,
+    text_format: str | None = None,
+    drop_over: int | None = None,
+) -> tuple[list[list[int]], dict[int, int]]:
+    """`render`, but an input of more than `drop_over` tokens by its size alone (data/size_bound.py), which the
+    caller drops whatever its tokens, is not tokenized: its ids are [] and it is in the dict returned, index -> the
+    fewest tokens it can have."""
     bos = [tokenizer.bos_token_id] if default_bos(tokenizer) else []
     chats, plain, specials = {}, {}, special_texts(tokenizer)
     for i, item in enumerate(inputs):
@@ -268,11 +283,19 @@ def render(
             chats[i] = template.render(item.messages, add_generation_prompt=item.messages[-1]["role"] == "user")[0]
         except ConfigError as exc:
             raise ConfigError(f"{where}{exc}") from None
-    ids = {}
+    over = {}
+    if drop_over is not None:
+        bound = size_bound(tokenizer)
+        for i, text in (chats | plain).items():
+            lead = len(bos) if i in plain else 0  # BOS goes before a text input
+            if surely_longer(text, drop_over - lead, bound):
+                over[i] = bound.least_tokens(text) + lead
+    ids = dict.fromkeys(over, [])
     for texts, is_plain in ((chats, False), (plain, True)):
+        texts = {i: text for i, text in texts.items() if i not in over}
         encoded = encode(tokenizer, list(texts.values()), [[] for _ in texts], plain=is_plain)
         ids |= {i: (bos if is_plain else []) + row for i, (row, _) in zip(texts, encoded)}
-    return [ids[i] for i in range(len(inputs))]
+    return [ids[i] for i in range(len(inputs))], over
 
 
 def thought_opener(tokenizer, template: Template) -> Opens:

@@ -41,7 +41,7 @@ from tunelab.tasks.head_data import (
     counted_records,
     read_task_data,
     refuse_sft_recipes,
-    render,
+    render_within,
     with_system,
 )
 from tunelab.tasks.reward import prompt_column, read_prompt
@@ -140,11 +140,15 @@ def to_rows(
     (data.overlong=drop, as dpo drops a pair whose prompt fills it) or an error naming it (truncate: a cut prompt
     would ask another question)."""
     wheres = [location(p.path, p.line) for p in prompts]
-    ids = render([Input(messages=p.messages) for p in prompts], tokenizer, template, wheres)
-    report.add_lengths([len(i) for i in ids])
+    # dropped whatever their tokens when they have max_length or more (see render_within)
+    drop_over = max_length - 1 if overlong == "drop" else None
+    ids, over = render_within(
+        [Input(messages=p.messages) for p in prompts], tokenizer, template, wheres, drop_over=drop_over
+    )
+    report.add_lengths([over.get(n, len(i)) for n, i in enumerate(ids)], at_least=len(over))
     rows = []
-    for p, prompt_ids, where in zip(prompts, ids, wheres):
-        if len(prompt_ids) >= max_length and overlong == "drop":
+    for n, (p, prompt_ids, where) in enumerate(zip(prompts, ids, wheres)):
+        if (n in over or len(prompt_ids) >= max_length) and overlong == "drop":
             report.skip(
                 f"prompt leaves no room for an answer in max_length ({max_length} tokens; data.overlong=drop)",
                 p.path,

@@ -56,7 +56,7 @@ from tunelab.tasks.head_data import (
     plain_text,
     read_task_data,
     refuse_chat_format,
-    render,
+    render_within,
     thought_apart,
     user_turns,
     with_system,
@@ -332,10 +332,15 @@ def to_rows(
     text_format: str | None = None,
 ) -> list[PairRow]:
     wheres = [location(p.path, p.line) for p in pairs]
-    sides = render(
-        [p.chosen for p in pairs] + [p.rejected for p in pairs], tokenizer, template, wheres + wheres, text_format
+    sides, over = render_within(
+        [p.chosen for p in pairs] + [p.rejected for p in pairs],
+        tokenizer,
+        template,
+        wheres + wheres,
+        text_format,
+        max_length if overlong == "drop" else None,  # dropped whatever their tokens: see render_within
     )
-    report.add_lengths([len(ids) for ids in sides])
+    report.add_lengths([over.get(n, len(ids)) for n, ids in enumerate(sides)], at_least=len(over))
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     kept = starts(inputs, sides, tokenizer, template, max_length, text_format) if overlong == "truncate" else None
     kept = kept or [Keep()] * len(sides)
@@ -343,6 +348,7 @@ def to_rows(
     for n, (pair, chosen, rejected) in enumerate(zip(pairs, sides[: len(pairs)], sides[len(pairs) :])):
         keep = max(kept[n], kept[n + len(pairs)], key=lambda k: k.fixed)
         c, r = fit(chosen, max_length, overlong, kept[n]), fit(rejected, max_length, overlong, kept[n + len(pairs)])
+        c, r = (None, None) if {n, n + len(pairs)} & over.keys() else (c, r)
         if c is None or r is None:
             report.skip(overlong_reason(max_length, keep), pair.path, pair.line)
             continue

@@ -1,0 +1,68 @@
+"""Rows of the head tasks (classify, reward) and grpo prompts too long for data.max_length by their size alone
+(data/size_bound.py): with data.overlong=drop they are dropped without being tokenized, with the report they had
+when every row was tokenized, but for their lengths, which are the fewest tokens they can have."""
+
+import json
+
+import pytest
+
+from tunelab.config import load_config
+from tunelab.tasks import head_data
+from tunelab.tasks.classify import CLASSIFY
+from tunelab.tasks.prompt_data import build_prompts
+from tunelab.tasks.reward import REWARD
+
+from ..data.counting import Counting
+
+HUGE = ("Skerry's ferry leaves at 9:40, 12:15 and 17:05; bikes ride free. " * 4000)[:200_000]
+
+
+def _config(task: str, path, max_length: int):
+    return load_config(None, {"task": task, "data.train": [str(path)], "data.max_length": max_length}).config
+
+
+def _classify(tokenizer, path):
+    return CLASSIFY.build_data(_config("classify", path, 64), tokenizer, 0).report
+
+
+def _reward(tokenizer, path):
+    return REWARD.build_data(_config("reward", path, 64), tokenizer, 0).report
+
+
+def _grpo(tokenizer, path):
+    return build_prompts(_config("grpo", path, 64), tokenizer, 0, []).report
+
+
+def _rows(task: str) -> list[dict]:
+    """Six rows, the second one of HUGE size."""
+    if task == "classify":
+        rows = [{"text": f"Ferry {i} was late.", "label": ["late", "on time"][i % 2]} for i in range(6)]
+        rows[1]["text"] = HUGE
+    elif task == "reward":
+        rows = [{"prompt": f"When is ferry {i}?", "chosen": "At 9:40.", "rejected": "No idea."} for i in range(6)]
+        rows[1]["rejected"] = HUGE
+    else:
+        rows = [{"prompt": f"When does ferry {i} leave?"} for i in range(6)]
+        rows[1]["prompt"] = HUGE
+    return rows
+
+
+@pytest.mark.parametrize("task, build", [("classify", _classify), ("reward", _reward), ("grpo", _grpo)])
+def test_a_row_too_long_by_its_size_is_dropped_untokenized_with_the_same_report(
+    task, build, smollm2_tokenizer, tmp_path, monkeypatch
+):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in _rows(task)))
+    counting = Counting(smollm2_tokenizer)
+    report = build(counting, path)
+    assert max(counting.sizes) < 1000  # the huge row never reached the tokenizer
+    [(reason, skip)] = report.skips.items()
+    assert "max_length (64 tokens" in reason and skip.locations == [f"{path}:2"]
+    assert report.lengths.at_least == 1 and report.lengths.max > 200_000 / 81
+    monkeypatch.setattr(head_data, "size_bound", lambda tokenizer: None)  # every row tokenized, as before
+    before = build(smollm2_tokenizer, path)
+    now, then = report.to_dict(), before.to_dict()
+    assert {k: v for k, v in now.items() if k != "lengths"} == {k: v for k, v in then.items() if k != "lengths"}
+    assert report.losses() == before.losses()
+    assert before.lengths.at_least == 0 and before.lengths.max > report.lengths.max
+    assert now["lengths"]["count"] == then["lengths"]["count"]
