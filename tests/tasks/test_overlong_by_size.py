@@ -1,4 +1,4 @@
-"""Rows of the head tasks (classify, reward) and grpo prompts too long for data.max_length by their size alone
+"""Rows of the head tasks (classify, reward), dpo chat pairs and grpo prompts too long for data.max_length by their size alone
 (data/size_bound.py): with data.overlong=drop they are dropped without being tokenized, with the report they had
 when every row was tokenized, but for their lengths, which are the fewest tokens they can have."""
 
@@ -7,8 +7,9 @@ import json
 import pytest
 
 from tunelab.config import load_config
-from tunelab.tasks import head_data
+from tunelab.tasks import head_data, preference_data
 from tunelab.tasks.classify import CLASSIFY
+from tunelab.tasks.preference_data import build_preferences
 from tunelab.tasks.prompt_data import build_prompts
 from tunelab.tasks.reward import REWARD
 
@@ -29,6 +30,10 @@ def _reward(tokenizer, path):
     return REWARD.build_data(_config("reward", path, 64), tokenizer, 0).report
 
 
+def _dpo(tokenizer, path):
+    return build_preferences(_config("dpo", path, 64), tokenizer, 0).report
+
+
 def _grpo(tokenizer, path):
     return build_prompts(_config("grpo", path, 64), tokenizer, 0, []).report
 
@@ -38,6 +43,9 @@ def _rows(task: str) -> list[dict]:
     if task == "classify":
         rows = [{"text": f"Ferry {i} was late.", "label": ["late", "on time"][i % 2]} for i in range(6)]
         rows[1]["text"] = HUGE
+    elif task == "dpo":  # a chat pair: the prompt as the user's turn, each answer as the assistant's
+        rows = [{"prompt": f"When is ferry {i}?", "chosen": "At 9:40.", "rejected": "No idea."} for i in range(6)]
+        rows[1]["chosen"] = HUGE
     elif task == "reward":
         rows = [{"prompt": f"When is ferry {i}?", "chosen": "At 9:40.", "rejected": "No idea."} for i in range(6)]
         rows[1]["rejected"] = HUGE
@@ -47,7 +55,7 @@ def _rows(task: str) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("task, build", [("classify", _classify), ("reward", _reward), ("grpo", _grpo)])
+@pytest.mark.parametrize("task, build", [("classify", _classify), ("reward", _reward), ("dpo", _dpo), ("grpo", _grpo)])
 def test_a_row_too_long_by_its_size_is_dropped_untokenized_with_the_same_report(
     task, build, smollm2_tokenizer, tmp_path, monkeypatch
 ):
@@ -59,7 +67,8 @@ def test_a_row_too_long_by_its_size_is_dropped_untokenized_with_the_same_report(
     [(reason, skip)] = report.skips.items()
     assert "max_length (64 tokens" in reason and skip.locations == [f"{path}:2"]
     assert report.lengths.at_least == 1 and report.lengths.max > 200_000 / 81
-    monkeypatch.setattr(head_data, "size_bound", lambda tokenizer: None)  # every row tokenized, as before
+    for module in (head_data, preference_data):  # every row tokenized, as before
+        monkeypatch.setattr(module, "size_bound", lambda tokenizer: None)
     before = build(smollm2_tokenizer, path)
     now, then = report.to_dict(), before.to_dict()
     assert {k: v for k, v in now.items() if k != "lengths"} == {k: v for k, v in then.items() if k != "lengths"}

@@ -34,6 +34,7 @@ from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, note_system_on_texts
 from tunelab.data.render import IGNORE, encode, note_templated_inputs, special_text_in, special_texts
 from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.size_bound import size_bound, surely_longer
 from tunelab.data.templates import Template, default_bos
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head_data import (
@@ -162,19 +163,41 @@ def _chat_text(side: Side, template: Template, where: str) -> tuple[str, list[tu
     return text, [span for i, span in zip(assistant, spans) if i >= side.answer_from]
 
 
+def chat_texts(pair: Preference, tokenizer, template: Template) -> list[tuple[str, list[tuple[int, int]]]]:
+    """The rendered chats of a chat pair's chosen and rejected sides, each with its answer spans (`_chat_text`);
+    DataError for a side holding special-token text."""
+    where = location(pair.path, pair.line)
+    specials = special_texts(tokenizer)
+    for name, side in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+        found = special_text_in(side.messages, specials)
+        if found:
+            raise DataError(f"{where}: {found} of the {name} side would be read as a control token; remove it.")
+    return [_chat_text(side, template, where) for side in (pair.chosen, pair.rejected)]
+
+
+def lengths_over(rendered: list[tuple[str, list]], tokenizer, max_length: int) -> tuple[list[int], int] | None:
+    """The token lengths of a chat pair's sides (`chat_texts`) when one is over max_length by its size alone
+    (data/size_bound.py), which data.overlong=drop drops whatever its tokens: such a side's the fewest tokens it can
+    have, untokenized, the other's as `render_pair` tokenizes it; and how many sides are such. None when none is."""
+    bound = size_bound(tokenizer)
+    over = [surely_longer(text, max_length, bound) for text, _ in rendered]
+    if not any(over):
+        return None
+    lengths = [
+        bound.least_tokens(text) if o else len(encode(tokenizer, [text], [spans])[0][0])
+        for (text, spans), o in zip(rendered, over)
+    ]
+    return lengths, sum(over)
+
+
 def render_pair(
-    pair: Preference, tokenizer, template: Template
+    pair: Preference, tokenizer, template: Template, rendered: list[tuple[str, list]] | None = None
 ) -> tuple[list[int], list[int], list[int], list[int], int]:
     """(chosen ids, chosen labels, rejected ids, rejected labels, lead), untruncated; lead: how many start tokens come
-    before the texts of a text pair (BOS, or the token `text_start` puts first), 0 for a chat."""
-    where = location(pair.path, pair.line)
+    before the texts of a text pair (BOS, or the token `text_start` puts first), 0 for a chat. `rendered`: a chat
+    pair's `chat_texts`, where the caller has them."""
     if pair.chosen.messages is not None:
-        specials = special_texts(tokenizer)
-        for name, side in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-            found = special_text_in(side.messages, specials)
-            if found:
-                raise DataError(f"{where}: {found} of the {name} side would be read as a control token; remove it.")
-        rendered = [_chat_text(side, template, where) for side in (pair.chosen, pair.rejected)]
+        rendered = rendered or chat_texts(pair, tokenizer, template)
         (c_ids, c_in), (r_ids, r_in) = encode(tokenizer, [t for t, _ in rendered], [s for _, s in rendered])
         c_labels = [t if keep else IGNORE for t, keep in zip(c_ids, c_in)]
         r_labels = [t if keep else IGNORE for t, keep in zip(r_ids, r_in)]
@@ -251,8 +274,14 @@ def to_rows(
     rows, unprompted = [], []  # unprompted: the pairs of whole texts that share no token from the start
     uncued = []  # pairs of whole texts sharing a start with no assistant cue in it: their prompt is that start
     cut_answers = [0, 0, 0]  # pairs cut, answer tokens they lose, answer tokens they had
+    dropped = f"longer than max_length ({max_length} tokens; data.overlong=drop)"
     for pair in pairs:
-        c_ids, c_labels, r_ids, r_labels, lead = render_pair(pair, tokenizer, template)
+        rendered = chat_texts(pair, tokenizer, template) if pair.chosen.messages is not None else None
+        if rendered and overlong == "drop" and (over := lengths_over(rendered, tokenizer, max_length)):
+            report.add_lengths(over[0], at_least=over[1])
+            report.skip(dropped, pair.path, pair.line)
+            continue
+        c_ids, c_labels, r_ids, r_labels, lead = render_pair(pair, tokenizer, template, rendered)
         report.add_lengths([len(c_ids), len(r_ids)])
         prompt = min(first_label(c_labels), first_label(r_labels))
         if pair.chosen.messages is None and prompt <= lead:  # the start token both texts begin with is no prompt
@@ -263,7 +292,7 @@ def to_rows(
         cut = max(len(c_ids), len(r_ids)) > max_length
         if cut:
             if overlong == "drop":
-                report.skip(f"longer than max_length ({max_length} tokens; data.overlong=drop)", pair.path, pair.line)
+                report.skip(dropped, pair.path, pair.line)
                 continue
             answer = sum(t != IGNORE for t in c_labels + r_labels)
             c_ids, c_labels, r_ids, r_labels = (x[:max_length] for x in (c_ids, c_labels, r_ids, r_labels))
