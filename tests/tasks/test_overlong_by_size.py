@@ -3,9 +3,12 @@
 when every row was tokenized, but for their lengths, which are the fewest tokens they can have."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from tunelab.checks.grpo import room_item
+from tunelab.checks.heads import length_item
 from tunelab.config import load_config
 from tunelab.tasks import head_data, preference_data
 from tunelab.tasks.classify import CLASSIFY
@@ -23,19 +26,19 @@ def _config(task: str, path, max_length: int):
 
 
 def _classify(tokenizer, path):
-    return CLASSIFY.build_data(_config("classify", path, 64), tokenizer, 0).report
+    return CLASSIFY.build_data(_config("classify", path, 64), tokenizer, 0)
 
 
 def _reward(tokenizer, path):
-    return REWARD.build_data(_config("reward", path, 64), tokenizer, 0).report
+    return REWARD.build_data(_config("reward", path, 64), tokenizer, 0)
 
 
 def _dpo(tokenizer, path):
-    return build_preferences(_config("dpo", path, 64), tokenizer, 0).report
+    return build_preferences(_config("dpo", path, 64), tokenizer, 0)
 
 
 def _grpo(tokenizer, path):
-    return build_prompts(_config("grpo", path, 64), tokenizer, 0, []).report
+    return build_prompts(_config("grpo", path, 64), tokenizer, 0, [])
 
 
 def _rows(task: str) -> list[dict]:
@@ -62,16 +65,24 @@ def test_a_row_too_long_by_its_size_is_dropped_untokenized_with_the_same_report(
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in _rows(task)))
     counting = Counting(smollm2_tokenizer)
-    report = build(counting, path)
+    data = build(counting, path)
+    report = data.report
     assert max(counting.sizes) < 1000  # the huge row never reached the tokenizer
     [(reason, skip)] = report.skips.items()
     assert "max_length (64 tokens" in reason and skip.locations == [f"{path}:2"]
     assert report.lengths.at_least == 1 and report.lengths.max > 200_000 / 81
     for module in (head_data, preference_data):  # every row tokenized, as before
         monkeypatch.setattr(module, "size_bound", lambda tokenizer: None)
-    before = build(smollm2_tokenizer, path)
+    before = build(smollm2_tokenizer, path).report
     now, then = report.to_dict(), before.to_dict()
     assert {k: v for k, v in now.items() if k != "lengths"} == {k: v for k, v in then.items() if k != "lengths"}
     assert report.losses() == before.losses()
     assert before.lengths.at_least == 0 and before.lengths.max > report.lengths.max
     assert now["lengths"]["count"] == then["lengths"]["count"]
+    # tunelab check's line of the lengths says which are lower bounds
+    item = (room_item if task == "grpo" else length_item)(_config(task, path, 64), SimpleNamespace(data=data))
+    assert (
+        "over data.max_length by size alone" in item.summary
+        if task == "grpo"
+        else "over it by size alone" in item.summary
+    )

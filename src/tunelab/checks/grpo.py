@@ -45,7 +45,8 @@ def room_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
     """Tokens per prompt, and the prompts that leave fewer than grpo.max_new_tokens for an answer."""
     rows = [*inputs.data.train, *inputs.data.eval]
     s, limit, new = inputs.data.report.lengths, cfg.data.max_length, cfg.grpo.max_new_tokens
-    summary = f"tokens per prompt: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max}"
+    bounded = f" ({s.bounds_note('prompt', 'data.max_length')})" if s.at_least else ""
+    summary = f"tokens per prompt: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max}{bounded}"
     short = [r for r in rows if len(r.prompt_ids) + new > limit]
     if not short:
         return CheckItem(

@@ -137,9 +137,10 @@ def length_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
     dropped, where = _skips(inputs, lambda reason: reason.startswith("longer than max_length"))
     cut = report.total_truncated
     per = "side (chosen or rejected)" if report.pairs else "input"
+    bounded = f"; {s.bounds_note('pair side' if report.pairs else 'input')}" if s.at_least else ""
     summary = (
         f"tokens per {per}: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (data.max_length "
-        f"{cfg.data.max_length})"
+        f"{cfg.data.max_length}{bounded})"
     )
     if not dropped and not cut:
         return CheckItem("lengths", "pass", summary + "; none over it")

@@ -93,6 +93,14 @@ class LengthStats:
     counts: list[int] = field(default_factory=list)
     at_least: int = 0  # lengths that are lower bounds (never tokenized)
 
+    def bounds_note(self, unit: str, limit: str = "it") -> str:
+        """What a line of these lengths adds where `at_least` of them are lower bounds ('' where none is): `unit`
+        names what one length is of, `limit` max_length."""
+        if not self.at_least:
+            return ""
+        they = "it" if self.at_least == 1 else "they"
+        return f"{counted(self.at_least, unit)} over {limit} by size alone, not tokenized: counted at the fewest tokens {they} can have"
+
     @classmethod
     def of(cls, lengths: list[int]) -> LengthStats:
         if not lengths:
@@ -274,12 +282,7 @@ class DataReport:
                 lines.append(f"    each epoch's draw is packed: epoch 0 trains on {self.packed_epoch_rows} packed rows")
         if self.lengths.count:
             s = self.lengths
-            bounded = (
-                f"; {counted(s.at_least, per)} over it by size alone, not tokenized: counted at the fewest tokens "
-                f"{'it' if s.at_least == 1 else 'they'} can have"
-                if s.at_least
-                else ""
-            )
+            bounded = f"; {s.bounds_note(per)}" if s.at_least else ""
             lines.append(
                 f"  tokens per {per}: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (max_length {self.max_length}{bounded})"
             )
