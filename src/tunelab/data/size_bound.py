@@ -81,8 +81,10 @@ def size_bound(tokenizer) -> SizeBound | None:
     """The bound of `tokenizer` (see the module docstring), or None where it is not proven for it (a slow
     tokenizer, a normalizer, a WordPiece or SentencePiece model, ...). Read once per tokenizer from its backend's
     serialised form."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode  # ByteLevel's byte -> character map
-
+    try:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode  # ByteLevel's byte -> character map
+    except ImportError:  # a transformers without it: no bound, every row is tokenized
+        return None
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
