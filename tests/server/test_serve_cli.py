@@ -207,3 +207,22 @@ def test_a_python_caller_is_told_its_arguments_not_the_flags(tiny_run_dir, monke
     assert f"argument 'port': port {port} on 127.0.0.1 is in use by another program; choose another with port=." in (
         str(caught.value)
     )
+
+
+def test_a_head_run_is_refused_naming_the_commands_to_type(tiny_run_dir, tmp_path, capsys):
+    """`tunelab serve` of a classify run told its user to 'Use tunelab.predict() or tunelab.evaluate()', the Python
+    functions, where generate, merge and export name the commands to type; serve names them too, and Python's
+    serve() the functions."""
+    import shutil
+
+    import tunelab
+
+    run = tmp_path / "head-run"
+    shutil.copytree(tiny_run_dir, run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"task": "classify"}))
+    assert main(["serve", str(run), "--port", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Use 'tunelab predict' or 'tunelab eval' with it" in err and "tunelab.predict()" not in err
+    with pytest.raises(TunelabError, match=r"Use tunelab\.predict\(\) or tunelab\.evaluate\(\) with it"):
+        tunelab.serve(run, port=0, device="cpu")

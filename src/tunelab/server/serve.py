@@ -177,7 +177,7 @@ def build_app(
     from tunelab.server.app import create_app
     from tunelab.server.engine import Engine
 
-    loaded = opened(run, device, base_precision)
+    loaded = opened(run, device, base_precision, spelling)  # a head run's refusal names the commands to type
     say_config_notice(loaded.model)  # before serving: the same line chat, generate and compare print
     say(
         loaded.system_prompt_notice(
