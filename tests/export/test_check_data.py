@@ -210,3 +210,24 @@ def test_a_text_llama_cpp_splits_differently_is_shown_where_it_differs(tmp_path,
         "; the file's pre-tokenizer is 'smollm', the base model's, while the tokenizer the run trained with splits as "
         "llama.cpp's 'gpt-2'"
     )
+
+
+def test_a_preference_run_renders_the_probes_saying_why(tmp_path):
+    """The self-check of a dpo run read its pairs as sft rows and printed the format reader's error as the reason for
+    the probes ('cannot tell the data format from the fields 'prompt', 'chosen', 'rejected' ...'), which reads as
+    damaged training data. It says what the rows are instead, for dpo, kto and grpo runs alike."""
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go."}) + "\n")
+    for extra, rows in (
+        ({"task": "dpo"}, "preference pairs"),
+        ({"task": "dpo", "dpo": {"loss": "kto"}}, "feedback rows"),
+        ({"task": "grpo"}, "prompts without answers"),
+    ):
+        run = _run(tmp_path, {"train": [str(tmp_path / "pairs.jsonl")]})
+        config = yaml.safe_load((run / "config.yaml").read_text()) | extra
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        chats, source = _conversations(run, None, 8)
+        task = extra["task"]
+        assert source == f"probes (a {task} run's training rows are {rows}, not conversations)" and chats
+        for path in run.iterdir():
+            path.unlink()
+        run.rmdir()

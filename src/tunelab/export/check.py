@@ -113,6 +113,10 @@ def saved_verdict(out: str | Path) -> str | None:
     return json.loads(path.read_text())["verdict"] if path.is_file() else None
 
 
+# what the rows of a task other than sft are: no conversations to render, so the check renders the probes
+OTHER_ROWS = {"dpo": "preference pairs", "kto": "feedback rows", "grpo": "prompts without answers"}
+
+
 def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[list[dict]], str]:
     """The first training conversations of the run (in the first CHECK_ROWS rows of each source), read as training
     read them (`entries.training_examples`: its data.delimiter, data.transform and each mixture source's options), or
@@ -120,12 +124,16 @@ def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[
     the file when its config.yaml (a staged run's last stage's) is gone."""
     # a staged run: its last stage's, whose result it holds; missing, it is refused by name, not replaced by probes
     cfg = saved_config(run_dir, CHECK_NEEDS)
+    rows = OTHER_ROWS.get("kto" if cfg.task == "dpo" and cfg.dpo.loss == "kto" else cfg.task)
     try:
-        check_saved_transform(run_dir, cfg.data)
-        chats = [ex.messages for ex in training_examples(cfg.data, CHECK_ROWS) if ex.messages][:limit]
-        if chats:
-            return chats, f"the first {CHECK_ROWS} rows of the training data"
-        reason = f"the training data has no conversations in its first {CHECK_ROWS} rows"
+        if rows:  # read as sft rows, they failed with the format reader's error, which reads as damaged data
+            reason = f"a {cfg.task} run's training rows are {rows}, not conversations"
+        else:
+            check_saved_transform(run_dir, cfg.data)
+            chats = [ex.messages for ex in training_examples(cfg.data, CHECK_ROWS) if ex.messages][:limit]
+            if chats:
+                return chats, f"the first {CHECK_ROWS} rows of the training data"
+            reason = f"the training data has no conversations in its first {CHECK_ROWS} rows"
     except (
         TunelabError,
         OSError,
