@@ -293,7 +293,8 @@ def make_task(cfg: DpoConfig) -> Task:
         counted = (
             f"{len(rows)} {unit}"
             if needed is None
-            else f"{len(needed)} of {len(rows)} {unit}: the train {unit} that {reach} reaches, and the eval {unit}"
+            else f"{len(needed)} of {len(rows)} {unit}: the train {unit} that {reach} reaches"
+            + (f", and the eval {unit}" if data.eval else "")
         )
         print(f"dpo: reference log-probs of {counted} ({which}) ...", flush=True)
         cache_reference(
