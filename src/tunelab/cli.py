@@ -57,17 +57,30 @@ def _overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def texts_before_data(positional: list[str], argv: list[str]) -> bool:
-    """Did `tunelab predict` get its texts before --data, so that they are predicted (and printed) first? A TEXT
-    after the run always comes before the options; else the first --text is compared with --data."""
-    if positional:
-        return True
-    first = {}
-    for i, arg in enumerate(argv):
-        name = arg.split("=", 1)[0]
-        if name in ("--text", "--data") and name not in first:
-            first[name] = i
-    return "--text" in first and first["--text"] < first.get("--data", len(argv))
+def texts_before_data(argv: list[str]) -> bool:
+    """Did `tunelab predict` get its first text (a TEXT or --text) before --data, so that the texts are predicted (and
+    printed) first? The command line is walked as argparse reads it: an option's value is no TEXT, the first
+    positional is the run, and a TEXT may stand after the options (`predict RUN --data FILE "text"`)."""
+    parser = build_parser()
+    flags = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["predict"]
+    actions = flags._option_string_actions
+    rest = argv[argv.index("predict") + 1 :] if "predict" in argv else argv
+    run, i = False, 0
+    while i < len(rest):
+        arg, i = rest[i], i + 1
+        if arg.startswith("-") and arg != "-" and "--" not in rest[: i - 1]:
+            name = arg.split("=", 1)[0]
+            named = [s for s in actions if s.startswith(name)]  # argparse takes an unambiguous prefix
+            action = actions.get(name) or (actions[named[0]] if len(named) == 1 else None)
+            if action is not None and action.dest in ("data", "text"):
+                return action.dest == "text"
+            if action is not None and action.nargs != 0 and "=" not in arg:
+                i += 1  # its value
+        elif arg != "--":
+            if run:
+                return True  # a TEXT
+            run = True
+    return False
 
 
 def _launch(args: argparse.Namespace, argv: list[str]) -> int:
@@ -184,7 +197,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             device=args.device,
             show=True,
-            texts_first=texts_before_data(args.texts, argv or []),
+            texts_first=texts_before_data(argv or []),
             spelling=CLI,  # errors name the flags typed
         )
         if args.out:

@@ -25,10 +25,18 @@ def test_texts_given_before_data_are_predicted_first(tiny_model_dir, tmp_path, c
     assert wheres("a text", "--data", str(new)) == ["text 1", f"{new}:1"]
     assert wheres("--text", "a text", "--data", str(new)) == ["text 1", f"{new}:1"]
     assert wheres("--data", str(new), "--text", "a text") == [f"{new}:1", "text 1"]
+    # a TEXT after --data (the README's "texts before or after the options") was printed first all the same
+    assert wheres("--data", str(new), "a text") == [f"{new}:1", "text 1"]
 
 
 def test_the_order_is_read_from_the_command_line():
-    assert texts_before_data(["hi"], ["predict", "r", "hi", "--data", "f"])
-    assert texts_before_data([], ["predict", "r", "--text=hi", "--data", "f"])
-    assert not texts_before_data([], ["predict", "r", "--data=f", "--text", "hi"])
-    assert not texts_before_data([], ["predict", "r", "--data", "f"])
+    assert texts_before_data(["predict", "r", "hi", "--data", "f"])
+    assert texts_before_data(["predict", "r", "--text=hi", "--data", "f"])
+    assert not texts_before_data(["predict", "r", "--data=f", "--text", "hi"])
+    assert not texts_before_data(["predict", "r", "--data", "f"])
+    # a TEXT after --data, or after another option's value, is read where it stands; an option's value is no TEXT
+    assert not texts_before_data(["predict", "r", "--data", "f", "hi"])
+    assert not texts_before_data(["predict", "r", "--dat", "f", "hi"])  # argparse's abbreviation of --data
+    assert texts_before_data(["predict", "r", "--device", "cpu", "hi", "--data", "f"])
+    assert texts_before_data(["predict", "r", "--overwrite", "hi", "--data", "f"])
+    assert not texts_before_data(["predict", "r", "--out", "p.csv", "--data", "f", "hi"])
