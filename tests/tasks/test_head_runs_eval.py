@@ -262,3 +262,17 @@ def test_the_majority_baseline_of_labels_that_tie_says_they_tie(tiny_model_dir, 
     over = head_overrides(tiny_model_dir, tmp_path, "classify", more, output_dir=str(tmp_path / "more-run"))
     run = recipe.train(None, over).run_dir
     assert evaluate_head_run(run, label_file, "cpu").baseline_name == "majority class (pos)"
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_head_eval_shows_a_progress_bar_while_it_scores(task, tiny_model_dir, tmp_path, label_file, pair_file, capsys):
+    """`tunelab eval` of a classifier printed nothing until its tables: on the spam example's 1,035 test rows minutes
+    of silence on a CPU, where the eval of a run that generates text shows a bar while it answers. It shows one for
+    each model it scores (a reward run: the tuned model and the untrained head)."""
+    data = label_file if task == "classify" else pair_file
+    run = recipe.train(None, head_overrides(tiny_model_dir, tmp_path, task, data)).run_dir
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", data, "--no-save", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "scores, tuned model" in err
+    assert ("scores, untrained head" in err) == (task == "reward")

@@ -125,7 +125,7 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
         )
     if not rows:
         raise DataError(f"{data_file}: no rows to evaluate ({_skipped(report)}).")
-    logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres)
+    logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres, "scores, tuned model")
     written = [r.label for r in rows]
     expected = [label if label in run.labels else ours[label_key(label)] for label in written]
     respelt = Counter((w, e) for w, e in zip(written, expected) if w != e)
@@ -241,9 +241,9 @@ def _reward(run: HeadRun, data_file: str, batch_size: int, spelling: Spelling = 
         raise DataError(f"{data_file}: no preference pairs to evaluate ({_skipped(report)}).")
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     n = len(pairs)
-    rewards, cut = head_outputs(run.model, run, inputs, batch_size, wheres + wheres)
+    rewards, cut = head_outputs(run.model, run, inputs, batch_size, wheres + wheres, "scores, tuned model")
     with untrained_model(run) as untrained:
-        base, _ = head_outputs(untrained, run, inputs, batch_size, wheres + wheres)
+        base, _ = head_outputs(untrained, run, inputs, batch_size, wheres + wheres, "scores, untrained head")
     margins, base_margins = rewards[:n, 0] - rewards[n:, 0], base[:n, 0] - base[n:, 0]
     table = [
         {

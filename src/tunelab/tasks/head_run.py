@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from tunelab.config import DataConfig
 from tunelab.config.flags import PYTHON, Spelling
@@ -217,9 +218,15 @@ def training_skips(
 
 @torch.no_grad()
 def head_outputs(
-    model: SequenceClassifier, run: HeadRun, inputs: list[Input], batch_size: int = 16, wheres: list[str] | None = None
+    model: SequenceClassifier,
+    run: HeadRun,
+    inputs: list[Input],
+    batch_size: int = 16,
+    wheres: list[str] | None = None,
+    progress: str | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Logits (N, K) fp32 on the CPU for `inputs`, and how many inputs were cut to max_length."""
+    """Logits (N, K) fp32 on the CPU for `inputs`, and how many inputs were cut to max_length. `progress`: the label
+    of a progress bar on stderr over the batches (none by default: a grpo reward scores every step)."""
     ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
     limit = run.data.max_length
     kept = starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format)
@@ -232,8 +239,8 @@ def head_outputs(
                 "Shorten its system prompt, or score it with a run of a larger data.max_length."
             )
     cut = sum(len(a) < len(b) for a, b in zip(fitted, ids))
-    out = []
-    for start in range(0, len(fitted), batch_size):
+    out, starts_at = [], range(0, len(fitted), batch_size)
+    for start in tqdm(starts_at, desc=progress, unit="batch", leave=False) if progress else starts_at:
         batch = {
             k: v.to(run.device)
             for k, v in pad_rows(fitted[start : start + batch_size], run.tokenizer.pad_token_id).items()
