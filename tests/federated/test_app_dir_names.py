@@ -27,3 +27,15 @@ def test_the_app_folder_is_refused_by_the_callers_names(tmp_path, tiny_model_dir
         assert main(["federate", str(config), "--app-dir", str(given)]) == 2
         err = capsys.readouterr().err
         assert flags in err and "app_dir" not in err, err
+
+
+def test_an_app_folder_that_cannot_be_made_is_refused_by_its_flag(tmp_path, tiny_model_dir, federate_config, capsys):
+    """--app-dir naming a file (or a path under one) ended in FileExistsError's traceback from mkdir, exit code 1."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me\n")
+    for given in (a_file, a_file / "app"):
+        assert main(["federate", str(config), "--app-dir", str(given)]) == 2
+        err = capsys.readouterr().err
+        assert f"--app-dir {given}" in err and "Traceback" not in err, err
+    assert a_file.read_text() == "keep me\n"

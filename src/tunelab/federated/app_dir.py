@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.atomic import write_text
+from tunelab.atomic import write_failed, write_text
 from tunelab.config import ClientSource, FederatedConfig, ResolvedConfig, dump_yaml
 from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError, counted
@@ -112,7 +112,16 @@ def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool
             f'{toml} is not a Flower App tunelab wrote (no name = "{APP_NAME}"), so {spelling.overwrite} will not '
             f"replace it. Choose another {another}, e.g. a new folder."
         )
-    app_dir.mkdir(parents=True, exist_ok=True)
+    in_the_way = next((f for f in (app_dir, *app_dir.parents) if f.exists() and not f.is_dir()), None)
+    if in_the_way is not None:
+        raise RunDirError(
+            f"{_app_dir_named(app_dir, spelling)}: {'is' if in_the_way == app_dir else 'lies under'} the file "
+            f"{in_the_way}, not a folder; choose a folder name for the app (e.g. a new folder)."
+        )
+    try:
+        app_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only filesystem, a folder without write permission
+        raise write_failed(app_dir, exc) from None
     cfg = resolved.config
     config_lines = tomli_w.dumps({RUN_CONFIG_KEY: dump_yaml(cfg), RESUME_KEY: resume}, multiline_strings=True)
     write_text(  # whole or not at all: an --overwrite that fails keeps the app that was there
