@@ -97,6 +97,19 @@ def test_a_torn_metrics_line_or_a_damaged_data_report_leave_the_rest(tmp_path):
     assert "No data report: data_report.json is damaged (not a JSON object)" in page
 
 
+def test_metrics_lines_left_out_are_counted_on_the_page(tmp_path):
+    """Lines of metrics.jsonl that are not JSON objects (torn by a crash, edited) were left out of the curves without
+    a word: the page counts them and names their lines."""
+    run = make_run(tmp_path / "run")
+    before = len((run / "metrics.jsonl").read_text().splitlines())
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('garbage\n[1, 2]\n{"step": 99, "loss"')
+    page = build_report(run).read_text()
+    assert "No training metrics" not in page
+    lines = ", ".join(str(before + k) for k in (1, 2, 3))
+    assert f"3 lines of metrics.jsonl left out, as they are not JSON objects (lines {lines})" in page, page
+
+
 def test_a_result_file_of_other_shapes_costs_its_section_not_the_report(tmp_path, capsys):
     """eval.json, compare.json or data_report.json that parse as JSON but hold what tunelab does not write there
     (edited by hand, written by another version) ended the report in a Python traceback."""

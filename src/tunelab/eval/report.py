@@ -108,7 +108,8 @@ def render_report(run_dir: str | Path) -> str:
         (
             "training",
             "Training curves",
-            _drawn(lambda: training_plots(metrics.data, inputs.tasks, run.data), metrics.name)
+            (_drawn(lambda: training_plots(metrics.data, inputs.tasks, run.data), metrics.name) or "")
+            + metrics.left_out_note()
             if metrics.data is not None
             else metrics.missing("training metrics") + _stages_hint(run_dir, run.data),
         ),

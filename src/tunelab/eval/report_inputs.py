@@ -10,6 +10,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.errors import counted
 from tunelab.eval.report_html import esc
 from tunelab.rundir import RUN_FILE
 
@@ -21,9 +22,20 @@ class Input:
     name: str
     data: object = None
     problem: str | None = None  # set when the file is missing or unreadable
+    left_out: tuple[int, ...] = ()  # a .jsonl file's lines (1-based) that are not JSON objects, left out of `data`
 
     def missing(self, what: str) -> str:
         return f'<p class="missing">No {esc(what)}: {esc(self.problem or "")}</p>'
+
+    def left_out_note(self) -> str:
+        """A line counting the lines left out of `data` and naming them, or nothing."""
+        if not self.left_out:
+            return ""
+        shown = ", ".join(map(str, self.left_out[:10])) + (", ..." if len(self.left_out) > 10 else "")
+        return (
+            f'<p class="missing">{counted(len(self.left_out), "line")} of {esc(self.name)} left out, as they are not '
+            f"JSON objects (line{'s' if len(self.left_out) > 1 else ''} {shown}): torn by a crash, or edited.</p>"
+        )
 
 
 def eval_hint(run_dir: Path) -> str:
@@ -54,9 +66,12 @@ def load_input(run_dir: Path, name: str) -> Input:
     try:
         text = path.read_text(encoding="utf-8")
         if name.endswith(".jsonl"):  # a line torn by a crash is left out, as --resume leaves it out
-            data = [row for row in map(_json_line, text.split("\n")) if isinstance(row, dict)]
+            rows = {i: _json_line(line) for i, line in enumerate(text.split("\n"), 1) if line.strip()}
+            data = [row for row in rows.values() if isinstance(row, dict)]
             if not data:
                 return Input(name, problem=f"{name} could not be read (no line of it is a JSON object)")
+            left_out = tuple(i for i, row in rows.items() if not isinstance(row, dict))
+            return Input(name, data, left_out=left_out)
         elif name.endswith(".json"):
             data = json.loads(text)
             if not isinstance(data, dict):
@@ -70,7 +85,7 @@ def load_input(run_dir: Path, name: str) -> Input:
 
 def _json_line(line: str):
     try:
-        return json.loads(line) if line.strip() else None
+        return json.loads(line)
     except json.JSONDecodeError:
         return None
 
