@@ -140,8 +140,34 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, capsy
     ):
         with pytest.raises(ConfigError, match=r"argument '(data|questions|run)' is an empty path"):
             call()
-    assert main(["eval", str(tmp_path), "--data", ""]) == 2
-    assert "argument 'data' is an empty path" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ended:  # argparse's exit: the flag refused as it was parsed
+        main(["eval", str(tmp_path), "--data", ""])
+    assert ended.value.code == 2
+    assert "argument --data: '' is an empty path" in capsys.readouterr().err
+
+
+def test_an_empty_path_is_named_as_typed_and_as_what_it_is(tmp_path, capsys):
+    """`tunelab merge RUN --out ""` was told "merge(): argument 'out' is an empty path ..., which would name the current
+    folder and read every data file under it": the Python function, and a read, of an output. The CLI names the
+    argument as typed (the positional run_dir, export's --gguf); Python's message says no read of an output."""
+    from tunelab.cli import main
+    from tunelab.errors import ConfigError
+
+    for argv, named in (
+        (["merge", str(tmp_path), "--out", ""], "argument --out: '' is an empty path"),
+        (["export", str(tmp_path), "--gguf", " "], "argument --gguf/--out: ' ' is an empty path"),
+        (["generate", "", "hi"], "argument run_dir: '' is an empty path"),
+        (["report", str(tmp_path), "--out", ""], "argument --out: '' is an empty path"),
+        (["compare", str(tmp_path), "--questions", ""], "argument --questions: '' is an empty path"),
+    ):
+        with pytest.raises(SystemExit) as ended:
+            main(argv)
+        assert ended.value.code == 2
+        err = capsys.readouterr().err
+        assert named in err and "()" not in err and "data file" not in err, err
+    with pytest.raises(ConfigError) as caught:
+        tunelab.merge(tmp_path, "")
+    assert "argument 'out' is an empty path" in str(caught.value) and "data file" not in str(caught.value)
 
 
 def test_save_false_beside_overwrite_or_out_names_the_python_arguments(tmp_path):

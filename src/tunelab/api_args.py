@@ -61,9 +61,10 @@ def checked(function: Callable) -> Callable:
                 continue
             annotation, types = allowed[name]
             if "Path" in annotation and isinstance(value, str) and not value.strip():  # Path("") is the current folder
+                read = " and read every data file under it" if name in ("data", "questions") else ""
                 raise ConfigError(
                     f"{function.__name__}(): argument '{name}' is an empty path (an unset shell variable?), which "
-                    "would name the current folder and read every data file under it; give the file or folder."
+                    f"would name the current folder{read}; give the file or folder."
                 )
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import os
 
-from tunelab.config.flags import device, finite, keep_double_dash, positive, refuse_repeated, whole
+from tunelab.config.flags import device, finite, keep_double_dash, path, positive, refuse_repeated, whole
 from tunelab.errors import ConfigError
 
 
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(check)
     check.add_argument(
         "--html",
+        type=path,
         help="where to write the HTML page of the check (default: check.html in a new folder under the system's "
         "temporary directory; the path is printed)",
     )
@@ -172,13 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the federation in output_dir after its last round"
     )
     federate.add_argument("--overwrite", action="store_true", help="replace an existing run directory (or app folder)")
-    federate.add_argument("--app-dir", help="write a Flower App here for the deployment engine instead of simulating")
+    federate.add_argument(
+        "--app-dir", type=path, help="write a Flower App here for the deployment engine instead of simulating"
+    )
     _add_config_options(federate)
 
     compare = sub.add_parser("compare", help="base and tuned model answer the same questions, side by side")
-    compare.add_argument("run_dir", help="a finished run directory")
+    compare.add_argument("run_dir", type=path, help="a finished run directory")
     compare.add_argument(
         "--questions",
+        type=path,
         help="jsonl/json/csv file with a question column and optional expected and kind columns (default, without "
         "--question: the run's eval.questions)",
     )
@@ -196,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _seed_option(compare, *_ANSWERS_SEED)
 
     chat = sub.add_parser("chat", help="chat with the tuned model (multi-turn, streaming)")
-    chat.add_argument("run_dir", help="a finished run directory")
+    chat.add_argument("run_dir", type=path, help="a finished run directory")
     _generation_options(chat, "the room the model's context leaves after the conversation")
     _seed_option(
         chat,
@@ -204,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     generate = sub.add_parser("generate", help="one answer to one prompt, for scripts")
-    generate.add_argument("run_dir", help="a finished run directory")
+    generate.add_argument("run_dir", type=path, help="a finished run directory")
     generate.add_argument(
         "text", nargs="?", metavar="PROMPT", help="the user message (or --prompt); \\n is a newline, \\t a tab"
     )
@@ -219,15 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
         generate, "a sampled answer is drawn from a generator seeded with N, so the same seed gives the same answer"
     )
     evaluate = sub.add_parser("eval", help="loss, answer and label metrics of base and tuned model on a file")
-    evaluate.add_argument("run_dir", help="a finished run directory")
+    evaluate.add_argument("run_dir", type=path, help="a finished run directory")
     evaluate.add_argument(
         "--data",
+        type=path,
         required=True,
         help="eval file: question/expected rows or any training format (a classify run: inputs with their label; a "
         "reward run: preference pairs)",
     )
     evaluate.add_argument("--refusal", help="the refusal sentence (default: the run's eval.refusal)")
-    evaluate.add_argument("--out", help="where to write the results, a .json file (default: RUN_DIR/eval.json)")
+    evaluate.add_argument(
+        "--out", type=path, help="where to write the results, a .json file (default: RUN_DIR/eval.json)"
+    )
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     evaluate.add_argument("--no-save", action="store_true", help="print only")
     evaluate.add_argument(
@@ -245,14 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict", help="a classify run's label and probabilities, or a reward run's score, for texts or a file"
     )
-    predict.add_argument("run_dir", help="a classify or reward run directory (unfinished: its newest checkpoint)")
+    predict.add_argument(
+        "run_dir", type=path, help="a classify or reward run directory (unfinished: its newest checkpoint)"
+    )
     predict.add_argument(
         "texts",
         nargs="*",
         metavar="TEXT",
         help="texts to classify or score (or --text, repeatable); \\n is a newline, \\t a tab",
     )
-    predict.add_argument("--data", help="rows to predict: the run's input columns (text, prompt, messages, ...)")
+    predict.add_argument(
+        "--data", type=path, help="rows to predict: the run's input columns (text, prompt, messages, ...)"
+    )
     predict.add_argument(
         "--text",
         action="append",
@@ -268,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="reward runs: an answer to score (repeatable); \\n is a newline, \\t a tab",
     )
-    predict.add_argument("--out", help="also write the predictions to this .csv or .jsonl file")
+    predict.add_argument("--out", type=path, help="also write the predictions to this .csv or .jsonl file")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     predict.add_argument("--batch-size", type=whole(1), default=16, help="inputs per forward pass (default: 16)")
     predict.add_argument(
@@ -276,19 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     report = sub.add_parser("report", help="one self-contained HTML page about a run")
-    report.add_argument("run_dir", help="a run directory: finished, stopped early, or still training")
-    report.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
+    report.add_argument("run_dir", type=path, help="a run directory: finished, stopped early, or still training")
+    report.add_argument("--out", type=path, help="the HTML file (default: RUN_DIR/report.html)")
     report.add_argument("--overwrite", action="store_true", help="replace a file there (this run's report: always)")
 
     merge = sub.add_parser("merge", help="fold the adapter into the base weights: a Hugging Face model directory")
-    merge.add_argument("run_dir", help="a finished run directory")
-    merge.add_argument("--out", required=True, help="the output directory")
+    merge.add_argument("run_dir", type=path, help="a finished run directory")
+    merge.add_argument("--out", type=path, required=True, help="the output directory")
     merge.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="weight dtype (default: as saved)")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
     export = sub.add_parser("export", help="write a GGUF file (llama.cpp, Ollama) and an Ollama Modelfile beside it")
-    export.add_argument("run_dir", help="a finished run directory")
-    export.add_argument("--gguf", "--out", dest="out", required=True, help="the .gguf file to write")
+    export.add_argument("run_dir", type=path, help="a finished run directory")
+    export.add_argument("--gguf", "--out", dest="out", type=path, required=True, help="the .gguf file to write")
     export.add_argument(
         "--type",
         "--qtype",
@@ -338,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a run over HTTP in OpenAI's dialect: chat completions, text completions and responses "
         "(streaming included). Needs the 'serve' extra: pip install 'tunelab[serve]'.",
     )
-    serve.add_argument("run_dir", help="a finished run directory")
+    serve.add_argument("run_dir", type=path, help="a finished run directory")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=whole(0, 65535), default=8000, help="port to listen on (default: 8000)")
     serve.add_argument(

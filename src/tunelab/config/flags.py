@@ -92,6 +92,20 @@ def refuse_repeated(parser: argparse.ArgumentParser, argv: list[str]) -> None:
             )
 
 
+def path(text: str) -> str:
+    """An argparse type: a file or folder argument, refused when empty (`--out "$OUT"` with $OUT unset), which would
+    name the current folder; argparse names the argument as typed (--out, run_dir) and exits 2."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is an empty path (an unset shell variable?), which would name the current folder; give the "
+            "file or folder"
+        )
+    return text
+
+
+path.__name__ = "path"
+
+
 def whole(low: int, high: int | None = None):
     """An argparse type: an integer in [low, high]; argparse reports anything else (exit 2)."""
 
