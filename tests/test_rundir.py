@@ -273,10 +273,14 @@ def test_a_run_from_before_run_json_recorded_qlora_is_read_as_qlora(tmp_path):
         ("data_files", ["a.jsonl"], "an object of strings"),
         ("base_model", 7, "a string"),
         ("final_loss", "0.5", "a number or null"),
+        ("task", "foo", "one of sft, classify, reward, dpo, grpo"),  # was opened as an sft run
+        ("impl", "turbo", "one of fast, generic"),
+        ("quantize_base", "NF4", "one of none, nf4"),  # was opened over the 16-bit base, not the NF4 it trained over
+        ("init", "weird", "one of default, pissa, olora"),
     ],
 )
 def test_a_field_of_the_wrong_type_or_range_is_refused_by_name(tmp_path, field, value, expected):
-    """A hand-edited run.json was read as it was: "finished": "false" counted as finished."""
+    """A hand-edited run.json was read as it was: "finished": "false" counted as finished, "task": "foo" as sft."""
     write_info(tmp_path, RunInfo(base_model="m", method="lora", finished=True))
     raw = json.loads((tmp_path / RUN_FILE).read_text()) | {field: value}
     (tmp_path / RUN_FILE).write_text(json.dumps(raw))

@@ -25,7 +25,7 @@ from typing import Any
 
 from tunelab import __version__
 from tunelab.atomic import write_json
-from tunelab.config import RunConfig, load_config
+from tunelab.config import MethodConfig, ModelConfig, RunConfig, load_config
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.model import EMBEDDED
 from tunelab.errors import ConfigError, RunDirError, article
@@ -142,6 +142,8 @@ class RunInfo:
         values = {k: v for k, v in raw.items() if k in known}
         for name, value in values.items():
             ok, expected = FIELD_CHECKS[known[name]]
+            if name in FIELD_WORDS and ok(value):
+                ok, expected = (lambda v, name=name: v in FIELD_WORDS[name]), f"one of {', '.join(FIELD_WORDS[name])}"
             if not ok(value):
                 raise RunDirError(
                     f"{where}: field '{name}' is {json.dumps(value)[:80]}, but must be {expected} (the file was edited "
@@ -187,6 +189,21 @@ FIELD_CHECKS = {  # a RunInfo field's type as written -> (the check of its run.j
         "an object of lists of whole numbers >= 0",
     ),
     "dict[str, Any]": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+# The fields that hold one of a few words, beyond their type: another (a typo, an edit) opened the run as something it
+# is not ("task": "foo" as an sft run, "quantize_base": "NF4" over the 16-bit base it did not train over).
+def _choices(section, name: str) -> tuple[str, ...]:
+    """The allowed values of a config option, as its field declares them."""
+    return next(f.metadata["choices"] for f in dataclasses.fields(section) if f.name == name)
+
+
+FIELD_WORDS = {
+    "task": _choices(RunConfig, "task"),
+    "impl": tuple(c for c in _choices(ModelConfig, "impl") if c != "auto"),  # what "auto" resolved to
+    "quantize_base": _choices(MethodConfig, "quantize_base"),
+    "init": _choices(MethodConfig, "init"),
 }
 
 
