@@ -277,6 +277,7 @@ def test_a_run_from_before_run_json_recorded_qlora_is_read_as_qlora(tmp_path):
         ("impl", "turbo", "one of fast, generic"),
         ("quantize_base", "NF4", "one of none, nf4"),  # was opened over the 16-bit base, not the NF4 it trained over
         ("init", "weird", "one of default, pissa, olora"),
+        ("base_source", "cloud", 'one of "", alias, hub, local'),
     ],
 )
 def test_a_field_of_the_wrong_type_or_range_is_refused_by_name(tmp_path, field, value, expected):

@@ -143,7 +143,9 @@ class RunInfo:
         for name, value in values.items():
             ok, expected = FIELD_CHECKS[known[name]]
             if name in FIELD_WORDS and ok(value):
-                ok, expected = (lambda v, name=name: v in FIELD_WORDS[name]), f"one of {', '.join(FIELD_WORDS[name])}"
+                words = FIELD_WORDS[name]
+                shown = ", ".join(w or '""' for w in words)
+                ok, expected = (lambda v, words=words: v in words), f"one of {shown}"
             if not ok(value):
                 raise RunDirError(
                     f"{where}: field '{name}' is {json.dumps(value)[:80]}, but must be {expected} (the file was edited "
@@ -204,6 +206,7 @@ FIELD_WORDS = {
     "impl": tuple(c for c in _choices(ModelConfig, "impl") if c != "auto"),  # what "auto" resolved to
     "quantize_base": _choices(MethodConfig, "quantize_base"),
     "init": _choices(MethodConfig, "init"),
+    "base_source": ("", "alias", "hub", "local"),  # models.load.ModelSource.kind; empty in runs from before
 }
 
 
