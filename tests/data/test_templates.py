@@ -241,3 +241,16 @@ def test_named_templates_write_no_names_tools_or_tool_results(name, smollm2_toke
         "</tool_response>{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
     )
     assert resolve_template("tokenizer", tokenizer).uses("tool")
+
+
+def test_a_run_template_that_names_no_template_is_refused_as_run_json_says_it(tmp_path):
+    """run.json's "template": "nonexistent" was refused as "option 'data.template'", an option the reading command
+    does not take, naming no file."""
+    from tunelab.data.templates import run_template
+    from tunelab.errors import RunDirError
+
+    with pytest.raises(RunDirError) as refused:
+        run_template("nonexistent", object(), tmp_path)
+    said = str(refused.value)
+    assert f"{tmp_path / 'run.json'}: field 'template' is 'nonexistent'" in said and "option" not in said, said
+    assert all(name in said for name in NAMED)

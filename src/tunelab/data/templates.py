@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tunelab.errors import ConfigError, RunDirError
 
@@ -362,6 +363,11 @@ def run_template(name: str, tokenizer, run_dir) -> Template:
             f"{run_dir}: the run was trained with its tokenizer's chat template, which the tokenizer saved in the run "
             "no longer holds (chat_template.jinja, or tokenizer_config.json's chat_template, is missing); copy those "
             "files from the base model or from the run's original folder."
+        )
+    if name not in ("auto", "tokenizer", *NAMED):  # run.json edited: no option of the reading command names it
+        raise RunDirError(
+            f"{Path(run_dir) / 'run.json'}: field 'template' is {name!r}, but must be one of auto, tokenizer, "
+            f"{', '.join(NAMED)} (the file was edited or damaged); put back the value tunelab wrote."
         )
     return resolve_template(name, tokenizer)
 
