@@ -470,3 +470,18 @@ def test_export_refuses_a_question_count_with_the_self_check_skipped(tmp_path, c
     assert main(["export", str(tmp_path / "run"), "--gguf", str(tmp_path / "m.bin")]) == 2
     assert "option '--gguf': " in capsys.readouterr().err
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_an_empty_refusal_or_question_names_its_flag_on_the_command_line(tiny_run_dir, capsys):
+    """`tunelab eval RUN --data F --refusal ""` was told of "argument 'refusal'" alone, a Python name it never typed;
+    the flag is said beside it, as predict's --text and generate's --prompt are."""
+    from tunelab.cli import main
+
+    for argv, named in (
+        (["eval", str(tiny_run_dir), "--data", "q.jsonl", "--refusal", ""], "argument 'refusal' (--refusal) is empty"),
+        (["compare", str(tiny_run_dir), "--question", " "], "argument 'question' (--question), item 1, is empty"),
+        (["compare", str(tiny_run_dir), "--question", "hi", "--refusal", ""], "argument 'refusal' (--refusal) is"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert named in err, err

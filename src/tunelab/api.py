@@ -156,11 +156,12 @@ def compare(
     _refuse_overwrite_unsaved(save, overwrite, "compare.json", spelling)
     settings = _with_batch_size(settings, batch_size)
     run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
-    refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
+    if refusal is not None:
+        refusal = _text(refusal, "refusal", blank=False, flag=spelling.given("refusal") if spelling.flags else None)
     stamp = run_stamp(run_dir)
     info = run.info if isinstance(run, LoadedRun) else open_info(run_dir, spelling=spelling)
     dropped = DataReport()
-    asked = _texts(question, "question", blank=False)
+    asked = _texts(question, "question", blank=False, flag=spelling.given("question") if spelling.flags else None)
     if question is not None and not asked:  # a filter that kept none would otherwise ask the whole eval file
         raise ConfigError(
             "argument 'question' is an empty list; give at least one question, or leave it out (None) to ask "
@@ -294,7 +295,8 @@ def evaluate(
         given, unsaved = (f"--out {out}", "--no-save") if spelling.flags else (f"out={str(out)!r}", "save=False")
         raise ConfigError(f"{given} names where to save the results and {unsaved} saves nothing; give one of them.")
     _refuse_overwrite_unsaved(save, overwrite, "results file", spelling)
-    refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
+    if refusal is not None:
+        refusal = _text(refusal, "refusal", blank=False, flag=spelling.given("refusal") if spelling.flags else None)
     if not isinstance(run, LoadedRun) and (task := read_info(run, require_finished=False).task) in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options
 
