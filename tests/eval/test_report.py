@@ -99,15 +99,17 @@ def test_a_torn_metrics_line_or_a_damaged_data_report_leave_the_rest(tmp_path):
 
 def test_metrics_lines_left_out_are_counted_on_the_page(tmp_path):
     """Lines of metrics.jsonl that are not JSON objects (torn by a crash, edited) were left out of the curves without
-    a word: the page counts them and names their lines."""
+    a word, and a record whose step is no whole number was drawn as a category of the step axis: the page leaves both
+    out, counts them and names their lines."""
     run = make_run(tmp_path / "run")
     before = len((run / "metrics.jsonl").read_text().splitlines())
     with (run / "metrics.jsonl").open("a") as f:
-        f.write('garbage\n[1, 2]\n{"step": 99, "loss"')
+        f.write('garbage\n[1, 2]\n{"step": "four", "loss": 2.0}\n{"step": true, "loss": 1.0}\n{"step": 99, "loss"')
     page = build_report(run).read_text()
     assert "No training metrics" not in page
-    lines = ", ".join(str(before + k) for k in (1, 2, 3))
-    assert f"3 lines of metrics.jsonl left out, as they are not JSON objects (lines {lines})" in page, page
+    lines = ", ".join(str(before + k) for k in (1, 2, 3, 4, 5))
+    said = f"5 lines of metrics.jsonl left out, as they are not JSON objects with a whole-number step (lines {lines})"
+    assert said in page, page
 
 
 def test_a_result_file_of_other_shapes_costs_its_section_not_the_report(tmp_path, capsys):

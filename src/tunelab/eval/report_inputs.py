@@ -22,7 +22,7 @@ class Input:
     name: str
     data: object = None
     problem: str | None = None  # set when the file is missing or unreadable
-    left_out: tuple[int, ...] = ()  # a .jsonl file's lines (1-based) that are not JSON objects, left out of `data`
+    left_out: tuple[int, ...] = ()  # a .jsonl file's lines (1-based) left out of `data` (`_record`)
 
     def missing(self, what: str) -> str:
         return f'<p class="missing">No {esc(what)}: {esc(self.problem or "")}</p>'
@@ -34,7 +34,8 @@ class Input:
         shown = ", ".join(map(str, self.left_out[:10])) + (", ..." if len(self.left_out) > 10 else "")
         return (
             f'<p class="missing">{counted(len(self.left_out), "line")} of {esc(self.name)} left out, as they are not '
-            f"JSON objects (line{'s' if len(self.left_out) > 1 else ''} {shown}): torn by a crash, or edited.</p>"
+            f"JSON objects with a whole-number step (line{'s' if len(self.left_out) > 1 else ''} {shown}): torn by a "
+            "crash, or edited.</p>"
         )
 
 
@@ -67,11 +68,12 @@ def load_input(run_dir: Path, name: str) -> Input:
         text = path.read_text(encoding="utf-8")
         if name.endswith(".jsonl"):  # a line torn by a crash is left out, as --resume leaves it out
             rows = {i: _json_line(line) for i, line in enumerate(text.split("\n"), 1) if line.strip()}
-            data = [row for row in rows.values() if isinstance(row, dict)]
+            data = [row for row in rows.values() if _record(row)]
             if not data:
-                return Input(name, problem=f"{name} could not be read (no line of it is a JSON object)")
-            left_out = tuple(i for i, row in rows.items() if not isinstance(row, dict))
-            return Input(name, data, left_out=left_out)
+                return Input(
+                    name, problem=f"{name} could not be read (no line of it is a JSON object with a whole-number step)"
+                )
+            return Input(name, data, left_out=tuple(i for i, row in rows.items() if not _record(row)))
         elif name.endswith(".json"):
             data = json.loads(text)
             if not isinstance(data, dict):
@@ -81,6 +83,12 @@ def load_input(run_dir: Path, name: str) -> Input:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Input(name, problem=f"{name} could not be read ({exc})")
     return Input(name, data)
+
+
+def _record(row) -> bool:
+    """A record the curves can use: a JSON object whose step, where it has one, is a whole number."""
+    step = row.get("step", 0) if isinstance(row, dict) else None
+    return isinstance(step, int) and not isinstance(step, bool) and step >= 0
 
 
 def _json_line(line: str):
