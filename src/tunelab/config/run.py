@@ -8,6 +8,7 @@ section's module imports what its annotations name (`Auto`, `DataSource`, `Rewar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,11 @@ class RunConfig:
 
 
 def section_types() -> dict[str, type]:
+    return dict(_section_types())
+
+
+@functools.cache
+def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
     return {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
 
@@ -59,9 +65,16 @@ def section_names() -> tuple[str, ...]:
 
 def iter_options() -> list[tuple[str, dataclasses.Field, Any]]:
     """Every option as (dotted name, field, type hint), in declaration order: top-level first, then per section."""
+    return list(_options())
+
+
+@functools.cache
+def _options() -> tuple[tuple[str, dataclasses.Field, Any], ...]:
+    """iter_options' walk, made once: the classes do not change, and typing.get_type_hints evaluates every annotation
+    again at each call (a run's config is rendered, checked and saved with a walk per option, hundreds a run)."""
     options = []
     top_hints = typing.get_type_hints(RunConfig)
-    sections = section_types()
+    sections = _section_types()
     for f in dataclasses.fields(RunConfig):
         if f.name not in sections:
             options.append((f.name, f, top_hints[f.name]))
@@ -69,7 +82,7 @@ def iter_options() -> list[tuple[str, dataclasses.Field, Any]]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             options.append((f"{name}.{f.name}", f, hints[f.name]))
-    return options
+    return tuple(options)
 
 
 def auto_options() -> list[str]:
