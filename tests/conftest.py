@@ -180,10 +180,7 @@ def tiny_gguf(tmp_path_factory, base_tokenizer):
     return path
 
 
-@pytest.fixture
-def qa_file(tmp_path):
-    """24 question/answer pairs about made-up numbers: enough for a few optimizer steps."""
-    path = tmp_path / "qa.jsonl"
+def _write_qa(path):
     rows = [
         {"question": f"What is the code of box {i}?", "answer": f"Box {i} has code {1000 + 37 * i}."} for i in range(24)
     ]
@@ -191,12 +188,10 @@ def qa_file(tmp_path):
     return path
 
 
-@pytest.fixture
-def tiny_overrides(tiny_model_dir, qa_file, tmp_path):
-    """A run of the tiny random model on qa_file: a few seconds on the CPU."""
+def _tiny_overrides(model_dir, qa, folder):
     return {
-        "model.name": str(tiny_model_dir),
-        "data.train": [str(qa_file)],
+        "model.name": str(model_dir),
+        "data.train": [str(qa)],
         "data.system_prompt": "You answer box questions.",
         "data.max_length": 64,
         "method.r": 4,
@@ -204,8 +199,27 @@ def tiny_overrides(tiny_model_dir, qa_file, tmp_path):
         "train.micro_batch": 4,
         "train.grad_accum": 2,
         "train.lr": 1e-3,
-        "output_dir": str(tmp_path / "run"),
+        "output_dir": str(folder / "run"),
     }
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    """24 question/answer pairs about made-up numbers: enough for a few optimizer steps."""
+    return _write_qa(tmp_path / "qa.jsonl")
+
+
+@pytest.fixture
+def tiny_overrides(tiny_model_dir, qa_file, tmp_path):
+    """A run of the tiny random model on qa_file: a few seconds on the CPU."""
+    return _tiny_overrides(tiny_model_dir, qa_file, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides_in(tiny_model_dir):
+    """`tiny_overrides_in(folder)`: tiny_overrides with its data file (qa.jsonl, written) and run directory (run/) in
+    `folder`, for a run that a module-scoped fixture makes once for the tests that only read it."""
+    return lambda folder: _tiny_overrides(tiny_model_dir, _write_qa(folder / "qa.jsonl"), folder)
 
 
 class Crash(Exception):

@@ -32,6 +32,14 @@ def staged(tiny_overrides, tmp_path):
     return docs_then_qa(tiny_overrides, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def cpu_staged_run(tmp_path_factory, tiny_overrides_in):
+    """(overrides, result): the staged run trained through on the CPU (fp32), made once for the tests that read it."""
+    folder = tmp_path_factory.mktemp("cpu-staged")
+    staged = docs_then_qa(tiny_overrides_in(folder), folder) | {"model.device": "cpu"}
+    return staged, train(None, staged)
+
+
 def test_stage_two_continues_stage_ones_adapter_bit_for_bit(staged):
     staged["stages"][1]["train"]["lr"] = 0.0  # stage 2 takes steps that change nothing: it must end where it began
     result = train(None, staged)
@@ -58,7 +66,7 @@ def test_stage_two_continues_stage_ones_adapter_bit_for_bit(staged):
 
 
 @pytest.mark.parametrize("overshoot", [False, True])
-def test_forgetting_matrix_equals_direct_evaluation(staged, tiny_model_dir, overshoot, monkeypatch):
+def test_forgetting_matrix_equals_direct_evaluation(staged, cpu_staged_run, tiny_model_dir, overshoot, monkeypatch):
     """overshoot: stage 2's eval loss is lowest at its first step (by a far too high lr; and, so that this does not
     hang on how a torch build rounds, keep_best sees every later eval loss as higher), so keep_best keeps step 1;
     the matrix held the last step's losses on the earlier stages, of weights that were not kept."""
@@ -72,7 +80,10 @@ def test_forgetting_matrix_equals_direct_evaluation(staged, tiny_model_dir, over
 
         monkeypatch.setattr(BestWeights, "observe", first_is_best)
         staged["stages"][1]["train"] = {"max_steps": 4, "lr": 3.0, "eval_every": 1}
-    result = train(None, staged | {"model.device": "cpu"})  # fp32, as the direct evaluation below
+        staged = staged | {"model.device": "cpu"}  # fp32, as the direct evaluation below
+        result = train(None, staged)
+    else:
+        staged, result = cpu_staged_run  # the plain run, fp32 too
     stage_two = open_info(result.run_dir / "stage-2")
     assert (stage_two.extra["best"]["step"] < stage_two.steps) == overshoot
     matrix = json.loads((result.run_dir / "run.json").read_text())["extra"]["forgetting"]["matrix"]
@@ -386,9 +397,9 @@ def _base_is_the_start_model(run_dir, tiny_model_dir) -> None:
     assert run.base_info.base_model == str(tiny_model_dir)
 
 
-def test_the_base_beside_a_staged_run_is_the_model_it_started_from(staged, tiny_model_dir):
+def test_the_base_beside_a_staged_run_is_the_model_it_started_from(cpu_staged_run, tiny_model_dir):
     """continue: adapter (the default); continue: merge in the test below, on the run it trains."""
-    _base_is_the_start_model(train(None, staged | {"model.device": "cpu"}).run_dir, tiny_model_dir)
+    _base_is_the_start_model(cpu_staged_run[1].run_dir, tiny_model_dir)
 
 
 def test_a_merged_staged_run_opens_beside_the_model_it_started_from_and_moved(staged, tmp_path, tiny_model_dir):
