@@ -402,10 +402,10 @@ def test_resume_may_turn_keep_best_on_or_off_and_trains_the_same_steps(
     tiny_overrides, straight_and_resumed, capsys, keep_best, logged_losses
 ):
     """train.keep_best only chooses which weights are saved at the end, but --resume refused a change of it."""
-    common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "data.eval_fraction": 0.25}
+    common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "data.eval_fraction": 0.25}
     common |= {"train.eval_every": 2, "train.keep_best": keep_best}
     flipped = {"train.keep_best": not keep_best}
-    straight, resumed = straight_and_resumed(common, 4, changed=flipped)
+    straight, resumed = straight_and_resumed(common, 4, changed=flipped)  # resumed at step 2: steps 3 and 4 again
     assert f"resume: train.keep_best: {keep_best!r} -> {not keep_best!r} (allowed" in capsys.readouterr().out
     assert logged_losses(resumed.run_dir) == logged_losses(straight.run_dir)  # the trajectory is the uninterrupted one
 
