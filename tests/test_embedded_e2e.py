@@ -32,6 +32,8 @@ def test_company_faq_few_steps_through_the_cli(tmp_path, capsys):
             "2",
             "--train.micro_batch",
             "4",
+            "--data.eval_fraction",  # 5% of the pairs for the eval loss (at step 0 and at the end), not 10%
+            "0.05",
             "--eval.questions",
             str(questions),
             "--eval.max_new_tokens",
