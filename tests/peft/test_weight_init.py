@@ -106,6 +106,26 @@ def test_default_init_keeps_no_initial_factors(tiny_model_dir):
     assert not [n for n, _ in model.named_buffers() if "initial_" in n]
 
 
+def test_the_principal_part_is_the_product_summed_rank_by_rank():
+    """s B0 A0 as the residual takes it: the product within fp32 rounding of its five terms, the same bits for the
+    factors with their paired signs flipped, and with kept factors given the layer starts from them, not an SVD."""
+    from tunelab.peft.lora_linear import LoRALinear
+    from tunelab.peft.weight_init import init_from_weight_, principal_part
+
+    g = torch.Generator().manual_seed(0)
+    b0, a0 = torch.randn(37, 5, generator=g), torch.randn(5, 23, generator=g)
+    part = principal_part(b0, a0, 0.7)
+    expected = 0.7 * (b0.double() @ a0.double())
+    torch.testing.assert_close(part.double(), expected, atol=1e-5, rtol=1e-6)  # five fp32 roundings per element
+    assert torch.equal(principal_part(-b0, -a0, 0.7), part)
+    base = torch.nn.Linear(23, 37, bias=False)
+    w = base.weight.detach().clone()
+    layer = LoRALinear(base, r=5, alpha=3.5)  # scale 0.7
+    init_from_weight_(layer, "pissa", factors=(a0, b0))
+    assert torch.equal(layer.initial_A, a0) and torch.equal(layer.lora_B.weight, b0)
+    assert torch.equal(layer.base_layer.weight, w - part)
+
+
 @pytest.mark.parametrize("init", ["pissa", "olora"])
 def test_a_rank_above_the_weights_is_refused(tiny_model_dir, init):
     model = _tiny(tiny_model_dir)

@@ -8,7 +8,7 @@ slots; `adapters_disabled` runs the base model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -90,11 +90,13 @@ def attach_lora(
     nf4: bool = False,
     device: torch.device | str | None = None,
     workspace: DequantWorkspace | None = None,
+    start: Callable[[str, LoRALinear], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> list[str]:
     """Freeze the model and replace each selected nn.Linear by a LoRALinear around it (a DoRALinear with `dora`;
     scaled by alpha / sqrt(r) with `rslora`; started from part of each weight with init "pissa" or "olora",
     `peft.weight_init`, whose residual bases `nf4` quantizes onto `device`, dequantizing into `workspace`: QPiSSA).
-    Returns the replaced names."""
+    `start(name, layer)`: the (A0, B0) a resumed run kept for that layer, taken instead of factorising its weight
+    again (`training.initial_factors`). Returns the replaced names."""
     for p in model.parameters():
         p.requires_grad_(False)
     names = linear_names(model, targets)
@@ -104,7 +106,8 @@ def attach_lora(
         layer = DoRALinear if dora else LoRALinear
         adapted = layer(getattr(parent, child), r, alpha, dropout, rslora)
         if init != "default":
-            init_from_weight_(adapted, init, name, nf4=nf4, device=device, workspace=workspace)
+            factors = start(name, adapted) if start is not None else None
+            init_from_weight_(adapted, init, name, nf4=nf4, device=device, workspace=workspace, factors=factors)
         setattr(parent, child, adapted)
     use_fast_slots(model)
     return names

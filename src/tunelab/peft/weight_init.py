@@ -18,9 +18,12 @@ lora_alpha doubles (alpha / r), or grows by sqrt(2) (alpha / sqrt(r)). A DoRA ma
 the adapted weight it normalises is the same matrix. A0 and B0 stay in the layer (`initial_A`, `initial_B`, not
 saved in its state) for that conversion and for `adapters_disabled`, which must give the base model, W.
 
-Resume recomputes A0, B0 from the base: the SVD (QR) of the same weights on the same device gives the same factors,
-so a resumed run continues over the same residual bit for bit. (A sign flipped between two factorisations would
-not matter either: W_res and the saved adapter depend on the product B0 A0 only.)
+Resume does not factorise again: another LAPACK, cuSOLVER or torch may give other factors of the same W (a pair of
+singular vectors with their signs flipped, the last bits rounded otherwise), and the saved adapter carries B0, A0 as
+they are, so the run keeps them (`training/initial_factors.py`) and `init_from_weight_` takes them back (`factors`)
+instead of the SVD (QR). The residual is rebuilt from them by `principal_part`: s B0 A0 summed one rank at a time
+by elementwise products and sums, each rounded as IEEE 754 says on every device and build, where a GEMM's blocking
+and fused multiply-adds differ between BLAS builds and GPUs; so the same A0, B0 give the same W_res bit for bit.
 
 Over an NF4 base (method.quantize_base nf4: QPiSSA, in the PiSSA paper's section 4.4), the factors are taken from
 the 16-bit W before anything is quantized (PEFT's pissa_init refuses a quantized weight, and its example quantizes
@@ -55,6 +58,15 @@ from tunelab.quant.nf4_ops import DequantWorkspace, quantize_nf4
 FROM_WEIGHT = ("pissa", "olora")  # method.init's choices besides default (A Kaiming-uniform, B zero: `LoRALinear`)
 
 
+def principal_part(b0: torch.Tensor, a0: torch.Tensor, scale: float) -> torch.Tensor:
+    """s B0 A0 (out, in) in fp32 from B0 (out, r), A0 (r, in), the same bits on every device and library build: the
+    outer products of the r rank-one terms added in order, then scaled (module docstring)."""
+    part = torch.zeros(b0.shape[0], a0.shape[1], dtype=torch.float32, device=a0.device)
+    for k in range(a0.shape[0]):
+        part += b0[:, k, None] * a0[None, k]  # (out, 1) * (1, in): each element one rounded product, one rounded sum
+    return part * scale
+
+
 def _factors(w: torch.Tensor, r: int, scale: float, how: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(A0 (r, in), B0 (out, r)) of an fp32 weight w (out, in) (module docstring)."""
     if how == "pissa":
@@ -74,11 +86,13 @@ def init_from_weight_(
     nf4: bool = False,
     device: torch.device | str | None = None,
     workspace: DequantWorkspace | None = None,
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Start `layer` (over a 16-bit nn.Linear) from part of its weight, by `how` ("pissa" or "olora"), in place
     (module docstring). `name`: the layer's path, for the errors. `nf4` (QPiSSA): the residual base is quantized to an
     NF4Linear on `device` (the weight is moved there first, so the factorisation runs there too) that dequantizes into
-    `workspace`, as `quant.linear.quantize_model_` puts the layers it quantizes; A and B move there too."""
+    `workspace`, as `quant.linear.quantize_model_` puts the layers it quantizes; A and B move there too. `factors`:
+    the (A0 (r, in), B0 (out, r)) a run kept, taken instead of factorising (the caller checks their shapes)."""
     if how not in FROM_WEIGHT:
         raise ValueError(f"init {how!r}: expected one of {', '.join(FROM_WEIGHT)}")
     base = layer.base_layer
@@ -96,11 +110,14 @@ def init_from_weight_(
             f"{name or 'a layer'} ({layer.out_features} x {layer.in_features}) has only {smallest}; lower method.r."
         )
     w = base.weight.detach().to(device if nf4 and device is not None else base.weight.device).float()  # (out, in)
-    a0, b0 = _factors(w, r, layer.scale, how)
+    if factors is None:
+        a0, b0 = _factors(w, r, layer.scale, how)
+    else:
+        a0, b0 = (f.to(device=w.device, dtype=torch.float32) for f in factors)
     layer.lora_A.weight.copy_(a0)
     layer.lora_B.weight.copy_(b0)
     layer.initial_A, layer.initial_B = a0.clone(), b0.clone()
-    residual = (w - layer.scale * (b0 @ a0)).to(base.weight.dtype)  # W_res, rounded once to the base's dtype
+    residual = (w - principal_part(b0, a0, layer.scale)).to(base.weight.dtype)  # W_res, rounded once to the base's
     if nf4:  # Q(W_res); the 16-bit W goes with the nn.Linear it leaves
         bias = None if base.bias is None else base.bias.detach().to(residual.device)
         layer.base_layer = NF4Linear(quantize_nf4(residual), bias, workspace)
