@@ -8,7 +8,7 @@ docs/architecture.md): the decoder itself knows nothing of adapters, freezing or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,9 +26,11 @@ from tunelab.models.load import ModelSource, load_hf_model, native_bf16, pick_de
 from tunelab.models.quiet import quiet_progress
 from tunelab.models.untrained import embedding_matrices, repair_rows
 from tunelab.peft.lora import attach_lora, linear_names
+from tunelab.peft.lora_linear import LoRALinear
 from tunelab.quant.linear import NF4Linear, quantize_model_
 from tunelab.quant.nf4_ops import DequantWorkspace
 from tunelab.rundir import RUN_FILE, RunInfo
+from tunelab.training.initial_factors import KeptFactors
 
 
 @dataclass
@@ -41,6 +43,8 @@ class BuiltModel:
     trainable: int
     total: int
     dtype_note: str = ""  # why model.dtype auto chose what it did, where that is not the usual bf16 (CUDA) / fp32 (CPU)
+    # method.init pissa/olora: the adapted layers by the names attach_lora gave them, whose A0, B0 the run keeps
+    started: dict[str, LoRALinear] = field(default_factory=dict)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -61,7 +65,11 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
-def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | None = None) -> None:
+def apply_method(
+    model: nn.Module, method: MethodConfig, device: torch.device | None = None, start: KeptFactors | None = None
+) -> dict[str, LoRALinear]:
+    """Apply the method to `model` in place. `start`: a resumed run's kept A0, B0 (method.init pissa or olora), taken
+    instead of factorising the weights again. Returns the layers that started from their weight, by name."""
     nf4 = method.quantize_base == "nf4"
     workspace = DequantWorkspace() if nf4 else None  # the one every NF4 layer dequantizes into
     if nf4:
@@ -72,7 +80,7 @@ def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | 
         started = linear_names(model, method.target_modules) if method.init != "default" else []
         quantize_model_(model, device=device, workspace=workspace, keep=started)
     if method.is_adapter:
-        attach_lora(
+        names = attach_lora(
             model,
             method.target_modules,
             method.r,
@@ -84,8 +92,12 @@ def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | 
             nf4=nf4,
             device=device,
             workspace=workspace,
+            start=start,
         )
-    elif method.name == "full":
+        if start is not None:
+            start.check_covers(names)
+        return {name: model.get_submodule(name) for name in names} if method.init != "default" else {}
+    if method.name == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     elif method.name == "layers":
@@ -99,6 +111,7 @@ def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | 
         for layer in layers[len(layers) - method.top_layers :]:
             for p in layer.parameters():
                 p.requires_grad_(True)
+    return {}
 
 
 def checkpoint_mode(train: TrainConfig) -> bool | str:
@@ -115,9 +128,11 @@ def build_model(
     method: MethodConfig,
     checkpointing: bool | str = False,
     resumed: RunInfo | None = None,
+    start: KeptFactors | None = None,
 ) -> BuiltModel:
     """checkpointing: False, True, or "offload" (checkpointed layer inputs kept in CPU memory; fast path on CUDA).
-    resumed: the run.json of the run --resume continues, whose dtype an `auto` model.dtype keeps (`kept_dtype`)."""
+    resumed: the run.json of the run --resume continues, whose dtype an `auto` model.dtype keeps (`kept_dtype`);
+    start: its kept A0, B0 (method.init pissa or olora, `training.initial_factors`)."""
     device = pick_device(model_cfg.device)
     dtype, note = training_dtype(model_cfg.dtype, device, method)
     if resumed is not None:
@@ -142,13 +157,13 @@ def build_model(
         hf_config.use_cache = False  # no KV cache while training
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    apply_method(model, method, device)
+    started = apply_method(model, method, device, start)
     model.to(device)  # what quantization left behind (embeddings, norms, head)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear))  # buffers
-    return BuiltModel(model, impl, hf_config, device, dtype, trainable, total, note)
+    return BuiltModel(model, impl, hf_config, device, dtype, trainable, total, note, started)
 
 
 def training_dtype(dtype: str, device: torch.device, method: MethodConfig) -> tuple[torch.dtype, str]:

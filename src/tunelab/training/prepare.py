@@ -26,6 +26,7 @@ from tunelab.tasks import get_task
 from tunelab.tasks.head import HEAD
 from tunelab.tasks.task import Task
 from tunelab.training.build import BuiltModel, build_model, checkpoint_mode
+from tunelab.training.initial_factors import KeptFactors
 
 
 @dataclass
@@ -145,15 +146,20 @@ def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
 
 
 def load_model(
-    cfg: RunConfig, inputs: Inputs, impl: str | None = None, resumed: RunInfo | None = None, federation: bool = False
+    cfg: RunConfig,
+    inputs: Inputs,
+    impl: str | None = None,
+    resumed: RunInfo | None = None,
+    federation: bool = False,
+    start: KeptFactors | None = None,
 ) -> tuple[BuiltModel, UntrainedReport]:
     """The model with the method applied, its untrained rows found and (model.fix_untrained_tokens) repaired.
     `impl` overrides model.impl (tunelab check builds the generic model to compare); `resumed`: the run.json of the
     run --resume continues (its dtype is kept, `build.kept_dtype`); `federation`: the rows of every token the
     tokenizer has, as a federation's server and clients repair them (tunelab check of a federated config), not only
-    those of the tokens `inputs` use."""
+    those of the tokens `inputs` use; `start`: the resumed run's kept A0, B0 (`training.initial_factors`)."""
     model_cfg = dataclasses.replace(cfg.model, impl=impl) if impl else cfg.model
-    built = build_model(inputs.source, model_cfg, cfg.method, checkpoint_mode(cfg.train), resumed)
+    built = build_model(inputs.source, model_cfg, cfg.method, checkpoint_mode(cfg.train), resumed, start)
     refuse_packing_off_the_fast_path(cfg, built.impl)
     vocab = max(len(inputs.tokenizer), built.model.config.vocab_size)
     if federation:

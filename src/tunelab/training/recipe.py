@@ -56,6 +56,7 @@ from tunelab.training.early_stop import EarlyStop, check_not_stopped_early, requ
 from tunelab.training.evals import eval_sets
 from tunelab.training.finish import TrainResult, finish
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
+from tunelab.training.initial_factors import factors_to_keep, kept_factors, write_factors
 from tunelab.training.loop import Run, evaluate_at, loop
 from tunelab.training.loss_scale import LossScale, uses_loss_scale
 from tunelab.training.metrics import MetricsLog
@@ -278,6 +279,7 @@ def _train_planned(
         info.extra["loraplus"] = {"lr_ratio": t.loraplus_lr_ratio, "lr_B": t.lr * t.loraplus_lr_ratio}
     for line in rate_lines(t.lr, t.loraplus_lr_ratio, lrs):  # B's and a head's rates (tunelab check shows the same)
         print(line, flush=True)
+    factors = factors_to_keep(built.started, before, info)  # method.init pissa/olora: A0, B0, for a later --resume
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
@@ -298,6 +300,9 @@ def _train_planned(
         write_info(run_dir, info)  # first: a folder with run.json is a run, which a later --overwrite may replace
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
         write_json(run_dir / "data_report.json", data.report.to_dict())
+    if factors is not None and ranks.main:
+        write_factors(run_dir, factors)
+    del factors  # not held through training
     ranks.barrier()  # the run directory exists before any rank writes a checkpoint into it
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # resumed: at the checkpoint's step (param groups restored)
         optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
@@ -389,7 +394,7 @@ def _build_model(
     auto = plan_from_data(cfg.train, len(first), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     if check:
         cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task, spelling)
-    built, untrained = load_model(cfg, inputs, resumed=before)
+    built, untrained = load_model(cfg, inputs, resumed=before, start=kept_factors(before, cfg.method, spelling))
     auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task, cfg.dpo.loss)
     longest = longest_row(cfg, first)  # grpo: the prompt and its answer
     # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
