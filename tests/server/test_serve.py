@@ -117,7 +117,7 @@ def test_base_precision_reaches_the_served_model(tiny_run_dir, monkeypatch, caps
 
     opened = []
 
-    def open_run_stub(run_dir, device="auto", base_precision="trained"):
+    def open_run_stub(run_dir, device="auto", base_precision="trained", spelling=None):
         opened.append({"base_precision": base_precision})
         raise TunelabError("stub: opened")
 
