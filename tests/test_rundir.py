@@ -130,9 +130,10 @@ def test_a_result_file_never_goes_into_another_run_as_its_own(tmp_path):
     check_output_file(tmp_path / "eval.json", False, run, "eval.json")
 
 
-def test_a_new_result_file_never_goes_into_a_run_directory_whose_overwrite_would_delete_it(tmp_path):
+def test_a_new_result_file_never_goes_into_a_run_directory_whose_overwrite_would_refuse_or_delete_it(tmp_path):
     """`predict A --out A/preds.csv` or `eval A --out B/a-eval.json` wrote there; `tunelab train --overwrite` of that
-    run then deleted the file with the run, without a word."""
+    run then deleted the file with the run, without a word. It now refuses such a file, naming it, and only
+    --overwrite-non-run deletes it: the refusal says so, not that --overwrite would delete it."""
     from tunelab.places import check_output_file
 
     run, other = tmp_path / "a", tmp_path / "b"
@@ -144,8 +145,10 @@ def test_a_new_result_file_never_goes_into_a_run_directory_whose_overwrite_would
         (other / "a-eval.json", "eval.json"),
         (run / "x" / "r.html", "report.html"),
     ):
-        with pytest.raises(RunDirError, match=re.escape(f"{path}: is inside the run directory")):
+        with pytest.raises(RunDirError, match=re.escape(f"{path}: is inside the run directory")) as caught:
             check_output_file(path, False, run, own, mkdir=True)
+        assert "stops that run's 'tunelab train --overwrite' (refused, naming it)" in str(caught.value)
+        assert "'--overwrite-non-run' deletes it" in str(caught.value)
     check_output_file(run / "eval.json", False, run, "eval.json")  # the run's own result stays allowed
     check_output_file(tmp_path / "preds.csv", False, run, "")
 

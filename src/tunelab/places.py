@@ -30,7 +30,7 @@ def check_output_file(
     allows that) or any file of another run directory, a stage's or a checkpoint's, it is the `own` file of another
     run directory (whose report would show it as that run's), it would replace a file the run's config names (data,
     function files) or of the models it depends on, it is a new file inside a run directory (but the run's own `own`:
-    the run's --overwrite would delete it), it exists and `overwrite` is off, its folder is missing (made
+    the run's --overwrite would refuse, naming it, and --overwrite-non-run delete it), it exists and `overwrite` is off, its folder is missing (made
     when `mkdir`), or its name does not end in `suffix` (eval's JSON in a `results.csv`; a tuple: any of them, the first
     the format's own); WriteFailed when its folder cannot be written (read-only), said before the work rather than
     after."""
@@ -67,8 +67,9 @@ def check_output_file(
             f"{path}: is a file of the run directory {holder}; {overwrite_} never replaces a run's files. Write "
             "elsewhere."
             if path.exists()
-            else f"{path}: is inside the run directory {holder}, which 'tunelab train --overwrite' of that run "
-            "replaces whole, deleting this file with it; write it outside every run directory (e.g. beside it)."
+            else f"{path}: is inside the run directory {holder}, where a file tunelab did not write stops that run's "
+            "'tunelab train --overwrite' (refused, naming it) until it is moved out, and '--overwrite-non-run' deletes "
+            "it with the run; write it outside every run directory (e.g. beside it)."
         )
     if option := _data_holding(target, run_dir):  # a new file too: in a data folder, the next training reads it
         raise RunDirError(
