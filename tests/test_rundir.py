@@ -281,6 +281,7 @@ def test_a_run_from_before_run_json_recorded_qlora_is_read_as_qlora(tmp_path):
         ("quantize_base", "NF4", "one of none, nf4"),  # was opened over the 16-bit base, not the NF4 it trained over
         ("init", "weird", "one of default, pissa, olora"),
         ("base_source", "cloud", 'one of "", alias, hub, local'),
+        ("dtype", "float12", "one of float32, bfloat16, float16 or null"),  # was opened by generate, eval, merge
     ],
 )
 def test_a_field_of_the_wrong_type_or_range_is_refused_by_name(tmp_path, field, value, expected):
@@ -291,6 +292,13 @@ def test_a_field_of_the_wrong_type_or_range_is_refused_by_name(tmp_path, field, 
     with pytest.raises(RunDirError, match=re.escape(f"{tmp_path / RUN_FILE}: field '{field}' is")) as refused:
         read_info(tmp_path)
     assert expected in str(refused.value)
+
+
+def test_a_run_that_recorded_no_dtype_or_a_known_one_still_opens(tmp_path):
+    """null: a run written before run.json recorded its dtype."""
+    for dtype in (None, "float32", "bfloat16", "float16"):
+        write_info(tmp_path, RunInfo(base_model="m", method="lora", finished=True, dtype=dtype))
+        assert read_info(tmp_path).dtype == dtype
 
 
 def test_every_saved_field_has_a_check():

@@ -142,9 +142,9 @@ class RunInfo:
         values = {k: v for k, v in raw.items() if k in known}
         for name, value in values.items():
             ok, expected = FIELD_CHECKS[known[name]]
-            if name in FIELD_WORDS and ok(value):
+            if name in FIELD_WORDS and value is not None and ok(value):  # null: a run from before it was recorded
                 words = FIELD_WORDS[name]
-                shown = ", ".join(w or '""' for w in words)
+                shown = ", ".join(w or '""' for w in words) + (" or null" if "None" in known[name] else "")
                 ok, expected = (lambda v, words=words: v in words), f"one of {shown}"
             if not ok(value):
                 raise RunDirError(
@@ -207,6 +207,7 @@ FIELD_WORDS = {
     "quantize_base": _choices(MethodConfig, "quantize_base"),
     "init": _choices(MethodConfig, "init"),
     "base_source": ("", "alias", "hub", "local"),  # models.load.ModelSource.kind; empty in runs from before
+    "dtype": ("float32", "bfloat16", "float16"),  # the torch dtype trained in (training.build.SHORT), as written
 }
 
 

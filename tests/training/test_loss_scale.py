@@ -243,7 +243,9 @@ def test_a_run_json_with_an_edited_dtype_is_refused_on_resume(tiny_overrides, cr
         recipe.train(None, run)
     path = Path(run["output_dir"]) / "run.json"
     path.write_text(json.dumps(json.loads(path.read_text()) | {"dtype": "int8"}))
-    with pytest.raises(RunDirError, match=r"run.json: field 'dtype' is 'int8', but must be float32, bfloat16 or"):
+    with pytest.raises(
+        RunDirError, match=r"run.json: field 'dtype' is \"int8\", but must be one of float32, bfloat16, float16"
+    ):
         recipe.train(None, run, resume=True)
 
 

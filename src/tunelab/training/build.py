@@ -195,12 +195,7 @@ def kept_dtype(info: RunInfo, asked: str, picked: torch.dtype, note: str) -> tup
     that recorded none."""
     if asked != "auto" or info.dtype is None:
         return picked, note
-    trained = {str(d).removeprefix("torch."): d for d in SHORT}.get(info.dtype)
-    if trained is None:
-        raise RunDirError(
-            f"{info.file or RUN_FILE}: field 'dtype' is {info.dtype!r}, but must be float32, bfloat16 or float16 (the "
-            "file was edited or damaged); put back the value tunelab wrote, or train the run again."
-        )
+    trained = {str(d).removeprefix("torch."): d for d in SHORT}[info.dtype]  # reading run.json refused any other
     if trained == picked:
         return picked, note
     return trained, (
