@@ -58,6 +58,7 @@ def test_the_auto_rules_the_readme_tabulates_are_the_codes():
             f"kept within {lo}..{hi}",
             {10: "a tenth of LoRA's"}[a.LORA_OVER_FULL],
             {40: "a fortieth of the above"}[a.PREFERENCE_DIVISOR],
+            {4: "with `dpo.loss: orpo`, a quarter"}[a.ORPO_DIVISOR],
         ],
         "train.micro_batch": [
             f"{a.MICRO_BATCH}; for a set of fewer than {a.MICRO_BATCH * a.STEPS_PER_EPOCH} rows",
