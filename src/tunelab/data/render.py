@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from tunelab.config import DataConfig
 from tunelab.data.formats import Example
 from tunelab.data.report import DataReport, location
-from tunelab.data.size_bound import size_bound, surely_longer
+from tunelab.data.size_bound import size_bound, surely_longer, unreadable
 from tunelab.data.templates import Template, TemplateRefused, default_bos
 from tunelab.errors import ConfigError, article, not_text
 
@@ -261,6 +261,7 @@ def _render_chats(
         sp = [span for span, weight in zip(sp, weights, strict=True) if weight]  # OpenAI's weight 0: no loss
         texts.append(text)
         spans.append(sp)
+    note_unreadable(kept, texts, tokenizer, report)
     rows, limit = [], cfg.max_length
     # data.overlong=drop drops a chat over max_length whatever its tokens: one too long by its size alone is not
     # tokenized (data/size_bound.py) and counts in the lengths at its least token count
@@ -299,6 +300,18 @@ def _render_chats(
     return rows
 
 
+def note_unreadable(items: list, texts: list[str], tokenizer, report: DataReport) -> None:
+    """Count in `report` the `items` (each with `path` and `line`) whose `texts` hold characters `tokenizer` drops
+    (data/size_bound.py's `unreadable`): they train without them, which the report says. Looked for only where the
+    tokenizer drops some."""
+    found = unreadable(tokenizer)
+    if found is None:
+        return
+    for item, text in zip(items, texts, strict=True):
+        if chars := found.chars_in(text):
+            report.dropped_chars(item.path, item.line, chars)
+
+
 CUT_ANSWERS = (
     "data.overlong=truncate cuts a chat's end: the last answer of each truncated row loses its end and end-of-turn "
     "token, so it teaches answers that do not stop; raise data.max_length, or set data.overlong=drop to train on "
@@ -319,6 +332,7 @@ def _text_blocks(examples: list[Example], tokenizer, cfg: DataConfig, report: Da
     bos = default_bos(tokenizer)
     head = [tokenizer.bos_token_id] if bos else []
     tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    note_unreadable(examples, [ex.text for ex in examples], tokenizer, report)
     encoded = encode(tokenizer, [ex.text for ex in examples], [[] for _ in examples], plain=True)
     docs = [head + ids + tail for ids, _ in encoded]
     report.add_lengths([len(d) for d in docs])

@@ -78,6 +78,29 @@ class Skip:
 
 
 @dataclass
+class Unread:
+    """Rows whose text holds characters the tokenizer drops (no token of their own, no unknown token): trained on
+    without them (data/size_bound.py's `unreadable`)."""
+
+    rows: int = 0
+    chars: dict[str, int] = field(default_factory=dict)  # "U+0004" -> how many times, over all those rows
+    first: str = ""  # the first such row's location
+
+    def line(self) -> str:
+        """The summary's line on them ('' where there are none)."""
+        if not self.rows:
+            return ""
+        chars = sorted(self.chars.items(), key=lambda item: -item[1])
+        more = ", ..." if len(chars) > MAX_LOCATIONS else ""
+        held = ", ".join(f"{c} x{n}" for c, n in chars[:MAX_LOCATIONS]) + more
+        hold = "holds" if self.rows == 1 else "hold"
+        return (
+            f"  {counted(self.rows, 'row')} {hold} characters the tokenizer drops, having no token for them ({held}): "
+            f"first at {self.first}; they are trained on without them"
+        )
+
+
+@dataclass
 class LengthStats:
     """Token lengths of examples as rendered, before any truncation or drop (what max_length is chosen against).
     `at_least` of them are lower bounds: examples dropped as too long by their size alone, never tokenized
@@ -177,6 +200,7 @@ class DataReport:
     truncated_at: list[str] = field(default_factory=list)  # the first MAX_LOCATIONS examples cut to max_length
     made_from: int = 0  # records that data.transform turned into several rows (a list of rows)
     made_rows: int = 0  # the rows it made of them, counted among the records read
+    unread: Unread = field(default_factory=Unread)  # rows holding characters the tokenizer drops
     _lengths: list[int] = field(default_factory=list, repr=False)  # raw lengths behind `lengths`; not saved
     _file_skips: dict[str, dict[str, Skip]] = field(default_factory=dict, repr=False)  # file -> reason; not saved
 
@@ -218,6 +242,15 @@ class DataReport:
         at_least += self.lengths.at_least
         self.lengths = LengthStats.of(self._lengths)
         self.lengths.at_least = at_least
+
+    def dropped_chars(self, path: str, line: int, chars: list[str]) -> None:
+        """Record that the row at path:line holds `chars`, which the tokenizer drops."""
+        if not self.unread.rows:
+            self.unread.first = location(path, line)
+        self.unread.rows += 1
+        for c in chars:
+            name = f"U+{ord(c):04X}"
+            self.unread.chars[name] = self.unread.chars.get(name, 0) + 1
 
     def truncated(self, path: str, line: int) -> None:
         """Record that the example at path:line was cut to max_length and kept."""
@@ -306,6 +339,7 @@ class DataReport:
         for reason, entry in self.skips.items():
             more = ", ..." if entry.count > len(entry.locations) else ""
             lines.append(f"  skipped {entry.count}: {reason} ({', '.join(entry.locations)}{more})")
+        lines += [line for line in [self.unread.line()] if line]
         return lines + [f"  note: {note}" for note in self.notes]
 
     def split_facts(self) -> dict:

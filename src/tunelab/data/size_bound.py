@@ -112,6 +112,52 @@ def size_bound(tokenizer) -> SizeBound | None:
     return SizeBound(max(max(map(len, vocab)), max((len(t["content"].encode()) for t in added), default=0)), dropped)
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """The bytes a tokenizer drops: ones with no token of their own where it has no unknown token (see the module
+    docstring), and a test for the characters of a text that hold one."""
+
+    missing: bytes
+    runs: re.Pattern | None  # runs of characters holding a missing byte (None: a continuation byte is missing)
+
+    def chars_in(self, text: str) -> list[str]:
+        """The characters of `text` that the tokenizer drops, in order (most texts: none, found by one search)."""
+        if self.runs is not None:
+            return [c for run in self.runs.finditer(text) for c in run.group()]
+        if not set(self.missing) & set(text.encode("utf-8", "surrogatepass")):
+            return []
+        return [c for c in text if set(self.missing) & set(c.encode("utf-8", "surrogatepass"))]
+
+
+@functools.lru_cache(maxsize=8)
+def unreadable(tokenizer) -> Unreadable | None:
+    """What `tokenizer` drops of a text, read once from its backend's serialised form: None where it drops nothing
+    that this can tell (an unknown token or byte fallback stands for what it has no token for; not a byte-level
+    BPE; a slow tokenizer)."""
+    try:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+    except ImportError:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    model = spec.get("model") or {}
+    if (
+        model.get("type") != "BPE"
+        or model.get("unk_token") is not None
+        or model.get("byte_fallback")
+        or not any(p.get("type") == "ByteLevel" for p in _pre_tokenizers(spec.get("pre_tokenizer")))
+    ):
+        return None
+    vocab, chars = model.get("vocab") or {}, bytes_to_unicode()
+    missing = [b for b in UTF8_BYTES if chars[b] not in vocab]
+    if not missing:
+        return None
+    runs = _dropped(missing)
+    return Unreadable(bytes(missing), runs or None)
+
+
 def surely_longer(text: str, limit: int, bound: SizeBound | None) -> bool:
     """Whether `text` has more than `limit` tokens by its size alone (`bound`: `size_bound`'s; None: never)."""
     if bound is None or 4 * len(text) <= limit * bound.most:  # a character is at most 4 bytes
