@@ -49,3 +49,35 @@ def test_the_rms_norm_backward_compiles_for_sm90(has_res):
     constants = dict(BLOCK_M=1, BLOCK=4096, COMPUTE_DW=True, HAS_RES=has_res)
     ptx = _compile(rms_norm._rms_norm_backward_kernel, signature, constants)
     assert ".entry _rms_norm_backward_kernel" in ptx
+
+
+def test_the_fp8_row_quantization_compiles_for_sm90():
+    from tunelab.quant import fp8_triton
+
+    signature = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "n_cols": "i32", "x_stride": "i32"}
+    ptx = _compile(fp8_triton._quantize_rows_kernel, signature, dict(CHUNK=4096, MIN_AMAX=1e-12))
+    assert ".entry _quantize_rows_kernel" in ptx
+    assert "cvt.rn.satfinite.e4m3x2.f32" in ptx  # one rounding to nearest, straight from fp32
+
+
+def test_the_nf4_to_fp8_dequantization_compiles_for_sm90():
+    from tunelab.quant import nf4_triton
+
+    signature = {"words_ptr": "*i32", "absmax_q_ptr": "*u8", "absmax2_ptr": "*fp32", "offset_ptr": "*fp32"}
+    signature |= {"code4_ptr": "*fp32", "code8_ptr": "*fp32", "out_ptr": "*fp8e4nv", "n_words": "i32"}
+    signature |= {"out_row_stride": "i32", "scale_ptr": "*fp32"}
+    constants = dict(N_COLS=1, STRIDED=False, WORDS=512, SCALED=True)
+    ptx = _compile(nf4_triton._dequantize_words_kernel, signature, constants)
+    assert ".entry _dequantize_words_kernel" in ptx
+    assert "cvt.rn.satfinite.e4m3x2.f32" in ptx
+
+
+def test_the_transposing_nf4_to_fp8_dequantization_compiles_for_sm90():
+    from tunelab.quant import fp8_triton
+
+    signature = {"packed_ptr": "*u8", "absmax_q_ptr": "*u8", "absmax2_ptr": "*fp32", "offset_ptr": "*fp32"}
+    signature |= {"code4_ptr": "*fp32", "code8_ptr": "*fp32", "scale_ptr": "*fp32", "out_ptr": "*fp8e4nv"}
+    signature |= {"n_rows": "i32", "n_cols": "i32", "out_stride": "i32"}
+    ptx = _compile(fp8_triton._dequantize_transposed_kernel, signature, dict(TILE=64))
+    assert ".entry _dequantize_transposed_kernel" in ptx
+    assert "cvt.rn.satfinite.e4m3x2.f32" in ptx

@@ -31,6 +31,7 @@ from tunelab.quant.nf4 import ABSMAX_BLOCK, BLOCK, NF4Weight, nf4_code, nf4_cuda
 DEQUANT_BLOCK = 4096  # weights per program (fastest of 1024..8192 x 4 or 8 warps on an H200)
 DEQUANT_WARPS = 4
 QUANT_BLOCKS = 32
+FP8_MAX = tl.constexpr(448.0)  # float8_e4m3fn's largest finite value
 
 
 @triton.jit
@@ -62,11 +63,12 @@ def _dequantize_kernel(
 @triton.jit
 def _dequantize_words_kernel(
     words_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out_ptr, n_words, out_row_stride,
-    N_COLS: tl.constexpr, STRIDED: tl.constexpr, WORDS: tl.constexpr,
+    scale_ptr, N_COLS: tl.constexpr, STRIDED: tl.constexpr, WORDS: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
     """As `_dequantize_kernel`, a lane per 32-bit word of codes: 8 weights from one load, one absmax for them (a
     64-block is 8 words), one 16-byte store. Needs n % 8 == 0 and, strided, N_COLS % 8 == 0 (a word's weights then
-    lie in one row)."""
+    lie in one row). SCALED (an FP8 output): each weight is multiplied by the fp32 at scale_ptr and clamped to the
+    format's largest finite value before the one rounding to the output dtype."""
     w = tl.program_id(0).to(tl.int64) * WORDS + tl.arange(0, WORDS)  # (WORDS,)
     live = w < n_words
     word = tl.load(words_ptr + w, mask=live, other=0)  # int32: bytes 4w..4w+3, little-endian
@@ -75,6 +77,9 @@ def _dequantize_words_kernel(
     nibble = (word[:, None] >> shift[None, :]) & 15  # (WORDS, 8)
     absmax = _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, w // 8, live)  # (WORDS,)
     v = tl.load(code4_ptr + nibble) * absmax[:, None]
+    if SCALED:
+        v = v * tl.load(scale_ptr)
+        v = tl.minimum(tl.maximum(v, -FP8_MAX), FP8_MAX)
     first = w * 8  # the word's first weight
     if STRIDED:
         start = (first // N_COLS) * out_row_stride + first % N_COLS
@@ -152,6 +157,7 @@ def dequantize_nf4_triton(
     block: int = DEQUANT_BLOCK,
     num_warps: int = DEQUANT_WARPS,
     words: bool = True,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The weight of `q` in `dtype` (or in `out`'s dtype, written into `out`), shape q.shape, in one kernel.
 
@@ -159,6 +165,8 @@ def dequantize_nf4_triton(
     any row stride (the rows of a wider matrix). Bit-identical to `quant.nf4.dequantize_nf4` and to
     bitsandbytes' `dequantize_4bit`. `words` takes the word kernel (8 weights a lane) where the layout allows it (a
     weight count and a row width divisible by 8: every Llama-family matrix), else the lane-per-weight one.
+    `scale` (a 1-element fp32 tensor; FP8 outputs, `quant.fp8`): the weight times scale, clamped to +-448, rounded
+    once to float8_e4m3fn; the word kernel only.
     """
     if out is None:
         out = torch.empty(q.shape, dtype=dtype, device=q.device)
@@ -177,11 +185,16 @@ def dequantize_nf4_triton(
     # every row must start 8 elements apart from the last and the buffer must start 16-byte aligned: a stacked group
     # matrix whose ranks sum to 12 has rows 64 + 12 = 76 wide, and 16-byte stores there fault (misaligned address).
     aligned = out.data_ptr() % 16 == 0 and (not strided or (n_cols % 8 == 0 and row_stride % 8 == 0))
-    if words and q.numel % 8 == 0 and aligned and q.packed.data_ptr() % 4 == 0:
+    words_fit = words and q.numel % 8 == 0 and aligned and q.packed.data_ptr() % 4 == 0
+    if scale is not None and not (words_fit and out.dtype == torch.float8_e4m3fn):
+        raise ValueError(
+            "dequantize_nf4_triton: a scaled (FP8) output needs float8_e4m3fn and the word kernel's layout"
+        )
+    if words_fit:
         _dequantize_words_kernel[(triton.cdiv(q.numel // 8, block // 8),)](
             q.packed.view(torch.int32), q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel // 8,
-            row_stride, N_COLS=n_cols, STRIDED=strided, WORDS=block // 8, num_warps=num_warps,
-            enable_fp_fusion=False,
+            row_stride, q.offset if scale is None else scale, N_COLS=n_cols, STRIDED=strided, WORDS=block // 8,
+            SCALED=scale is not None, num_warps=num_warps, enable_fp_fusion=False,
         )  # fmt: skip
         return out
     _dequantize_kernel[(triton.cdiv(q.numel, block),)](
