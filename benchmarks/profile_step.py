@@ -3,6 +3,7 @@
     python benchmarks/profile_step.py --shape llama2-7b --method lora --kernels   # GPU time by kernel and by kind
     python benchmarks/profile_step.py --shape llama2-7b --method qlora --offload --memory   # what grew the reserve
     python benchmarks/profile_step.py --shape llama2-7b --method qlora --batch 2 --no-checkpointing --graphs --kernels
+    python benchmarks/profile_step.py --shape llama2-7b --method qlora --offload --fp8 --kernels   # train.fp8
 
 --kernels profiles two steps after three warm-up steps and prints the CUDA time per kernel family (GEMM, attention,
 our Triton kernels, elementwise, copies) and the GPU's idle share of the step. --memory records the allocator's
@@ -211,6 +212,8 @@ def main() -> None:
     ap.add_argument("--offload", action="store_true")
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     ap.add_argument("--graphs", action="store_true", help="replay the forward and backward from a CUDA graph")
+    ap.add_argument("--fp8", action="store_true", help="qlora: the NF4 base's products in FP8 (train.fp8)")
+    ap.add_argument("--no-group", action="store_true", help="run q/k/v and gate/up adapters one by one")
     ap.add_argument("--kernels", action="store_true")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--top", type=int, default=30)
@@ -221,6 +224,14 @@ def main() -> None:
         torch.cuda.memory._record_memory_history(max_entries=2_000_000)
     checkpointing = "offload" if args.offload else args.checkpointing
     model = build(args.shape, args.method, 16, checkpointing, "cuda")
+    if args.no_group:
+        from tunelab.peft.group import set_grouping
+
+        set_grouping(model, False)
+    if args.fp8:
+        from tunelab.quant.linear import use_fp8_
+
+        use_fp8_(model)
     print(
         f"  after build: alloc {torch.cuda.memory_allocated() / GIB:.2f} GiB, reserved {torch.cuda.memory_reserved() / GIB:.2f} GiB, "
         f"peak reserved {torch.cuda.max_memory_reserved() / GIB:.2f} GiB"

@@ -9,6 +9,7 @@ table with ratios against the baselines found in that file.
     python benchmarks/train_bench.py --shape llama3-8b --method lora --no-checkpointing --out ...
     python benchmarks/train_bench.py --shape llama2-7b --method qlora --dora --out ...   # DoRA beside LoRA
     python benchmarks/train_bench.py --shape llama2-7b --method qlora --budget 24 --out ...   # the planner's choice
+    python benchmarks/train_bench.py --shape llama2-7b --method qlora --offload --fp8 --out ...   # train.fp8
     python benchmarks/train_bench.py --table --out $OUT/results.jsonl
 
 --budget GIB hands micro-batch, gradient accumulation (keeping --batch rows a step), checkpointed layers and offload
@@ -187,6 +188,10 @@ def run(args) -> dict:
     for layer in model.model.layers:
         layer.mlp_chunk_tokens = args.mlp_chunk or None
     set_grouping(model, False if args.no_group else None)
+    if args.fp8:
+        from tunelab.quant.linear import use_fp8_
+
+        use_fp8_(model)  # as train.fp8: the NF4 base's products in FP8, the adapters one by one
     load_s = time.perf_counter() - t0
     alloc_after_load = torch.cuda.memory_allocated() / GIB if cuda else 0.0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -247,6 +252,7 @@ def run(args) -> dict:
     name += "_nogroup" if args.no_group else ""
     name += "_adamw8bit" if args.optimizer == "adamw_8bit" else ""
     name += "_graphs" if args.graphs else ""
+    name += "_fp8" if args.fp8 else ""
     if args.budget is not None or checkpoint_layers is not None or micro_batch != args.batch:
         ckpt = "offload" if checkpointing == "offload" else "" if checkpointing else "none"
         name += f"_mb{micro_batch}x{grad_accum}_ckpt{checkpoint_layers if checkpointing else 0}{ckpt}"
@@ -265,6 +271,7 @@ def run(args) -> dict:
         "mlp_chunk_tokens": args.mlp_chunk,
         "optimizer": args.optimizer,
         "graphs": args.graphs,
+        "fp8": args.fp8,
         "median_s": round(median, 4),
         "tokens_per_s": round(tokens_per_s, 1),
         "train_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
@@ -351,6 +358,7 @@ def main() -> None:
         default="adamw",
         help="torch's AdamW (fused on CUDA) or tunelab's AdamW8bit (both moments in 8 bits)",
     )
+    ap.add_argument("--fp8", action="store_true", help="QLoRA: the NF4 base's products in FP8 (train.fp8)")
     ap.add_argument("--ceiling", type=float, default=None, help="bf16 matmul TFLOP/s (default: measured now)")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON record to this file")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")

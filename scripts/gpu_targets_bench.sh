@@ -3,6 +3,9 @@
 #   8b     Llama-3-8B QLoRA, 4 x 2048: unsloth_qlora, then tunelab with offload and the planner at unsloth's memory
 #   16k    Llama-3-8B QLoRA, 1 x 16384: unsloth_qlora, then tunelab with checkpointing (offload on and off)
 #   70b    Llama-3-70B QLoRA, 1 x 2048, AdamW and 8-bit AdamW (tunelab only: the baseline has no 70B shape)
+#   7b-fp8 Llama-2-7B QLoRA, 4 x 2048: unsloth_qlora, then tunelab with offload in bf16 and with train.fp8
+#   8b-fp8 Llama-3-8B QLoRA, 4 x 2048: unsloth_qlora, then tunelab with offload and with the planner at unsloth's
+#          memory, each in bf16 and with train.fp8
 #
 #   OUT=DIR bash scripts/gpu_targets_bench.sh 8b 16k 70b       # from the repository root, baselines set up as
 #                                                              # ../shared/bench's README says (.anchors, .pk)
@@ -33,7 +36,20 @@ for group in "$@"; do
             $B --shape llama3-70b --method qlora --batch 1 --offload --steps 10 --optimizer adamw_8bit \
                 --out "$D/results.jsonl" 2>&1 | grep -E "SUMMARY|Error"
             ;;
-        *) echo "unknown group $group (8b, 16k, 70b)"; exit 2 ;;
+        7b-fp8)
+            OUT=$D BUDGET=150 bash .anchors/run_all.sh ceiling build unsloth_qlora 2>&1 | grep -E "===|Error|error" | tail -6
+            for fp8 in "" --fp8; do
+                $B --shape llama2-7b --method qlora --offload $fp8 --out "$D/results.jsonl" 2>&1 | grep -E "SUMMARY|Error"
+            done
+            ;;
+        8b-fp8)
+            OUT=$D SHAPE=llama3-8b BUDGET=200 bash .anchors/run_all.sh ceiling build unsloth_qlora 2>&1 | grep -E "===|Error|error" | tail -6
+            for fp8 in "" --fp8; do
+                $B --shape llama3-8b --method qlora --offload $fp8 --out "$D/results.jsonl" 2>&1 | grep -E "SUMMARY|Error"
+                $B --shape llama3-8b --method qlora --budget 7.79 $fp8 --out "$D/results.jsonl" 2>&1 | grep -E "SUMMARY|Error"
+            done
+            ;;
+        *) echo "unknown group $group (8b, 16k, 70b, 7b-fp8, 8b-fp8)"; exit 2 ;;
     esac
     $B --table --out "$D/results.jsonl"
 done

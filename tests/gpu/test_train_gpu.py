@@ -60,6 +60,15 @@ CASES = {
         "data": {"packing": True},
         "train": {"lr": 5e-4, "checkpointing": True},
     },
+    "qlora-padded-fp8": {
+        "method": {"name": "lora", "r": 16, "quantize_base": "nf4"},
+        "train": {"lr": 2e-3, "fp8": True},
+    },
+    "qlora-packed-fp8-offload": {
+        "method": {"name": "lora", "r": 16, "quantize_base": "nf4"},
+        "data": {"packing": True},
+        "train": {"lr": 2e-3, "fp8": True, "checkpointing": True, "offload_activations": True},
+    },
     "dora-packed-olora": {
         "method": {"name": "dora", "r": 16, "init": "olora"},
         "data": {"packing": True},

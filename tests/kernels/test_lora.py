@@ -206,9 +206,9 @@ def test_dropout_backward_frees_the_dropped_input_before_dx(monkeypatch):
             dropped.append(weakref.ref(m2))
         return grad(leaf, m1, m2, alpha, grad_dtype)
 
-    def weight_fn():  # called for dx, after dA
+    def weight_fn(g):  # the base's part of dx, called after dA
         alive.append(dropped[0]() is not None)
-        return w
+        return g @ w
 
     monkeypatch.setattr(lora_mod, "_grad", spy)
     dx, da, db = lora_mod._lora_backward(g, x2, xa, a, b, weight_fn, SCALE, keep, p, True, True, True, leaf_a, leaf_b)

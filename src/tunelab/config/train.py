@@ -118,6 +118,10 @@ class TrainConfig:
         "auto",
         "replay each micro-batch's forward and backward from a CUDA graph: one launch instead of thousands, 1.6-1.8x faster at micro-batch 1 on a 7B model; needs the fast path on one CUDA device, task sft, no packing, no LoRA dropout or NEFTune noise, no activation offload; auto: on where it applies",
     )
+    fp8: bool = opt(
+        False,
+        "QLoRA on a GPU with FP8 tensor cores (H100, H200, L4, RTX 40xx): the frozen NF4 base's two products (forward, input gradient) run in FP8 e4m3 with a scale per token row and one per weight; adapters, norms, attention, loss and optimizer stay as they are. Faster base GEMMs, each product within a few percent of bf16's; needs method.quantize_base nf4",
+    )
     sharding: str = opt(
         "auto",
         "with several processes (torchrun, --nproc): ddp keeps the whole model on every rank and sums the gradients; fsdp2 shards weights, gradients and optimizer state across ranks (full, layers, and QLoRA: its NF4 base too); auto is fsdp2 for method full, ddp otherwise",

@@ -127,6 +127,30 @@ def check_consistency(
         # a staged run's stages are checked each with its own method (stage_config)
         raise ConfigError(quantize_needs_adapter(config.method.name))
     check_weight_init(config, stages)
+    check_fp8(config)
+
+
+def check_fp8(config: RunConfig) -> None:
+    """train.fp8 where it cannot apply: it runs the products of an NF4 base (QLoRA) one projection at a time. (The
+    GPU itself is checked once the model is built: `training.build.build_model`.) A staged run's stages are checked
+    each with its own method (stage_config)."""
+    t, m = config.train, config.method
+    if not t.fp8 or config.stages:
+        return
+    why = None
+    if m.quantize_base != "nf4":
+        why = (
+            f"method.quantize_base is {m.quantize_base}; it runs the products of a base quantized to NF4 (QLoRA). "
+            "Set method.quantize_base: nf4"
+        )
+    elif m.dora:
+        why = "DoRA rescales the base's rows by its magnitudes in its own node, which stays in 16 bits; use LoRA"
+    elif t.sharding == "fsdp2":
+        why = "train.sharding fsdp2 gathers each layer's NF4 state into a shared buffer; use train.sharding ddp"
+    elif t.cuda_graphs is True:
+        why = "its operands are allocated at each use, which train.cuda_graphs true does not capture; use auto"
+    if why:
+        raise ConfigError(f"option 'train.fp8' is true, but {why} (or remove train.fp8).")
 
 
 def as_they_train(config: RunConfig, stages: list[dict] | None) -> list[dict]:

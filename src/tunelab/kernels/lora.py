@@ -101,7 +101,8 @@ def _lora_forward(x2, weight, bias, a, b, scale, keep, dropout_p, output=True, r
     """x2 (N, in), weight (out, in), a (r, in) and b (out, r), all in x2's dtype -> (out (N, out), xa (N, r)).
 
     output=False (checkpointing's recomputation, for a layer's last projection, whose result backward never reads):
-    only xa, which backward needs, is computed; `out` is left uninitialised and `weight` may be None.
+    only xa, which backward needs, is computed; `out` is left uninitialised and `weight` may be None. `weight` may
+    also be an object with `product(x2)` = x2 W^T (`quant.fp8.FP8Base`).
     residual (N, out): added to the result by the GEMM itself (its C operand), instead of by a separate pass.
     """
     dropped = x2 if keep is None else x2 * keep.reshape(x2.shape) / (1.0 - dropout_p)
@@ -109,7 +110,13 @@ def _lora_forward(x2, weight, bias, a, b, scale, keep, dropout_p, output=True, r
     del dropped
     if not output:
         return x2.new_empty(x2.shape[0], b.shape[0]), xa
-    if residual is None:
+    if hasattr(weight, "product"):  # FP8 products of a frozen NF4 weight (`quant.fp8.FP8Base`)
+        out = weight.product(x2)
+        if bias is not None:
+            out.add_(bias)
+        if residual is not None:
+            out.add_(residual)
+    elif residual is None:
         out = F.linear(x2, weight, bias)  # (N, out)
     else:
         out = torch.addmm(residual if bias is None else residual + bias, x2, weight.T)  # residual + x2 W^T (+ b)
@@ -119,8 +126,8 @@ def _lora_forward(x2, weight, bias, a, b, scale, keep, dropout_p, output=True, r
 
 def _lora_backward(g, x2, xa, a, b, weight_fn, scale, keep, dropout_p, need_x, need_a, need_b, leaf_a, leaf_b):
     """Gradients (dx (N, in), dA, dB) for g = dy (N, out), with a and b in x2's dtype and leaf_a, leaf_b the
-    adapter's parameters (dA, dB in their dtypes, or None where `_grad` added them into .grad); `weight_fn()` gives W
-    in g's dtype, called only for dx."""
+    adapter's parameters (dA, dB in their dtypes, or None where `_grad` added them into .grad); `weight_fn(g)` gives
+    the base's part of dx, g W, called only for dx."""
     gxa = (g @ b).mul_(scale)  # (N, r)
     keep2 = None if keep is None else keep.reshape(x2.shape)
     dx = da = db = None
@@ -129,7 +136,7 @@ def _lora_backward(g, x2, xa, a, b, weight_fn, scale, keep, dropout_p, need_x, n
     if need_a:  # the dropped x (N, in), a temporary: freed once dA is computed, before dx's (N, in) buffers
         da = _grad(leaf_a, gxa.T, x2 if keep2 is None else x2 * keep2 / (1.0 - dropout_p), 1.0, leaf_a.dtype)
     if need_x:
-        dx = g @ weight_fn()  # (N, in)
+        dx = weight_fn(g)  # (N, in)
         if keep2 is None:
             dx.addmm_(gxa, a)
         else:
@@ -142,16 +149,18 @@ class LoRALinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output, residual):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         residual2 = None if residual is None else residual.reshape(x2.shape[0], -1)
-        produced = not isinstance(weight, torch.Tensor)  # a function dtype -> W: called again in backward
+        fp8 = hasattr(weight, "product")  # `quant.fp8.FP8Base`: its own products, forward and backward
+        produced = not fp8 and not isinstance(weight, torch.Tensor)  # a function dtype -> W: called again in backward
         # (out, in) in x's dtype; a produced one is dead once the GEMM is queued, and not needed without an output
-        w = (weight(x.dtype) if output else None) if produced else weight
+        w = weight if fp8 else (weight(x.dtype) if output else None) if produced else weight
         bias_x = None if bias is None else bias.to(x.dtype)
         # The adapter in x's dtype, cast once and kept for backward ((r + out) x r elements, no second cast there)
         a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
         out, xa = _lora_forward(x2, w, bias_x, a, b, scale, keep, dropout_p, output, residual2)
-        ctx.save_for_backward(x2, a, b, xa, keep, None if produced else weight)
+        ctx.save_for_backward(x2, a, b, xa, keep, None if produced or fp8 else weight)
         ctx.leaves = (lora_a, lora_b)  # parameters (alive anyway): their .grad, and the dtype of their gradients
         ctx.produce = weight if produced else None
+        ctx.fp8 = weight if fp8 else None
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
         ctx.bias_dtype = None if bias is None else bias.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -161,14 +170,20 @@ class LoRALinearFunction(torch.autograd.Function):
         x2, a, b, xa, keep, weight = ctx.saved_tensors
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         g = dy.reshape(-1, dy.shape[-1])  # (N, out)
-        produce = ctx.produce
+        produce, fp8 = ctx.produce, ctx.fp8
+        if fp8 is not None:
+            base_grad = fp8.input_grad
+        elif produce is not None:
+            base_grad = lambda g: g @ produce(g.dtype)  # noqa: E731
+        else:
+            base_grad = lambda g: g @ weight.to(g.dtype)  # noqa: E731
         dx, da, db = _lora_backward(
             g,
             x2,
             xa,
             a,
             b,
-            (lambda: produce(g.dtype)) if produce is not None else (lambda: weight.to(g.dtype)),
+            base_grad,
             ctx.scale,
             keep,
             ctx.dropout_p,
@@ -199,7 +214,8 @@ def lora_linear(
     residual (..., out).
 
     Same contract as `reference.lora_linear`; see the module docstring for what it saves and why no Triton. `weight`
-    is W, or a function returning W in the dtype asked for (then W takes no gradient and is never saved).
+    is W, or a function returning W in the dtype asked for (then W takes no gradient and is never saved), or an
+    object whose `product(x2)` and `input_grad(g)` compute the base's two products (`quant.fp8.FP8Base`: no gradient).
     output=False records the node for backward without computing the result (its values are undefined; checkpointing's
     recomputation of a layer's last projection, whose output backward never reads).
     """

@@ -23,8 +23,10 @@ from torch import nn
 
 from tunelab.kernels.lora import lora_group
 from tunelab.models.slots import PassClock, ProjectionGroup, Scratch, projection_slots
+from tunelab.peft.fp8_group import fp8_lora_group
 from tunelab.peft.lora_linear import LoRALinear
 from tunelab.peft.projection import workspace_need
+from tunelab.quant.fp8 import FP8Base
 from tunelab.quant.linear import NF4Linear
 from tunelab.quant.nf4_ops import DequantWorkspace, dequantize_into
 
@@ -125,12 +127,13 @@ class LoRAGroup(ProjectionGroup):
         super().__init__(children, names, clock)
         self.weights = weights
         self.grouped: bool | None = None  # None: as one GEMM on CUDA only (the CPU gains nothing); True/False: forced
+        self._fp8_base: tuple[tuple[int, ...], FP8Base] | None = None  # (the bases' ids, their stacked FP8 base)
 
     def members(self, x: torch.Tensor) -> tuple[LoRALinear, ...] | None:
         """The LoRA layers of the group if they run as one GEMM on an input like x, else None.
 
         They must all be enabled LoRALinear layers without active dropout, over frozen bases of one kind (all nn.Linear
-        or all NF4Linear) with the same input width and no trainable bias."""
+        or all NF4Linear, all with FP8 products or none) with the same input width and no trainable bias."""
         grouped = self.grouped
         if grouped is False or (grouped is None and not x.is_cuda):
             return None
@@ -146,16 +149,42 @@ class LoRAGroup(ProjectionGroup):
             return None
         if any(p.requires_grad for m in members for p in m.base_layer.parameters()):  # a trainable weight or bias
             return None
+        if kind is NF4Linear and len({m.base_layer.fp8 is None for m in members}) > 1:  # FP8 products in some only
+            return None
         return members
+
+    def _fp8(self, members: tuple[LoRALinear, ...]) -> FP8Base | None:
+        """The stacked FP8 base of members over NF4 layers with FP8 products (`use_fp8_`), else None."""
+        if type(members[0].base_layer) is not NF4Linear or members[0].base_layer.fp8 is None:
+            return None
+        bases = tuple(m.base_layer for m in members)
+        if self._fp8_base is None or self._fp8_base[0] != tuple(map(id, bases)):
+            self._fp8_base = (tuple(map(id, bases)), FP8Base(*(b.nf4 for b in bases)))
+        return self._fp8_base[1]
 
     def spare_columns(self, x: torch.Tensor) -> int:
         members = self.members(x)
-        return 0 if members is None else sum(m.r for m in members)
+        return 0 if members is None or self._fp8(members) is not None else sum(m.r for m in members)
 
     def __call__(self, x: torch.Tensor, room: int = 0) -> tuple[torch.Tensor, ...]:
         members = self.members(x)
         if members is None:
             return super().__call__(x, room)
+        fp8 = self._fp8(members)
+        if fp8 is not None:  # one FP8 GEMM for the stacked bases, the adapters beside it (`peft.fp8_group`)
+            biases = [m.base_layer.bias for m in members]
+            bias = None
+            if any(b is not None for b in biases):
+                bias = torch.cat([x.new_zeros(m.out_features) if b is None else b for m, b in zip(members, biases)])
+            return fp8_lora_group(
+                x,
+                fp8,
+                [m.out_features for m in members],
+                [m.r for m in members],
+                [m.scale for m in members],
+                bias,
+                [t for m in members for t in (m.lora_A.weight, m.lora_B.weight)],
+            )
         return lora_group(
             x,
             partial(self.weights.get, members),
@@ -170,7 +199,7 @@ class LoRAGroup(ProjectionGroup):
     def scratch(self, x: torch.Tensor) -> list[tuple[Scratch, int]]:
         """The stacked matrix when the group runs as one GEMM, else the NF4 workspace of each projection."""
         members = self.members(x)
-        if members is None:
+        if members is None or self._fp8(members) is not None:
             return [need for projection in self.projections() for need in workspace_need(projection)]
         width = members[0].in_features
         R, O = sum(m.r for m in members), sum(m.out_features for m in members)

@@ -60,7 +60,7 @@ class LoRALinear(nn.Module):
                 return y if residual is None else residual + y
             a, b, p = self.initial_A, self.initial_B, 0.0  # the residual base plus the part it gave up
         if type(base) is NF4Linear:  # QLoRA, CPU and CUDA: W dequantized in forward and again in backward, never saved
-            weight = base.frozen_weight()
+            weight = base.fp8 or base.frozen_weight()  # FP8 products (`quant.fp8`) when `use_fp8_` set them
             return fused_lora_linear(x, weight, base.bias, a, b, self.scale, p, self.training, output, residual)
         if x.is_cuda and type(base) is nn.Linear:  # one node that saves only x and the (N, r) product
             return fused_lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training, output, residual)

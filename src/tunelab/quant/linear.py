@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.quant.fp8 import FP8Base, fp8_linear, misaligned
 from tunelab.quant.nf4 import NF4Weight, dequantize_nf4
 from tunelab.quant.nf4_ops import DequantWorkspace, dequantize, quantize_nf4
 
@@ -91,6 +92,7 @@ class NF4Linear(nn.Module):
         self.register_buffer("absmax_code", q.code8, persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.workspace = workspace
+        self.fp8: FP8Base | None = None  # set by `use_fp8_`: the products then run in FP8 (`quant.fp8`)
 
     @classmethod
     def from_linear(
@@ -123,10 +125,14 @@ class NF4Linear(nn.Module):
         return partial(dequantize, self.nf4(), workspace=self.workspace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8 is not None:
+            return fp8_linear(x, self.fp8, self.bias)
         return nf4_linear(x, self.nf4(), self.bias, self.workspace)
 
     def grad_only(self, x: torch.Tensor) -> torch.Tensor:
         """forward's autograd node without its result (uninitialised): for a recomputation whose output is unread."""
+        if self.fp8 is not None:
+            return fp8_linear(x, self.fp8, self.bias, output=False)
         return nf4_linear(x, self.nf4(), self.bias, self.workspace, output=False)
 
     def as_parameters_(self, workspace: DequantWorkspace | None = None) -> None:
@@ -169,6 +175,22 @@ def quantizable_names(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> l
         for name, m in model.named_modules()
         if isinstance(m, nn.Linear) and m is not output and ".lora_" not in f".{name}" and _last(name) not in skip
     ]
+
+
+def use_fp8_(model: nn.Module, on: bool = True) -> int:
+    """Run the products of every NF4 layer of `model` in FP8 (`quant.fp8`), or in the layers' dtype again (on=False).
+    Returns the number of layers switched. Every layer's widths must be multiples of 16 (torch._scaled_mm's rule):
+    a ConfigError names the first that is not, before any layer changes."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, NF4Linear)]
+    for name, layer in layers if on else ():
+        if misaligned((layer.out_features, layer.in_features)):
+            raise ConfigError(
+                f"train.fp8: layer {name} is {layer.out_features} x {layer.in_features}; FP8 products need both "
+                "widths divisible by 16. Set train.fp8: false for this model."
+            )
+    for _, layer in layers:
+        layer.fp8 = FP8Base(layer.nf4) if on else None
+    return len(layers)
 
 
 def shardable_nf4_(model: nn.Module) -> int:

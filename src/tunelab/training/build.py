@@ -27,7 +27,8 @@ from tunelab.models.quiet import quiet_progress
 from tunelab.models.untrained import embedding_matrices, repair_rows
 from tunelab.peft.lora import attach_lora, linear_names
 from tunelab.peft.lora_linear import LoRALinear
-from tunelab.quant.linear import NF4Linear, quantize_model_
+from tunelab.quant.fp8 import unsupported_reason as fp8_unsupported
+from tunelab.quant.linear import NF4Linear, quantize_model_, use_fp8_
 from tunelab.quant.nf4_ops import DequantWorkspace
 from tunelab.rundir import RUN_FILE, RunInfo
 from tunelab.training.initial_factors import KeptFactors
@@ -129,11 +130,15 @@ def build_model(
     checkpointing: bool | str = False,
     resumed: RunInfo | None = None,
     start: KeptFactors | None = None,
+    fp8: bool = False,
 ) -> BuiltModel:
     """checkpointing: False, True, or "offload" (checkpointed layer inputs kept in CPU memory; fast path on CUDA).
     resumed: the run.json of the run --resume continues, whose dtype an `auto` model.dtype keeps (`kept_dtype`);
-    start: its kept A0, B0 (method.init pissa or olora, `training.initial_factors`)."""
+    start: its kept A0, B0 (method.init pissa or olora, `training.initial_factors`); fp8: the NF4 base's products in
+    FP8 (train.fp8, `quant.fp8`), a ConfigError where this device has no FP8 GEMMs."""
     device = pick_device(model_cfg.device)
+    if fp8 and (why := fp8_unsupported(device)):
+        raise ConfigError(f"option 'train.fp8' is true, but {why}. Remove train.fp8 (or set it false).")
     dtype, note = training_dtype(model_cfg.dtype, device, method)
     if resumed is not None:
         dtype, note = kept_dtype(resumed, model_cfg.dtype, dtype, note)
@@ -158,6 +163,8 @@ def build_model(
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     started = apply_method(model, method, device, start)
+    if fp8:
+        use_fp8_(model)
     model.to(device)  # what quantization left behind (embeddings, norms, head)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -60,6 +60,8 @@ def unsupported_reason(cfg: RunConfig, impl: str, device: torch.device, task: st
         return "LoRA dropout draws random numbers (method.dropout)"
     if t.neftune_alpha > 0:
         return "NEFTune draws random numbers (train.neftune_alpha)"
+    if t.fp8:
+        return "FP8 products allocate their operands at each use (train.fp8)"
     if t.checkpointing is True and t.offload_activations is True:
         return "activation offload waits on host copies (train.offload_activations)"
     return None

@@ -159,7 +159,9 @@ def load_model(
     tokenizer has, as a federation's server and clients repair them (tunelab check of a federated config), not only
     those of the tokens `inputs` use; `start`: the resumed run's kept A0, B0 (`training.initial_factors`)."""
     model_cfg = dataclasses.replace(cfg.model, impl=impl) if impl else cfg.model
-    built = build_model(inputs.source, model_cfg, cfg.method, checkpoint_mode(cfg.train), resumed, start)
+    built = build_model(
+        inputs.source, model_cfg, cfg.method, checkpoint_mode(cfg.train), resumed, start, fp8=cfg.train.fp8
+    )
     refuse_packing_off_the_fast_path(cfg, built.impl)
     vocab = max(len(inputs.tokenizer), built.model.config.vocab_size)
     if federation:

@@ -463,6 +463,8 @@ def _describe_model(
 ) -> None:
     """The model loaded, its trainable share, its repaired token rows, the auto values and the memory notes."""
     nf4 = " compute, base in NF4" if cfg.method.quantize_base == "nf4" else ""  # QLoRA: the frozen weights are 4-bit
+    if nf4 and cfg.train.fp8:
+        nf4 += " multiplied in FP8 (train.fp8)"
     print(
         f"model: {cfg.model.name} ({built.impl} path, {built.dtype}{nf4}, {built.device}); trainable parameters "
         f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
