@@ -252,6 +252,15 @@ def _joined(gs: list[torch.Tensor], y_ptr: int, y_stride: int, width: int) -> to
     return first.as_strided((first.shape[0], width), (y_stride, 1))
 
 
+def split_outputs(y: torch.Tensor, outs: Sequence[int], lead: torch.Size) -> tuple[torch.Tensor, ...]:
+    """The outputs (*lead, out_i) of a group as views of its (N, sum(outs)) result y."""
+    results, start = [], 0
+    for out in outs:
+        results.append(y[:, start : start + out].view(*lead, out))
+        start += out
+    return tuple(results)
+
+
 class LoRAGroupFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, stacked, outs, ranks, scales, biases, room, *lora):
@@ -274,11 +283,7 @@ class LoRAGroupFunction(torch.autograd.Function):
         ctx.save_for_backward(x_ext, *lora)
         ctx.stacked, ctx.outs, ctx.ranks, ctx.scales, ctx.x_shape = stacked, outs, ranks, scales, x.shape
         ctx.y_ptr, ctx.y_stride = y.data_ptr(), y.stride(0)
-        results, start = [], 0
-        for out in outs:
-            results.append(y[:, start : start + out].view(*x.shape[:-1], out))
-            start += out
-        return tuple(results)
+        return split_outputs(y, outs, x.shape[:-1])
 
     @staticmethod
     def backward(ctx, *grads):

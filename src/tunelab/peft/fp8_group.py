@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tunelab.kernels.lora import _grad
+from tunelab.kernels.lora import _grad, _joined, split_outputs
 from tunelab.quant.fp8 import FP8Base
 
 
@@ -38,18 +38,14 @@ class FP8LoRAGroupFunction(torch.autograd.Function):
         ctx.save_for_backward(x2, xa, a_cat, b_blk, *lora)
         ctx.base, ctx.outs, ctx.ranks, ctx.scales, ctx.x_shape = base, outs, ranks, scales, x.shape
         ctx.y = (y.data_ptr(), y.stride(0))
-        results, start = [], 0
-        for out in outs:
-            results.append(y[:, start : start + out].view(*x.shape[:-1], out))
-            start += out
-        return tuple(results)
+        return split_outputs(y, outs, x.shape[:-1])
 
     @staticmethod
     def backward(ctx, *grads):
         x2, xa, a_cat, b_blk, *lora = ctx.saved_tensors
         outs, n, O = ctx.outs, x2.shape[0], sum(ctx.outs)
         gs = [x2.new_zeros(n, o) if g is None else g.reshape(n, o) for g, o in zip(grads, outs)]
-        g = _side_by_side(gs, *ctx.y, O)
+        g = _joined(gs, *ctx.y, O)
         if g is None:
             g = torch.cat(gs, dim=1)
         gxa = g @ b_blk  # (N, R)
@@ -63,18 +59,6 @@ class FP8LoRAGroupFunction(torch.autograd.Function):
             grads_lora += [da, db]
             col += r
         return (dx, None, None, None, None, None, *grads_lora)
-
-
-def _side_by_side(gs: list[torch.Tensor], y_ptr: int, y_stride: int, width: int) -> torch.Tensor | None:
-    """The g_i as one (N, width) view when they lie side by side where forward wrote its outputs, else None."""
-    first, offset = gs[0], 0
-    if first.data_ptr() != y_ptr or y_stride != width:
-        return None
-    for g in gs:
-        if g.data_ptr() != y_ptr + offset * g.element_size() or g.stride() != (width, 1):
-            return None
-        offset += g.shape[1]
-    return first.as_strided((first.shape[0], width), (width, 1))
 
 
 def fp8_lora_group(
