@@ -135,8 +135,8 @@ def test_the_runs_own_base_is_never_an_output(lora_run, smollm2_tokenizer, tmp_p
 
 
 def test_outputs_inside_the_run_or_the_base_folder_are_refused_naming_the_option(lora_run, tiny_model_dir, capsys):
-    """`merge --out RUN/merged` or `export --gguf RUN/model.gguf` wrote into the run, which `train --overwrite`
-    replaces whole; an output inside the base model's folder put files among the weights the run needs as they
+    """`merge --out RUN/merged` or `export --gguf RUN/model.gguf` wrote into the run, among the files its commands
+    read; an output inside the base model's folder put files among the weights the run needs as they
     were. Both are refused before anything is merged or written, naming the option."""
     from tunelab.cli import main
 

@@ -51,8 +51,8 @@ def test_outputs_in_a_run_or_on_its_data_name_overwrite_as_the_caller_gives_it(t
     retrain = "tunelab.train() with overrides['overwrite'] = True" if python else "'tunelab train --overwrite'"
     spelling = PYTHON if python else CLI
     for out, says in (
-        (tiny_run_dir / "merged", f"which {retrain} replaces whole"),
-        (other / "merged", f"which {retrain} of that run replaces whole"),
+        (tiny_run_dir / "merged", f"where a file tunelab did not write stops {retrain} (refused, naming it)"),
+        (other / "merged", f"where a file tunelab did not write stops {retrain} of that run (refused, naming it)"),
         (tiny_run_dir.parent / "qa.jsonl", f"{'overwrite=True' if python else '--overwrite'} never replaces data"),
     ):
         with pytest.raises(RunDirError) as caught:

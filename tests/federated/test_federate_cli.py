@@ -437,7 +437,9 @@ def test_the_flower_app_is_never_written_into_a_run_directory(tmp_path, tiny_mod
     write_info(other, RunInfo(base_model="m", method="lora"))
     for app, says in ((tmp_path / "run", "is the run directory"), (other / "app", "is inside the run directory")):
         assert main(["federate", str(config), "--app-dir", str(app)]) == 2
-        assert says in capsys.readouterr().err and not (app / "pyproject.toml").exists()
+        err = capsys.readouterr().err
+        assert says in err and not (app / "pyproject.toml").exists()
+        assert "whose --overwrite stops at files tunelab did not write there (refused, naming them)" in err
     assert main(["federate", str(config), "--app-dir", str(tmp_path / "app")]) == 0
 
 

@@ -194,14 +194,16 @@ def check_output(
     spelling: Spelling = CLI,
 ) -> None:
     """Refuse to write into or over the run itself, another run directory or the base model the run trained over
-    (even with overwrite: the run could never be opened as it trained again, and `train --overwrite` of a run would
-    delete what was written into it), or over something that exists (unless overwrite). `option` names the output in
+    (even with overwrite: the run could never be opened as it trained again, and `train --overwrite` of a run
+    refuses while it holds what tunelab did not write there), or over something that exists (unless overwrite). `option` names the output in
     the messages; `never` says why an existing `out` is of a kind the command does not replace even with overwrite
     (None where it would), asked before --overwrite is suggested. `spelling`: how the caller names them, `option`
     and --overwrite, or the Python arguments out and overwrite=True."""
     named = f"{option} {out}" if spelling.flags else f"argument 'out' ({out})"
     forced = "--overwrite" if spelling.flags else "overwrite=True"
     retrain = "'tunelab train --overwrite'" if spelling.flags else f"tunelab.train() with {spelling.overwrite}"
+    # what a file tunelab did not write does to a run directory's replacement (`training.run_files`)
+    stops = f"where a file tunelab did not write stops {retrain} (refused, naming it) until it is moved out"
     above = next((f for f in out.parents if f.exists()), None)  # a file where a folder of the path should be
     if above is not None and not above.is_dir():
         raise RunDirError(f"{named}: {above} is a file, not a folder, so nothing can be written under it.")
@@ -210,14 +212,14 @@ def check_output(
         raise RunDirError(f"{named}: the output would replace the run directory {run_dir}; choose another output path.")
     if out_r.is_relative_to(run_r):
         raise RunDirError(
-            f"{named}: is inside the run directory {run_dir}, whose files the run's commands read and which "
-            f"{retrain} replaces whole; write it outside the run (e.g. beside it)."
+            f"{named}: is inside the run directory {run_dir}, whose files the run's commands read and {stops}; "
+            "write it outside the run (e.g. beside it)."
         )
     holder = next((f for f in (out_r, *out_r.parents) if is_run_dir(f)), None)
-    if holder is not None:  # another run's folder: its train --overwrite would delete the output with it
+    if holder is not None:  # another run's folder: its train --overwrite would stop at the output
         raise RunDirError(
             f"{named}: is {'' if holder == out_r else 'inside '}the run directory {holder} (it holds tunelab's "
-            f"{RUN_FILE}), which {retrain} of that run replaces whole; write it outside every run "
+            f"{RUN_FILE}), {stops.replace(retrain, f'{retrain} of that run')}; write it outside every run "
             "directory (e.g. beside them)."
         )
     for what, model in models_of(run_dir):  # the base, every stage's, the adapter a config started from

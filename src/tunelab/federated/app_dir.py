@@ -64,8 +64,8 @@ def _refuse_app_in_a_run(app_dir: Path, output_dir: Path, spelling: Spelling = C
     if holder is not None:
         raise RunDirError(
             f"{_app_dir_named(app_dir, spelling)}: is {'' if holder == target else 'inside '}the run directory "
-            f"{holder}, which the federation writes and {spelling.overwrite} replaces whole; write the app to a "
-            "folder of its own, outside it."
+            f"{holder}, which the federation writes and whose {spelling.overwrite} stops at files tunelab did not "
+            "write there (refused, naming them); write the app to a folder of its own, outside it."
         )
 
 

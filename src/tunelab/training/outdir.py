@@ -8,8 +8,9 @@
 - holds the config, a data file, the eval questions or the model (replacing it would delete them), or lies inside a
   data folder (the next run would read its metrics.jsonl as training data);
 - lies inside another run directory (but for a staged run's own stage-K folders, written by the staged run
-  itself: `stage_of`): that run's --overwrite would delete it with the rest, and a stage folder replaced from outside
-  breaks the staged run (its later stages, its resume and its report read the stage as it trained);
+  itself: `stage_of`): that run's --overwrite would stop at it (--overwrite-non-run delete it), and a stage folder
+  replaced from outside breaks the staged run (its later stages, its resume and its report read the stage as it
+  trained);
 - exists and is not empty, unless --overwrite (or --resume) is given; with --overwrite, it must be a run directory
   tunelab wrote (its run.json is the marker) holding no other run directory and no file or folder tunelab did not
   write there (`run_files.foreign_entries`: notes or data of the user's), unless --overwrite-non-run says to
@@ -155,8 +156,9 @@ def plan_output_dir(
             held = Path(p).expanduser().resolve()
             if held.is_relative_to(target):
                 raise RunDirError(
-                    f"{where} holds the {what} {p}; a run directory is replaced as a whole by --overwrite, which "
-                    f"would delete it. Choose an output_dir that holds none of your files, e.g. runs/NAME."
+                    f"{where} holds the {what} {p}; a run directory is replaced as a whole (--overwrite refuses "
+                    "while it holds files tunelab did not write, --overwrite-non-run deletes them with it). Choose an "
+                    "output_dir that holds none of your files, e.g. runs/NAME."
                 )
             if held.is_dir() and target.is_relative_to(held) and what.startswith("data"):
                 raise RunDirError(
@@ -244,7 +246,7 @@ def _refuse_foreign(path: Path, where: str, overwrite_: str = "--overwrite", oth
 
 def _refuse_inside_a_run(path: Path, target: Path, where: str, stage_of: Path | None, spelling: Spelling) -> None:
     """RunDirError when a new run's folder lies inside another run directory (other than as a stage-K folder of the
-    staged run `stage_of`, which writes it): that run's --overwrite would delete it with the rest. `spelling`: how
+    staged run `stage_of`, which writes it): that run's --overwrite would stop at it. `spelling`: how
     the caller names overwrite and resume."""
     own = stage_of is not None and Path(stage_of).expanduser().resolve() == target.parent
     for folder in target.parents:
@@ -256,8 +258,8 @@ def _refuse_inside_a_run(path: Path, target: Path, where: str, stage_of: Path | 
             )
         if is_run_dir(folder) and not (own and folder == target.parent and STAGE_DIR.fullmatch(target.name)):
             raise RunDirError(
-                f"{where} lies inside the run directory {folder}, which replacing that run ({spelling.overwrite}) would "
-                "delete with it. Choose an output_dir outside it, e.g. a folder beside it."
+                f"{where} lies inside the run directory {folder}, where another run stops that run's replacement "
+                f"({spelling.overwrite}: refused, naming it). Choose an output_dir outside it, e.g. a folder beside it."
             )
 
 
