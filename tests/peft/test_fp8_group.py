@@ -86,3 +86,25 @@ def test_a_model_with_fp8_groups_trains_as_with_fp8_projections_one_by_one(check
         assert loss != plain_loss and loss == pytest.approx(plain_loss, rel=0.01), name
         errors = sorted(((grads[n] - g).norm() / g.norm()).item() for n, g in plain.items())
         assert errors[len(errors) // 2] < 0.25 and errors[-1] < 0.4, (name, errors)
+
+
+def test_fp8_projections_reserve_no_16_bit_dequantization_buffer():
+    """FP8 products dequantize into buffers of their own: the planner's reserve before the first step must not grow
+    the shared 16-bit workspace or the stacked group matrix for them (memory a QLoRA step at Unsloth's budget lacks)."""
+    from torch import nn
+
+    from tunelab.models.slots import reserve_scratch
+    from tunelab.peft.projection import FusedProjection
+    from tunelab.quant.linear import NF4Linear
+    from tunelab.quant.nf4_ops import DequantWorkspace
+
+    attention = _slot(_fp8_members())
+    single = NF4Linear.from_linear(nn.Linear(48, 64), workspace=DequantWorkspace())
+    last = FusedProjection({"o_proj": single}, "o_proj", attention.clock)
+    x = torch.randn(3, IN)
+    use_fp8_(single)
+    reserve_scratch([attention, last], x)
+    assert attention.weights.buffer._flat is None and single.workspace._flat is None
+    use_fp8_(single, on=False)  # the same layer in 16 bits reserves its weight's size
+    reserve_scratch([last], x)
+    assert single.workspace._flat.numel() == 64 * 48

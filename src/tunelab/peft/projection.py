@@ -34,8 +34,8 @@ class FusedProjection(Projection):
 
 def workspace_need(projection: nn.Module) -> list[tuple[Scratch, int]]:
     """The NF4 workspace that a projection (an NF4Linear, or a LoRA layer over one) dequantizes into, and the size of
-    its weight."""
+    its weight; none where its products run in FP8 (`use_fp8_`), which dequantizes into buffers of its own."""
     base = getattr(projection, "base_layer", projection)
-    if isinstance(base, NF4Linear) and base.workspace is not None:
+    if isinstance(base, NF4Linear) and base.workspace is not None and base.fp8 is None:
         return [(base.workspace, base.out_features * base.in_features)]
     return []
