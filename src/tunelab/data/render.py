@@ -312,6 +312,33 @@ def note_unreadable(items: list, texts: list[str], tokenizer, report: DataReport
             report.dropped_chars(item.path, item.line, chars)
 
 
+def row_text(*parts) -> str:
+    """The characters of a task's row for `note_unreadable`: its text parts (None for none) and chats' message
+    contents (a string, or parts with a "text"), joined by newlines."""
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+        elif isinstance(part, list):
+            for message in part:
+                content = message.get("content") if isinstance(message, dict) else None
+                if isinstance(content, str):
+                    out.append(content)
+                elif isinstance(content, list):
+                    out.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "\n".join(out)
+
+
+def pair_text(chosen: str, rejected: str) -> str:
+    """A pair's characters for `note_unreadable`, the part both sides share (their prompt) once."""
+    shared = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        shared += 1
+    return chosen + "\n" + rejected[shared:]
+
+
 CUT_ANSWERS = (
     "data.overlong=truncate cuts a chat's end: the last answer of each truncated row loses its end and end-of-turn "
     "token, so it teaches answers that do not stop; raise data.max_length, or set data.overlong=drop to train on "

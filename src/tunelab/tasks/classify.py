@@ -33,7 +33,7 @@ from tunelab.config.flags import CLI, Spelling
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import scalar_text
 from tunelab.data.loader import Datasets, note_system_on_texts
-from tunelab.data.render import note_templated_inputs
+from tunelab.data.render import note_templated_inputs, note_unreadable, row_text
 from tunelab.data.repeats import note_conflicting
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError, article, counted
@@ -401,6 +401,9 @@ def build_data(cfg: RunConfig, tokenizer, seed: int, spelling: Spelling = CLI) -
         "a text is read as it is, its markup plain characters, not control tokens, so the head learns from inputs in "
         "a form the chat template never writes; give such inputs as chats (a message list, or a prompt), so the "
         "template writes the markup, or keep them as text knowingly",
+    )
+    note_unreadable(
+        items + held, [row_text(it.input.text, it.input.messages) for it in items + held], tokenizer, report
     )
     text_format = cfg.classify.prompt_format
     if not items:  # every row skipped (empty input, ...): the report says why

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets
-from tunelab.data.render import IGNORE
+from tunelab.data.render import IGNORE, note_unreadable, row_text
 from tunelab.data.repeats import note_conflicting
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.templates import Template
@@ -263,6 +263,7 @@ def build_feedback(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         raise ConfigError(f"option 'data.overlong' is {d.overlong!r}; allowed values: drop, truncate.")
     items, held, report, template = read_task_data(cfg, tokenizer, seed, read_feedback, FIELDS)
     note_conflicting(items + held, report, completion_and_label, kind="feedback")
+    note_unreadable(items + held, [row_text(it.context, it.completion) for it in items + held], tokenizer, report)
     report.template = template.name
     train = to_rows(items, tokenizer, template, d.max_length, d.overlong, report)
     if not train:

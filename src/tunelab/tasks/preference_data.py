@@ -32,7 +32,16 @@ from dataclasses import dataclass
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, note_system_on_texts
-from tunelab.data.render import IGNORE, encode, note_templated_inputs, special_text_in, special_texts
+from tunelab.data.render import (
+    IGNORE,
+    encode,
+    note_templated_inputs,
+    note_unreadable,
+    pair_text,
+    row_text,
+    special_text_in,
+    special_texts,
+)
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.size_bound import size_bound, surely_longer
 from tunelab.data.templates import Template, default_bos
@@ -379,6 +388,11 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         "model is taught answers in a form its chat template never writes; give such pairs as chats (a prompt with "
         "chosen and rejected, or two conversations), so the template writes the markup, or keep them as text knowingly",
     )
+    sides = [
+        (row_text(p.chosen.text, p.chosen.messages), row_text(p.rejected.text, p.rejected.messages))
+        for p in pairs + held
+    ]
+    note_unreadable(pairs + held, [pair_text(*s) for s in sides], tokenizer, report)
     note_repeated_prompts(pairs + held, report)
     report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from tunelab.config import RunConfig
 from tunelab.data.loader import Datasets
-from tunelab.data.render import note_templated_inputs
+from tunelab.data.render import note_templated_inputs, note_unreadable, row_text
 from tunelab.data.report import PROMPTS, DataReport, SplitStats, location
 from tunelab.data.sources import is_plain_text
 from tunelab.errors import ConfigError, DataError, counted
@@ -220,6 +220,7 @@ def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> D
         "writes; give the user's text alone (or the turns as a message list, messages), so the template writes the "
         "markup, or keep them so knowingly",
     )
+    note_unreadable(prompts + held, [row_text(p.prompt) for p in prompts + held], tokenizer, report)
     train = to_rows(prompts, tokenizer, template, d.max_length, columns, report, d.overlong)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable prompts. {report.summary()}")

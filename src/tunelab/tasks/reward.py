@@ -34,7 +34,7 @@ from tunelab.config.flags import CLI, Spelling
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, note_system_on_texts
-from tunelab.data.render import note_templated_inputs
+from tunelab.data.render import note_templated_inputs, note_unreadable, pair_text, row_text
 from tunelab.data.report import DataReport, SplitStats, location, location_path
 from tunelab.data.sources import read_records
 from tunelab.errors import ConfigError, DataError
@@ -390,6 +390,11 @@ def build_data(cfg: RunConfig, tokenizer, seed: int, spelling: Spelling = CLI) -
         "answers in a form the chat template never writes; give such pairs as chats (a prompt with chosen and "
         "rejected, or two conversations), so the template writes the markup, or keep them as text knowingly",
     )
+    sides = [
+        (row_text(p.chosen.text, p.chosen.messages), row_text(p.rejected.text, p.rejected.messages))
+        for p in pairs + held
+    ]
+    note_unreadable(pairs + held, [pair_text(*s) for s in sides], tokenizer, report)
     note_repeated_prompts(pairs + held, report)
     report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report, text_format)
