@@ -88,9 +88,10 @@ def test_a_model_with_fp8_groups_trains_as_with_fp8_projections_one_by_one(check
         assert errors[len(errors) // 2] < 0.25 and errors[-1] < 0.4, (name, errors)
 
 
-def test_fp8_projections_reserve_no_16_bit_dequantization_buffer():
-    """FP8 products dequantize into buffers of their own: the planner's reserve before the first step must not grow
-    the shared 16-bit workspace or the stacked group matrix for them (memory a QLoRA step at Unsloth's budget lacks)."""
+def test_fp8_projections_reserve_the_fp8_buffer_and_no_16_bit_one(monkeypatch):
+    """FP8 products dequantize into the one FP8 buffer (`quant.fp8.SCRATCH`): the reserve before the first step grows
+    it to the largest stack, in FP8 whatever the input's dtype, and not the shared 16-bit workspace or the stacked
+    group matrix (memory a QLoRA step at Unsloth's budget lacks)."""
     from torch import nn
 
     from tunelab.models.slots import reserve_scratch
@@ -103,8 +104,33 @@ def test_fp8_projections_reserve_no_16_bit_dequantization_buffer():
     last = FusedProjection({"o_proj": single}, "o_proj", attention.clock)
     x = torch.randn(3, IN)
     use_fp8_(single)
+    monkeypatch.setattr(fp8, "SCRATCH", fp8.FP8Scratch())
     reserve_scratch([attention, last], x)
     assert attention.weights.buffer._flat is None and single.workspace._flat is None
+    stack = sum(m.out_features for m in attention.projections()) * IN
+    assert stack > 64 * 48 and fp8.SCRATCH.numel() == stack
+    assert fp8.SCRATCH.get((2, 3), x.device).dtype == fp8.E4M3
     use_fp8_(single, on=False)  # the same layer in 16 bits reserves its weight's size
     reserve_scratch([last], x)
     assert single.workspace._flat.numel() == 64 * 48
+
+
+def test_fp8_weights_of_every_size_are_written_into_one_buffer(monkeypatch):
+    """Each FP8 weight, straight or transposed, is a view of the one buffer, not a tensor of its own: the allocator
+    sees one block, not the four sizes of a layer allocated and freed at each use."""
+    monkeypatch.setattr(fp8, "SCRATCH", fp8.FP8Scratch())
+    members = _fp8_members()
+    stacked = fp8.FP8Base(*(m.base_layer.nf4 for m in members))
+    single = members[0].base_layer.fp8
+    x = torch.randn(4, IN)
+    qs, factor = stacked._weights(), stacked.scales(stacked._weights())[0]
+    pointers = {stacked.weight(qs, factor).data_ptr(), stacked.transposed(qs, factor).data_ptr()}
+    pointers.add(single.weight(single._weights(), single.scales(single._weights())[0]).data_ptr())
+    assert len(pointers) == 1 and fp8.SCRATCH.numel() == stacked.scratch_need()
+    want = fp8.scaled_mm(
+        *fp8.quantize_rows_reference(x),
+        fp8.weight_fp8_reference(qs[0], factor),
+        stacked.scales(qs)[1][:, : members[0].out_features],
+        x.dtype,
+    )
+    torch.testing.assert_close(stacked.product(x)[:, : members[0].out_features], want)

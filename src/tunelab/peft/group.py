@@ -26,6 +26,7 @@ from tunelab.models.slots import PassClock, ProjectionGroup, Scratch, projection
 from tunelab.peft.fp8_group import fp8_lora_group
 from tunelab.peft.lora_linear import LoRALinear
 from tunelab.peft.projection import workspace_need
+from tunelab.quant import fp8
 from tunelab.quant.fp8 import FP8Base
 from tunelab.quant.linear import NF4Linear
 from tunelab.quant.nf4_ops import DequantWorkspace, dequantize_into
@@ -170,15 +171,15 @@ class LoRAGroup(ProjectionGroup):
         members = self.members(x)
         if members is None:
             return super().__call__(x, room)
-        fp8 = self._fp8(members)
-        if fp8 is not None:  # one FP8 GEMM for the stacked bases, the adapters beside it (`peft.fp8_group`)
+        stacked = self._fp8(members)
+        if stacked is not None:  # one FP8 GEMM for the stacked bases, the adapters beside it (`peft.fp8_group`)
             biases = [m.base_layer.bias for m in members]
             bias = None
             if any(b is not None for b in biases):
                 bias = torch.cat([x.new_zeros(m.out_features) if b is None else b for m, b in zip(members, biases)])
             return fp8_lora_group(
                 x,
-                fp8,
+                stacked,
                 [m.out_features for m in members],
                 [m.r for m in members],
                 [m.scale for m in members],
@@ -197,9 +198,12 @@ class LoRAGroup(ProjectionGroup):
         )
 
     def scratch(self, x: torch.Tensor) -> list[tuple[Scratch, int]]:
-        """The stacked matrix when the group runs as one GEMM, else the NF4 workspace of each projection."""
+        """The stacked matrix when the group runs as one GEMM, the FP8 buffer for its stacked base with FP8 products,
+        else the NF4 workspace of each projection."""
         members = self.members(x)
-        if members is None or self._fp8(members) is not None:
+        if members is not None and self._fp8(members) is not None:
+            return [(fp8.SCRATCH, self._fp8(members).scratch_need())]
+        if members is None:
             return [need for projection in self.projections() for need in workspace_need(projection)]
         width = members[0].in_features
         R, O = sum(m.r for m in members), sum(m.out_features for m in members)

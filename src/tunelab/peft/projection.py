@@ -13,6 +13,7 @@ from torch import nn
 
 from tunelab.models.slots import Projection, Scratch
 from tunelab.peft.lora_linear import LoRALinear
+from tunelab.quant import fp8
 from tunelab.quant.linear import NF4Linear
 
 
@@ -33,9 +34,11 @@ class FusedProjection(Projection):
 
 
 def workspace_need(projection: nn.Module) -> list[tuple[Scratch, int]]:
-    """The NF4 workspace that a projection (an NF4Linear, or a LoRA layer over one) dequantizes into, and the size of
-    its weight; none where its products run in FP8 (`use_fp8_`), which dequantizes into buffers of its own."""
+    """The buffer that a projection (an NF4Linear, or a LoRA layer over one) dequantizes its weight into, and the size
+    of its weight: the NF4 workspace, or where its products run in FP8 (`use_fp8_`) the FP8 one (`quant.fp8.SCRATCH`)."""
     base = getattr(projection, "base_layer", projection)
-    if isinstance(base, NF4Linear) and base.workspace is not None and base.fp8 is None:
+    if isinstance(base, NF4Linear) and base.fp8 is not None:
+        return [(fp8.SCRATCH, base.fp8.scratch_need())]
+    if isinstance(base, NF4Linear) and base.workspace is not None:
         return [(base.workspace, base.out_features * base.in_features)]
     return []
