@@ -18,7 +18,10 @@ Static (alive the whole step):
   compensation (`training.compensated`); fp32 weights keep none. adamw_torch: 2 e per parameter (torch's AdamW keeps
   m and v in the parameter's dtype: 8 bytes for fp32 adapters, 4 for a bf16 weight), no compensation.
 - scratch: the stacked [W | sB; A] matrix of the widest grouped projection, (O + R)(in + R) e (`peft.group`), and
-  QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj).
+  QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj); neither
+  with train.fp8, whose FP8 products keep their weight scales instead and allocate their operands at each use: the
+  last product's input rows in FP8 at every phase, a backward's FP8 operands in the backward phases, and its groups'
+  adapter casts among the saved tensors (`training.memory_fp8`, every term there).
 - offload: the two landing buffers, 2 N d e (`models.offload`).
 - rope tables: cos and sin, 2 N head_dim e, shared by all layers.
 - cuBLAS workspaces (`training.workspaces`): one per thread and stream that runs GEMMs, `Setup.blas_workspace` bytes
@@ -116,6 +119,7 @@ from dataclasses import dataclass, field
 from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the planner's terms)
 from tunelab.kernels.head_chunk import head_chunk_tokens
 from tunelab.models.llama_config import LlamaConfig
+from tunelab.training import memory_fp8
 from tunelab.training.memory_setup import (
     MLP,
     QKV,
@@ -294,9 +298,12 @@ def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
         stacked.append((o + r_qkv) * (c.hidden_size + r_qkv))
     if r_gu:
         stacked.append((2 * c.intermediate_size + r_gu) * (c.hidden_size + r_gu))
-    if stacked:
+    fp8 = memory_fp8.fp8_on(s)  # FP8 products keep neither buffer: their operands come at each use
+    if stacked and not fp8:
         out["scratch: stacked group weight"] = e * max(stacked)
-    if s.quantized:
+    if fp8:
+        out["fp8: weight scales"] = memory_fp8.scale_bytes(c, s)
+    elif s.quantized:
         grouped = set()
         if r_qkv:
             grouped |= {"q_proj", "k_proj", "v_proj"}
@@ -331,7 +338,7 @@ def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     outputs += dora_outputs(c, s, QKV)
     o_proj = r["o_proj"] + dora_outputs(c, s, ("o_proj",))
     masks = n * dropout_masks(c, s, (*QKV, "o_proj")) + dense
-    casts = adapter_casts(c, s, ("o_proj",) if grouped else (*QKV, "o_proj"))
+    casts = adapter_casts(c, s, ("o_proj",) if grouped else (*QKV, "o_proj")) + memory_fp8.group_casts(c, s, QKV)
     stats = 4 * n + 4 * n * c.num_heads + qk_norm_saved(c, s, n)  # the norms' rstd (q/k: and copies), logsumexp
     return e * n * (d + (d + r_qkv) + outputs + heads + q + o_proj) + stats + masks + casts
 
@@ -359,7 +366,7 @@ def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     r = adapter_ranks(c, s)
     r_gu = r["gate_proj"] + r["up_proj"]  # x A^T: in the norm's spare columns, or one (N, r) per layer
     down = r["down_proj"] + dora_outputs(c, s, ("gate_proj", "up_proj", "down_proj"))
-    casts = adapter_casts(c, s, ("down_proj",) if spare_columns(c, s)[1] else MLP)
+    casts = adapter_casts(c, s, ("down_proj",) if spare_columns(c, s)[1] else MLP) + memory_fp8.group_casts(c, s, MLP)
     return e * n * (d + (d + r_gu) + 2 * m + m + down) + 4 * n + n * dropout_masks(c, s, MLP) + casts
 
 
@@ -460,9 +467,10 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     # optimizer step and grpo's sampling before the step (every activation freed).
     step = optimizer_step_bytes(c, s)
     cache = sampler_cache_bytes(c, s)
+    fp8 = memory_fp8.phase_parts(c, s, n, mlp_chunk)  # train.fp8's buffers at each phase ({} each without it)
     chunk = "tensors" if s.shards <= 1 else f"shards (1/{s.shards})"  # under fsdp2 a rank steps its shards
     phases = {
-        "head": (saved, {"head: logits chunk, hidden and its gradient": head}),
+        "head": (saved, {"head: logits chunk, hidden and its gradient": head} | fp8["head"]),
         "optimizer step": ({}, {f"optimizer step: fp32 copies of one chunk of trained {chunk}": step} | late)
         if step
         else None,
@@ -472,6 +480,7 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
                 f"grpo sampler: KV cache of {s.sampled} answers x {s.sample_len} tokens": cache,
                 f"grpo sampler: prefill of {s.sampled} prompts x {s.sample_prompt} tokens": sampler_prefill_bytes(c, s),
             }
+            | fp8["sampling"]
             | (
                 {
                     "grpo sampler: DoRA weight norm of one layer": norm,  # at the prefill, then kept
@@ -483,12 +492,14 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         )
         if cache
         else None,
-        "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd} | late) if kept else None,
+        "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd} | fp8["backward"] | late)
+        if kept
+        else None,
         # each forward of a DoRA layer computes its norm; the top layer's, with (nearly) every activation saved
         "forward": (saved, {"forward: DoRA weight norm ||W + s B A|| of one layer": norm}) if norm else None,
         "recomputation": (
             {"activations: checkpointed inputs": saved["activations: checkpointed inputs"]},
-            {"recomputation: one layer and its gradients": recompute} | late,
+            {"recomputation: one layer and its gradients": recompute} | fp8["recomputation"] | late,
         )
         if checkpointed
         else None,

@@ -53,6 +53,7 @@ class Setup:
     initial_copy: bool = False  # method.init pissa/olora: each adapted layer keeps its starting A0, B0 (fp32)
     dora: bool = False  # method lora with DoRA (`peft.dora`): a magnitude per output row, no grouped projections
     dropout: bool = False  # LoRA dropout on (method.dropout > 0): a keep-mask per adapted layer, no grouping
+    fp8: bool = False  # train.fp8: the NF4 base's products in FP8 (`quant.fp8`; QLoRA only), see `memory_fp8`
     packed: bool = False  # data.packing: a micro-batch is one row of N tokens, its documents apart (cu_seqlens)
     epoch_rows: int = 0  # rows (dpo: pairs) an epoch holds: no micro-batch has more (0: micro_batch rows always)
     graph_bucket: int = 0  # a graphed micro-batch's width is padded to a multiple of this (0: not padded)

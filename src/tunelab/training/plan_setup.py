@@ -54,6 +54,7 @@ def config_setup(
         initial_copy=m.is_adapter and m.init != "default",
         dora=m.dora,
         dropout=m.is_adapter and m.dropout > 0,
+        fp8=cfg.train.fp8,  # the NF4 base's products in FP8 (`training.memory_fp8`; validated: QLoRA only)
         packed=cfg.data.packing,  # only sft packs (the other tasks refuse data.packing)
         epoch_rows=0 if sampled else rows,
         graph_bucket=bucket_width(cfg.data.max_length),  # a graphed batch's width is padded to a multiple of it
