@@ -243,3 +243,12 @@ def test_every_default_the_readmes_prose_gives_an_option_is_its_default():
         section, _, key = option.partition(".")
         default = defaults[section][key]
         assert float(value) == default if isinstance(default, (int, float)) else value == str(default), option
+
+
+def test_the_fp8_speed_factor_and_bytes_the_readme_states_are_the_planners():
+    from tunelab.training import speed
+
+    said = " ".join(README.split())
+    assert f"take the base GEMMs {speed.FP8_GEMM_SPEEDUP:.2f}x faster than bf16's" in said
+    assert f"with `train.fp8` {speed.FP8_WEIGHT_BYTES:g} bytes a parameter and pass, its GEMMs " in said
+    assert f"{speed.FP8_GEMM_SPEEDUP:.2f}x faster and its row quantization 5 bytes a value" in said

@@ -21,9 +21,10 @@ from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode
 from tunelab.training.memory import GIB, Estimate, estimate, gib, saving_layers
+from tunelab.training.memory_fp8 import fp8_on
 from tunelab.training.memory_setup import Setup
 from tunelab.training.plan_setup import config_setup, rows_per_step
-from tunelab.training.speed import fixed_time, sample_time, step_time
+from tunelab.training.speed import FP8_GEMM_SPEEDUP, FP8_SOURCE, fixed_time, sample_time, step_time
 from tunelab.training.workspaces import cublas_workspace_bytes
 
 DEFAULT_BUDGET_FRACTION = 0.92  # of the GPU's total memory: the CUDA context and libraries' own memory live outside
@@ -200,11 +201,21 @@ def plan(
     fitting = [x for x in scored if x.peak <= budget]
     chosen = min(fitting, key=_preference) if fitting else None
     shown = _shown(scored, budget)
+    notes = [fp8_note()] if fp8_on(setup) else []
     if chosen is None:
         reason = _too_small(budget, smallest, c.num_layers)
-        return MemoryPlan(budget, c.num_layers, None, shown, smallest, reason, calibration, setup=setup)
+        return MemoryPlan(budget, c.num_layers, None, shown, smallest, reason, calibration, notes, setup)
     reason = _why(chosen, scored, budget, c.num_layers)
-    return MemoryPlan(budget, c.num_layers, chosen, shown, smallest, reason, calibration, setup=setup)
+    return MemoryPlan(budget, c.num_layers, chosen, shown, smallest, reason, calibration, notes, setup)
+
+
+def fp8_note() -> str:
+    """What the speeds of a train.fp8 plan rest on (`speed.FP8_GEMM_SPEEDUP`)."""
+    return (
+        f"train.fp8: the tokens/s take the base GEMMs {FP8_GEMM_SPEEDUP:.2f}x faster than in bf16, estimated from "
+        f"{FP8_SOURCE}; the peaks count FP8's own buffers (weight scales, quantized rows, backward operands) in place "
+        "of the bf16 dequantization buffers."
+    )
 
 
 def _preference(s: Scored) -> tuple:

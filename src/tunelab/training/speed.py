@@ -35,6 +35,13 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   (torch leaves TF32 off for matmuls, and tunelab does not turn it on), at `fp32_fraction` of THROUGHPUT.
 - Offload: each checkpointed layer moves 2 N d e bytes each way over PCIe (input and midpoint) at PCIE_BYTES_S,
   beside the next layer's compute; only the part longer than that compute costs time.
+- train.fp8 (`Setup.fp8`, `quant.fp8`): the projections' GEMMs take 1 / FP8_GEMM_SPEEDUP of their bf16 time, a factor
+  fitted to the one end-to-end measurement there is (an H100, 7B QLoRA, every layer checkpointed and offloaded:
+  1.08x), not the 2x of FP8's datasheet rate nor the 1.55x its GEMMs alone reached; `tunelab plan` says so under the
+  table. Each pass dequantizes every weight to FP8 (FP8_WEIGHT_BYTES a parameter; no stacked matrix is built or
+  reused), and every product's activation or output gradient is quantized to FP8 rows, 2 e + 1 bytes a value (read
+  twice, written once: `quant.fp8_triton`); measured at ~25 ms of the 549 ms step, which this count gives. grpo's
+  sampler and its fixed log-prob forwards are counted as in bf16.
 
 DoRA (`Setup.dora`, `peft.dora`): every forward of a DoRA layer, the recomputed ones too (an MLP's once per 4096-token
 chunk), computes its norm ||W + s B A|| (grpo's sampler once, at its prefill, and keeps it through the decode steps,
@@ -72,6 +79,7 @@ import dataclasses
 
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.memory import MLP_CHUNK, recomputed_layers, sampler_cache_bytes, saving_layers
+from tunelab.training.memory_fp8 import fp8_on
 from tunelab.training.memory_setup import (
     MLP,
     PROJECTIONS,
@@ -125,6 +133,14 @@ HBM_PEAK = {
 DORA_NORM_FP32_BYTES = 28
 DORA_TOKEN_BYTES = 8  # g L(x) forward (L read, y written) and its backward (dy g, dy * L(x) and its sum), in e bytes
 DECODE_S_PER_LAYER = 0.00028  # seconds per decoder layer per decode step beyond its bytes (module docstring)
+# train.fp8 (module docstring): the base GEMMs' time in bf16 over their time in FP8, fitted to the one end-to-end
+# measurement there is (BENCHMARKS.md, "2026-12-06 — train.fp8": H100, 7B QLoRA, micro-batch 4 x 2048, every layer
+# checkpointed and offloaded, 14,924 against 13,802 tokens/s, 1.081x; this model gives 1.081x with 1.13). The GEMMs
+# alone ran 1.55x faster (benchmarks/fp8_gemm.py, the same day): the dequantization kernels, measured at ~25 ms a step
+# where their bytes take ~11 ms at HBM_BYTES_S, and the host are folded into the smaller factor.
+FP8_GEMM_SPEEDUP = 1.13
+FP8_WEIGHT_BYTES = 2.5  # per frozen parameter and pass: NF4 codes read 0.5, FP8 written 1, read by the GEMM 1
+FP8_SOURCE = "one H100 measurement (BENCHMARKS.md 2026-12-06, train.fp8: 7B QLoRA 4 x 2048 with offload, 1.08x)"
 
 
 def layer_forward_flops(c: LlamaConfig, seq: int) -> tuple[float, float, float, float]:
@@ -142,7 +158,7 @@ def pass_bytes(c: LlamaConfig, s: Setup, skipped: tuple[str, ...] = ()) -> float
     a copied weight (an NF4 one, or a member of a grouped GEMM: `memory_setup.grouped_projections`), e of one its GEMM
     reads as it is; none of the `skipped` projections, whose GEMM the pass does not run."""
     grouped = grouped_projections(c, s)
-    copied = WEIGHT_BYTES * s.dtype_bytes / E
+    copied = FP8_WEIGHT_BYTES if fp8_on(s) else WEIGHT_BYTES * s.dtype_bytes / E
     return sum(
         i * o * (copied if s.quantized or name in grouped else s.dtype_bytes)
         for name, (i, o) in projection_shapes(c).items()
@@ -157,7 +173,11 @@ def group_builds(c: LlamaConfig, s: Setup) -> dict[str, tuple[int, int]]:
     that order was itself (module docstring): with k of L layers checkpointed, gate/up is reused k times (once per
     checkpointed layer, across its token chunks) and once more at the top layer, unless that layer is recomputed
     without offload (attention first, so q/k/v take the buffer); q/k/v k times with offload (the MLP backpropagated
-    first, then attention recomputed and backpropagated at once), none without (recomputed before the MLP)."""
+    first, then attention recomputed and backpropagated at once), none without (recomputed before the MLP).
+    None with train.fp8: an FP8 group builds no stacked matrix, it dequantizes its weights to FP8 at every use
+    (`pass_bytes` counts each)."""
+    if fp8_on(s):
+        return {}
     grouped = grouped_projections(c, s)
     layers, k = c.num_layers, recomputed_layers(c, s)
     passes = layers + saving_layers(c, s) + k
@@ -179,6 +199,21 @@ def reused_group_bytes(c: LlamaConfig, s: Setup) -> float:
         (passes - built) * sum(shapes[n][0] * shapes[n][1] for n in members[group]) * (copied - e)
         for group, (passes, built) in group_builds(c, s).items()
     )
+
+
+def fp8_row_values(c: LlamaConfig, s: Setup, passes: tuple[int, int, int], skipped: tuple[str, ...]) -> float:
+    """Values per token and micro-batch that train.fp8 quantizes to FP8 rows (`quant.fp8.quantize_rows`), for
+    `passes` = (forwards, backwards, recomputations) over a layer: a forward quantizes each input once (q/k/v and
+    gate/up share theirs), d + q + d + m; a backward every projection's output gradient; a recomputation the inputs of
+    the products it runs (not those `skipped`). 0 without train.fp8."""
+    if not fp8_on(s):
+        return 0.0
+    shapes = projection_shapes(c)
+    inputs = {name: shapes[name][0] for name in ("q_proj", "o_proj", "gate_proj", "down_proj")}
+    forwards, backwards, recomputations = passes
+    outputs = sum(o for _, o in shapes.values())
+    redone = sum(w for name, w in inputs.items() if name not in skipped)
+    return forwards * sum(inputs.values()) + backwards * outputs + recomputations * redone
 
 
 def _by_device(table: dict[str, float], gpu_name: str | None) -> float | None:
@@ -280,6 +315,8 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     matters in fp32 only: `fp32_fraction`)."""
     rate = THROUGHPUT * (fp32_fraction(gpu_name) if s.dtype == "fp32" else 1.0)  # matmul FLOP/s
     matmul, attention, down, o_proj = layer_forward_flops(c, s.seq)
+    if fp8_on(s):  # the projections' GEMMs read the frozen base: FP8 products, by the measured factor
+        matmul, down, o_proj = (f / FP8_GEMM_SPEEDUP for f in (matmul, down, o_proj))
     trained = s.method != "lora"
     layers = c.num_layers
     backed = saving_layers(c, s)  # layers backward runs through: all, or (method=layers) the trained top ones
@@ -299,6 +336,9 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     gpu = n * per_token / rate
     weights = (layers + backed) * pass_bytes(c, s) + checkpointed * pass_bytes(c, s, skipped)
     gpu += (weights - reused_group_bytes(c, s)) / HBM_BYTES_S
+    # train.fp8's row quantization: each value read twice (its row's absmax, then scaled) and written in one byte
+    rows = fp8_row_values(c, s, (layers, backed, checkpointed), skipped)
+    gpu += n * rows * (2 * s.dtype_bytes + 1) / HBM_BYTES_S
     if s.dora:  # the norms of every forward (a recomputed MLP's once per chunk) and g L(x) on every token
         chunks = 1 if s.dropout else -(-n // MLP_CHUNK)  # dropout: the MLP recomputed whole (`memory.mlp_saved`)
         gpu += layers * dora_layer_time(c, s, gpu_name)
