@@ -148,27 +148,27 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str, dor
     return model
 
 
-def planned(args) -> tuple[int, int, int | None, bool | str]:
-    """(micro_batch, grad_accum, checkpoint_layers, checkpointing) for the run: the planner's choice under --budget,
-    else what the flags say."""
+def planned(args) -> tuple[int, int, int | None, bool | str, float | None]:
+    """(micro_batch, grad_accum, checkpoint_layers, checkpointing, predicted peak GiB) for the run: the planner's
+    choice and its peak under --budget, else what the flags say (no prediction)."""
     checkpointing = "offload" if args.offload else args.checkpointing
     if args.budget is None:
-        return args.batch, 1, args.checkpoint_layers, checkpointing
+        return args.batch, 1, args.checkpoint_layers, checkpointing, None
     from tunelab.models.llama_config import LlamaConfig
     from tunelab.training.memory import GIB as PLAN_GIB
     from tunelab.training.memory_setup import Setup
     from tunelab.training.plan import plan
 
     setup = Setup(method="lora", quantized=args.method == "qlora", rank=args.r, optimizer=args.optimizer, seq=args.seq)
-    setup = dataclasses.replace(setup, graphs=args.graphs)
+    setup = dataclasses.replace(setup, graphs=args.graphs, fp8=args.fp8)  # as train.fp8 plans: FP8's buffers, speeds
     result = plan(LlamaConfig.from_hf(SHAPES[args.shape]), setup, int(args.budget * PLAN_GIB), args.batch)
-    print(result.table(), flush=True)
+    print("\n".join([result.table(), *result.notes]), flush=True)
     c = result.chosen
     if c is None:
         raise SystemExit(result.reason)
     mode = ("offload" if c.candidate.offload else True) if c.candidate.checkpointed else False
     args.graphs = args.graphs and mode != "offload"  # offload waits on host copies: no graphs (training/graphs.py)
-    return c.candidate.micro_batch, c.candidate.grad_accum, c.candidate.checkpointed, mode
+    return c.candidate.micro_batch, c.candidate.grad_accum, c.candidate.checkpointed, mode, c.peak / PLAN_GIB
 
 
 def run(args) -> dict:
@@ -182,7 +182,7 @@ def run(args) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    micro_batch, grad_accum, checkpoint_layers, checkpointing = planned(args)
+    micro_batch, grad_accum, checkpoint_layers, checkpointing, predicted = planned(args)
     model = build(args.shape, args.method, args.r, checkpointing, device, args.dora)
     model.model.checkpoint_layers = checkpoint_layers
     for layer in model.model.layers:
@@ -267,6 +267,7 @@ def run(args) -> dict:
         "grad_accum": grad_accum,
         "checkpoint_layers": checkpoint_layers,
         "budget_gib": args.budget,
+        "planned_peak_gib": None if predicted is None else round(predicted, 2),  # the planner's, for the measured
         "steps": args.steps,
         "mlp_chunk_tokens": args.mlp_chunk,
         "optimizer": args.optimizer,
@@ -371,7 +372,9 @@ def main() -> None:
     print(line, flush=True)
     print(
         f"SUMMARY {record['config']} [{args.shape}]: {record['tokens_per_s']:,.0f} tok/s, median {record['median_s'] * 1e3:.1f} ms, "
-        f"peak alloc {record['train_peak_alloc_gib']} GiB reserved {record['train_peak_reserved_gib']} GiB, MFU {record['mfu_useful']}, "
+        f"peak alloc {record['train_peak_alloc_gib']} GiB reserved {record['train_peak_reserved_gib']} GiB"
+        + (f" (planned {record['planned_peak_gib']} GiB)" if record["planned_peak_gib"] is not None else "")
+        + f", MFU {record['mfu_useful']}, "
         f"loss {record['losses'][0]} -> {record['losses'][-1]}",
         flush=True,
     )
