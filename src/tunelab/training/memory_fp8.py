@@ -30,6 +30,8 @@ from tunelab.training.memory_setup import MLP, QKV, Setup, adapter_ranks, projec
 
 ROW_SCALE = 4  # bytes of a row's fp32 scale
 GATE_UP = ("gate_proj", "up_proj")
+ROWS = "fp8: the last input's rows in FP8"  # the parts' names in `memory.Estimate`
+OPERANDS = "fp8: a backward's FP8 operands"
 
 
 def fp8_on(s: Setup) -> bool:
@@ -85,10 +87,6 @@ def grad_operands(c: LlamaConfig, s: Setup, n: int, mlp_n: int | None = None) ->
     weight, in O; `mlp_n` tokens for the MLP's (a recomputed layer's chunk; n where None). 0 without train.fp8."""
     sizes = [rows_bytes((mlp_n or n) if set(g) <= set(MLP) else n, o) + i * o for g, (i, o) in bases(c, s).items()]
     return max(sizes, default=0)
-
-
-ROWS = "fp8: the last input's rows in FP8"
-OPERANDS = "fp8: a backward's FP8 operands"
 
 
 def phase_parts(c: LlamaConfig, s: Setup, n: int, mlp_chunk: int) -> dict[str, dict[str, int]]:
