@@ -19,7 +19,7 @@ Static (alive the whole step):
   m and v in the parameter's dtype: 8 bytes for fp32 adapters, 4 for a bf16 weight), no compensation.
 - scratch: the stacked [W | sB; A] matrix of the widest grouped projection, (O + R)(in + R) e (`peft.group`), and
   QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj); neither
-  with train.fp8, whose FP8 products keep their weight scales instead and allocate their operands at each use: the
+  with train.fp8, whose FP8 products keep their weight scales and one FP8 weight buffer instead: the
   last product's input rows in FP8 at every phase, a backward's FP8 operands in the backward phases, and its groups'
   adapter casts among the saved tensors (`training.memory_fp8`, every term there).
 - offload: the two landing buffers, 2 N d e (`models.offload`).
@@ -298,11 +298,12 @@ def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
         stacked.append((o + r_qkv) * (c.hidden_size + r_qkv))
     if r_gu:
         stacked.append((2 * c.intermediate_size + r_gu) * (c.hidden_size + r_gu))
-    fp8 = memory_fp8.fp8_on(s)  # FP8 products keep neither buffer: their operands come at each use
+    fp8 = memory_fp8.fp8_on(s)  # FP8 products keep neither buffer: their weights go into the FP8 one
     if stacked and not fp8:
         out["scratch: stacked group weight"] = e * max(stacked)
     if fp8:
         out["fp8: weight scales"] = memory_fp8.scale_bytes(c, s)
+        out["fp8: weight buffer"] = memory_fp8.weight_buffer_bytes(c, s)
     elif s.quantized:
         grouped = set()
         if r_qkv:

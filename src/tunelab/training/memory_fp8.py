@@ -1,22 +1,21 @@
 """What train.fp8 changes in the memory model (`training.memory`): the NF4 base's products in FP8 (`quant.fp8`)
-allocate their operands at each use, where the bf16 path dequantizes into 16-bit buffers it keeps.
+write their weights into one FP8 buffer where the bf16 path dequantizes into 16-bit ones, and quantize their inputs
+at each use.
 
 An FP8 base (`quant.fp8.FP8Base`) is a projection group's stacked weights (q/k/v, gate/up) where the group runs as
 one node (`peft.fp8_group`: every member adapted, as `memory_setup.spare_columns` says), else one NF4 layer's. For a
 base of `in` inputs and O outputs over n tokens, with e the model's bytes a value:
 - static: its scales, made at first use and kept: the factor and 1/factor as (1, O) and (1, in) vectors, fp32,
-  4 (1 + O + in) bytes (a group member's own FP8Base never runs, so it makes none). Gone: the 16-bit dequantization
-  workspace (`peft.projection.workspace_need` reserves none for FP8 projections) and the stacked [W | sB; A] matrix
-  (an FP8 group stacks its FP8 weights at each use).
+  4 (1 + O + in) bytes (a group member's own FP8Base never runs, so it makes none); and the one FP8 buffer
+  (`quant.fp8.SCRATCH`, reserved before the first step) that every base writes its weight, straight or transposed,
+  into: the largest base's in O bytes. Gone: the 16-bit dequantization workspace and the stacked [W | sB; A] matrix.
 - forward (`FP8Base.product`): the input's rows in FP8 and their scales, n in + 4 n bytes, which `quant.fp8._LastRows`
   keeps until the next product quantizes another input (so q/k/v, and gate/up, quantize theirs once): after a forward
   it holds the top layer's down_proj input, N (m + 4), through the head and every kept layer's backward; a
   recomputation replaces it with its own inputs, of which the widest is q/k/v's (N, d) or o_proj's (N, q) (offload
-  skips o_proj's GEMM; gate/up's are chunks of at most N tokens). The FP8 weight, O in bytes, lives during the GEMM
-  only, when less than at the head is saved: not counted.
-- backward (`FP8Base.input_grad`): the output gradient's rows in FP8 and their scales, n (O + 4), and the transposed
-  FP8 weight, in O bytes, beside the GEMM's dx: the widest base's, over N tokens in a kept layer, over an MLP chunk
-  for the MLP of a recomputed one.
+  skips o_proj's GEMM; gate/up's are chunks of at most N tokens).
+- backward (`FP8Base.input_grad`): the output gradient's rows in FP8 and their scales, n (O + 4), beside the GEMM's
+  dx: the widest base's, over N tokens in a kept layer, over an MLP chunk for the MLP of a recomputed one.
 - saved for backward: an FP8 group saves what the bf16 group does (the norm's output and x A^T, now two tensors,
   N (d + R) e together; its output buffer, which v keeps) and its adapters in the model's dtype, A_cat (R, in) and the
   block-diagonal B (O, R), R (in + O) e. Nothing in FP8 is saved: the base is frozen, so no weight gradient needs x,
@@ -56,6 +55,11 @@ def scale_bytes(c: LlamaConfig, s: Setup) -> int:
     return c.num_layers * sum(4 * (1 + i + o) for i, o in bases(c, s).values())
 
 
+def weight_buffer_bytes(c: LlamaConfig, s: Setup) -> int:
+    """Static: the one FP8 buffer the weights are written into, the largest base's in O bytes; 0 without train.fp8."""
+    return max((i * o for i, o in bases(c, s).values()), default=0)
+
+
 def group_casts(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
     """Saved per layer: the adapters an FP8 group among `names` casts to the model's dtype for backward, A_cat (R, in)
     and the block-diagonal B (O, R), R (in + O) e; 0 where none runs (no fp8, or its members one by one)."""
@@ -83,9 +87,10 @@ def last_rows(c: LlamaConfig, s: Setup, n: int, recomputing: bool = False) -> in
 
 
 def grad_operands(c: LlamaConfig, s: Setup, n: int, mlp_n: int | None = None) -> int:
-    """The widest FP8 backward's operands beside its dx: the output gradient's rows, n (O + 4), and the transposed
-    weight, in O; `mlp_n` tokens for the MLP's (a recomputed layer's chunk; n where None). 0 without train.fp8."""
-    sizes = [rows_bytes((mlp_n or n) if set(g) <= set(MLP) else n, o) + i * o for g, (i, o) in bases(c, s).items()]
+    """The widest FP8 backward's operand beside its dx: the output gradient's rows, n (O + 4) (its transposed weight
+    lies in the FP8 buffer); `mlp_n` tokens for the MLP's (a recomputed layer's chunk; n where None). 0 without
+    train.fp8."""
+    sizes = [rows_bytes((mlp_n or n) if set(g) <= set(MLP) else n, o) for g, (i, o) in bases(c, s).items()]
     return max(sizes, default=0)
 
 
