@@ -75,3 +75,33 @@ def test_a_tokenizer_with_a_token_for_every_byte_reports_nothing(tmp_path, base_
         DataConfig(train=[str(chats_file(tmp_path))], max_length=1024, eval_fraction=0.0), tokenizer, seed=0
     ).report
     assert report.unread.rows == 0 and "tokenizer drops" not in report.summary()
+
+
+def test_eval_rows_holding_them_are_said_to_be_evaluated_not_trained_on(tmp_path, smollm2_tokenizer):
+    """The line said 'they are trained on without them' of rows of data.eval too, which are only evaluated."""
+    held = chats_file(tmp_path)
+    train = tmp_path / "plain.jsonl"
+    train.write_text(held.read_text().replace("\\u0004", "").replace("\\u0013", "").replace("\\ud900\\udc00", ""))
+    cfg = DataConfig(train=[str(train)], eval=str(held), max_length=64)
+    unread = build_datasets(cfg, smollm2_tokenizer, seed=0).report.unread
+    assert (unread.rows, unread.held) == (2, 2)
+    assert unread.line().endswith(f"first at {held}:2; they are evaluated without them")
+    both = build_datasets(DataConfig(train=[str(held)], eval=str(held), max_length=64), smollm2_tokenizer, 0)
+    assert (both.report.unread.rows, both.report.unread.held) == (4, 2)
+    assert both.report.unread.line().endswith(
+        f"first at {held}:2; they are trained on without them (the 2 eval rows among them are evaluated without them)"
+    )
+    assert both.report.unread.line() in both.report.summary().splitlines()
+
+
+def test_the_federation_servers_eval_rows_holding_them_are_said_to_be_evaluated(tmp_path, smollm2_tokenizer):
+    """The server reads its eval set (data.eval) as training rows, and said they were trained on without them."""
+    from tunelab.config import load_config
+    from tunelab.federated.local import server_eval_datasets
+
+    held = chats_file(tmp_path)
+    cfg = load_config(None, {"data.train": [str(held)], "data.eval": str(held), "data.max_length": 64}).config
+    report = server_eval_datasets(cfg, smollm2_tokenizer).report
+    assert (report.unread.rows, report.unread.held) == (2, 2)
+    assert report.to_dict()["unread"]["held"] == 2
+    assert report.unread.line().endswith(f"first at {held}:2; they are evaluated without them")

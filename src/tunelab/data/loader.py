@@ -222,7 +222,7 @@ def build_datasets(
     if not train:
         raise _nothing_usable("training", cfg.train, report, records, cfg.overlong)
     used_train, used = report.total_used - used, report.total_used
-    evals = render_examples(eval_examples, tokenizer, template, cfg, report)
+    evals = render_examples(eval_examples, tokenizer, template, cfg, report, held=True)
     used_eval = report.total_used - used
     if cfg.packing:
         train, evals = pack(train, cfg.max_length), pack(evals, cfg.max_length)
@@ -314,7 +314,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             raise _nothing_usable("training", [source.path or source.hub], report, part.records, own.overlong)
         counts[0] += report.total_used - used
         used = report.total_used
-        held_rows = render_examples(held, tokenizer, template, own, report)
+        held_rows = render_examples(held, tokenizer, template, own, report, held=True)
         counts[1] += report.total_used - used
         counts[2] += len(held)
         if cfg.packing:
@@ -346,7 +346,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             ex for ex in held if ex.text is not None
         )
         used = report.total_used
-        rows = render_examples(held, tokenizer, template, cfg, report)
+        rows = render_examples(held, tokenizer, template, cfg, report, held=True)
         counts[1] += report.total_used - used
         counts[2] += len(held)
         evals += pack(rows, cfg.max_length) if cfg.packing else rows

@@ -238,7 +238,7 @@ def note_templated_inputs(items: list, texts_of, tokenizer, report: DataReport, 
 
 
 def _render_chats(
-    examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport
+    examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport, held: bool
 ) -> list[Rendered]:
     texts, spans, kept, specials = [], [], [], special_texts(tokenizer)
     for ex in examples:
@@ -261,7 +261,7 @@ def _render_chats(
         sp = [span for span, weight in zip(sp, weights, strict=True) if weight]  # OpenAI's weight 0: no loss
         texts.append(text)
         spans.append(sp)
-    note_unreadable(kept, texts, tokenizer, report)
+    note_unreadable(kept, texts, tokenizer, report, held=len(kept) if held else 0)
     rows, limit = [], cfg.max_length
     # data.overlong=drop drops a chat over max_length whatever its tokens: one too long by its size alone is not
     # tokenized (data/size_bound.py) and counts in the lengths at its least token count
@@ -300,16 +300,21 @@ def _render_chats(
     return rows
 
 
-def note_unreadable(items: list, texts: list[str], tokenizer, report: DataReport) -> None:
+def note_unreadable(
+    items: list, texts: list[str], tokenizer, report: DataReport, effect: str = "trained", held: int = 0
+) -> None:
     """Count in `report` the `items` (each with `path` and `line`) whose `texts` hold characters `tokenizer` drops
-    (data/size_bound.py's `unreadable`): they train without them, which the report says. Looked for only where the
-    tokenizer drops some."""
+    (data/size_bound.py's `unreadable`): read without them, which the report says as `effect` (a key of
+    data/report.py's EFFECTS: what the task does with its rows). The last `held` items are eval rows. Looked for only
+    where the tokenizer drops some."""
+    report.unread.effect = effect
     found = unreadable(tokenizer)
     if found is None:
         return
-    for item, text in zip(items, texts, strict=True):
+    first_held = len(items) - held
+    for i, (item, text) in enumerate(zip(items, texts, strict=True)):
         if chars := found.chars_in(text):
-            report.dropped_chars(item.path, item.line, chars)
+            report.dropped_chars(item.path, item.line, chars, held=i >= first_held)
 
 
 def row_text(*parts) -> str:
@@ -355,11 +360,11 @@ def answer_lost(limit: int) -> str:
     )
 
 
-def _text_blocks(examples: list[Example], tokenizer, cfg: DataConfig, report: DataReport) -> list[Rendered]:
+def _text_blocks(examples: list[Example], tokenizer, cfg: DataConfig, report: DataReport, held: bool) -> list[Rendered]:
     bos = default_bos(tokenizer)
     head = [tokenizer.bos_token_id] if bos else []
     tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    note_unreadable(examples, [ex.text for ex in examples], tokenizer, report)
+    note_unreadable(examples, [ex.text for ex in examples], tokenizer, report, held=len(examples) if held else 0)
     encoded = encode(tokenizer, [ex.text for ex in examples], [[] for _ in examples], plain=True)
     docs = [head + ids + tail for ids, _ in encoded]
     report.add_lengths([len(d) for d in docs])
@@ -393,14 +398,17 @@ def _text_used(examples: list[Example], rows: list[Rendered], report: DataReport
 
 
 def render_examples(
-    examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport
+    examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport, held: bool = False
 ) -> list[Rendered]:
-    """Chat examples (in order) then the text blocks; drops and truncations are counted in report."""
+    """Chat examples (in order) then the text blocks; drops and truncations are counted in report. `held`: the
+    examples are eval rows (the report says what they lose as evaluated, not trained on)."""
     if cfg.overlong not in ("drop", "truncate"):
         raise ConfigError(f"option 'data.overlong' is {cfg.overlong!r}; allowed values: drop, truncate.")
     chats = [ex for ex in examples if ex.messages is not None]
     texts = [ex for ex in examples if ex.messages is None]
-    return _render_chats(chats, tokenizer, template, cfg, report) + _text_blocks(texts, tokenizer, cfg, report)
+    return _render_chats(chats, tokenizer, template, cfg, report, held) + _text_blocks(
+        texts, tokenizer, cfg, report, held
+    )
 
 
 class ControlTokenText(ConfigError):

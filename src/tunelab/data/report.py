@@ -77,14 +77,25 @@ class Skip:
     locations: list[str] = field(default_factory=list)
 
 
+# What a task does with its rows that hold characters the tokenizer drops (`Unread.effect`): the clause said of
+# its training rows, and the word for its eval rows (None: the clause holds for them too)
+EFFECTS = {
+    "trained": ("they are trained on without them", "evaluated"),  # sft chats and texts, dpo, kto and reward rows
+    "sampled": ("the model generates its answers from these prompts without them", None),  # grpo's prompts
+    "scored": ("they are scored and trained on without them", "scored"),  # classify's inputs, read by its head
+}
+
+
 @dataclass
 class Unread:
-    """Rows whose text holds characters the tokenizer drops (no token of their own, no unknown token): trained on
-    without them (data/size_bound.py's `unreadable`)."""
+    """Rows whose text holds characters the tokenizer drops (no token of their own, no unknown token): read without
+    them (data/size_bound.py's `unreadable`), which `effect` (a key of EFFECTS) says for the task that read them."""
 
     rows: int = 0
     chars: dict[str, int] = field(default_factory=dict)  # "U+0004" -> how many times, over all those rows
     first: str = ""  # the first such row's location
+    held: int = 0  # of the rows, those held out for eval (data.eval, data.eval_fraction)
+    effect: str = "trained"
 
     def line(self) -> str:
         """The summary's line on them ('' where there are none)."""
@@ -96,8 +107,18 @@ class Unread:
         hold = "holds" if self.rows == 1 else "hold"
         return (
             f"  {counted(self.rows, 'row')} {hold} characters the tokenizer drops, having no token for them ({held}): "
-            f"first at {self.first}; they are trained on without them"
+            f"first at {self.first}; {self.effect_clause()}"
         )
+
+    def effect_clause(self) -> str:
+        """What the task does with these rows without those characters, its eval rows said apart."""
+        trained, evaluated = EFFECTS.get(self.effect, EFFECTS["trained"])
+        if evaluated is None or not self.held:
+            return trained
+        if self.held >= self.rows:
+            return f"they are {evaluated} without them"
+        them = "the eval row among them is" if self.held == 1 else f"the {self.held} eval rows among them are"
+        return f"{trained} ({them} {evaluated} without them)"
 
 
 @dataclass
@@ -243,11 +264,12 @@ class DataReport:
         self.lengths = LengthStats.of(self._lengths)
         self.lengths.at_least = at_least
 
-    def dropped_chars(self, path: str, line: int, chars: list[str]) -> None:
-        """Record that the row at path:line holds `chars`, which the tokenizer drops."""
+    def dropped_chars(self, path: str, line: int, chars: list[str], held: bool = False) -> None:
+        """Record that the row at path:line holds `chars`, which the tokenizer drops; `held`: an eval row."""
         if not self.unread.rows:
             self.unread.first = location(path, line)
         self.unread.rows += 1
+        self.unread.held += held
         for c in chars:
             name = f"U+{ord(c):04X}"
             self.unread.chars[name] = self.unread.chars.get(name, 0) + 1

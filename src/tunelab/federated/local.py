@@ -129,10 +129,12 @@ def server_eval_datasets(cfg: RunConfig, tokenizer) -> Datasets:
     data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
     try:
         with sft_advice("the server's eval set (data.eval)"):
-            return build_datasets(data_cfg, tokenizer, cfg.train.seed)
+            data = build_datasets(data_cfg, tokenizer, cfg.train.seed)
     except TunelabError as exc:
         said = str(exc).replace("training examples", "eval examples")
         raise type(exc)(f"the server's eval set (option 'data.eval'): {said}") from None
+    data.report.unread.held = data.report.unread.rows  # eval rows only: the data report says they are evaluated
+    return data
 
 
 def untrained_rows(model: nn.Module, tokenizer, fix: bool) -> UntrainedReport:

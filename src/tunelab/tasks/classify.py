@@ -402,9 +402,8 @@ def build_data(cfg: RunConfig, tokenizer, seed: int, spelling: Spelling = CLI) -
         "a form the chat template never writes; give such inputs as chats (a message list, or a prompt), so the "
         "template writes the markup, or keep them as text knowingly",
     )
-    note_unreadable(
-        items + held, [row_text(it.input.text, it.input.messages) for it in items + held], tokenizer, report
-    )
+    read = [row_text(it.input.text, it.input.messages) for it in items + held]
+    note_unreadable(items + held, read, tokenizer, report, "scored", len(held))
     text_format = cfg.classify.prompt_format
     if not items:  # every row skipped (empty input, ...): the report says why
         raise DataError(f"{', '.join(d.train)}: no usable training rows. {report.summary()}")

@@ -263,7 +263,9 @@ def build_feedback(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         raise ConfigError(f"option 'data.overlong' is {d.overlong!r}; allowed values: drop, truncate.")
     items, held, report, template = read_task_data(cfg, tokenizer, seed, read_feedback, FIELDS)
     note_conflicting(items + held, report, completion_and_label, kind="feedback")
-    note_unreadable(items + held, [row_text(it.context, it.completion) for it in items + held], tokenizer, report)
+    note_unreadable(
+        items + held, [row_text(it.context, it.completion) for it in items + held], tokenizer, report, held=len(held)
+    )
     report.template = template.name
     train = to_rows(items, tokenizer, template, d.max_length, d.overlong, report)
     if not train:

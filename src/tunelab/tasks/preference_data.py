@@ -392,7 +392,7 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         (row_text(p.chosen.text, p.chosen.messages), row_text(p.rejected.text, p.rejected.messages))
         for p in pairs + held
     ]
-    note_unreadable(pairs + held, [pair_text(*s) for s in sides], tokenizer, report)
+    note_unreadable(pairs + held, [pair_text(*s) for s in sides], tokenizer, report, held=len(held))
     note_repeated_prompts(pairs + held, report)
     report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)

@@ -220,7 +220,9 @@ def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> D
         "writes; give the user's text alone (or the turns as a message list, messages), so the template writes the "
         "markup, or keep them so knowingly",
     )
-    note_unreadable(prompts + held, [row_text(p.prompt) for p in prompts + held], tokenizer, report)
+    note_unreadable(
+        prompts + held, [row_text(p.prompt) for p in prompts + held], tokenizer, report, "sampled", len(held)
+    )
     train = to_rows(prompts, tokenizer, template, d.max_length, columns, report, d.overlong)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable prompts. {report.summary()}")
