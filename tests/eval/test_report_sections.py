@@ -203,3 +203,43 @@ def test_a_classify_evaluation_says_its_skipped_rows_unseen_labels_and_eval_loss
     page = render_report(run)
     assert "skipped 1: label not among the training labels (&#x27;x&#x27;) (t.jsonl:4)" in page
     assert "a row whose label the run never trained on is skipped, as training&#x27;s eval skips it" in page
+
+
+def test_the_data_section_shows_rows_holding_characters_the_tokenizer_drops(tmp_path):
+    """data_report.json records the rows holding characters the tokenizer drops; the report's data section left
+    them out. The location is the user's path, escaped."""
+    run = make_run(tmp_path / "run")
+    assert "tokenizer drops" not in render_report(run)
+    data = json.loads((run / "data_report.json").read_text())
+    unread = {"rows": 3, "chars": {"U+0004": 4, "U+0013": 1}, "first": "data/<b>&.jsonl:7", "held": 1}
+    (run / "data_report.json").write_text(json.dumps(data | {"unread": unread | {"effect": "trained"}}))
+    page = render_report(run)
+    assert (
+        "<h3>Characters the tokenizer drops</h3><p>3 rows hold characters the tokenizer drops, having no token for "
+        "them (U+0004 x4, U+0013 x1): first at data/&lt;b&gt;&amp;.jsonl:7; they are trained on without them (the "
+        "eval row among them is evaluated without them).</p>"
+    ) in page
+    (run / "data_report.json").write_text(json.dumps(data | {"unread": unread | {"held": 0, "effect": "sampled"}}))
+    assert "first at data/&lt;b&gt;&amp;.jsonl:7; the model generates its answers from these prompts without them." in (
+        render_report(run)
+    )
+    (run / "data_report.json").write_text(json.dumps(data | {"unread": {"rows": 0, "chars": {}, "first": ""}}))
+    assert "tokenizer drops" not in render_report(run)
+
+
+def test_the_data_section_shows_the_data_reports_notes_and_lengths_not_tokenized(tmp_path):
+    """The terminal's data report gives its notes (repeated rows, conflicting labels, markup read as text, ...) and
+    says when token lengths are lower bounds of rows too long by size alone; the report's data section did neither."""
+    run = make_run(tmp_path / "run")
+    page = render_report(run)
+    assert "<h3>Notes</h3>" not in page and "by size alone" not in page
+    data = json.loads((run / "data_report.json").read_text())
+    data["notes"] = ["2 examples appear twice <in> train & eval"]
+    data["lengths"]["at_least"] = 2
+    (run / "data_report.json").write_text(json.dumps(data))
+    page = render_report(run)
+    assert "<h3>Notes</h3><ul><li>2 examples appear twice &lt;in&gt; train &amp; eval</li></ul>" in page
+    assert (
+        '<p class="sub">2 examples over max_length by size alone, not tokenized: counted at the fewest tokens they '
+        "can have.</p>"
+    ) in page

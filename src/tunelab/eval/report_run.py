@@ -1,11 +1,11 @@
 """The report's sections about the run itself: what was trained (run.json), the stages of a staged run with its
 forgetting matrix, and the data it trained on (data_report.json: files, splits, a mixture's sources, skipped rows,
-token lengths).
+rows holding characters the tokenizer drops, notes, token lengths).
 """
 
 from __future__ import annotations
 
-from tunelab.data.report import PROMPTS
+from tunelab.data.report import PROMPTS, LengthStats, Unread
 from tunelab.errors import counted
 from tunelab.eval.report_html import esc, fmt, kv_table
 from tunelab.eval.report_inputs import Input
@@ -335,8 +335,12 @@ def data_section(report: Input, clients: str | None = None) -> str:
         )
     else:
         parts.append("<p>No rows were skipped.</p>")
+    parts.append(_kept_as_is(d))
     lengths = d.get("lengths") or {}
     if lengths.get("count"):
+        bounds = LengthStats(at_least=lengths.get("at_least") or 0).bounds_note(
+            "side" if pairs else "example", "max_length"
+        )
         parts.append(
             ("<h3>Token lengths per side (chosen or rejected)</h3>" if pairs else "<h3>Token lengths</h3>")
             + kv_table(
@@ -345,6 +349,21 @@ def data_section(report: Input, clients: str | None = None) -> str:
                     for k in ("count", "min", "median", "mean", "p95", "max")
                 ]
             )
+            + (f'<p class="sub">{esc(bounds)}.</p>' if bounds else "")
         )
         parts.append(histogram_plot(lengths, d.get("max_length"), "side" if pairs else "example"))
+    return "".join(parts)
+
+
+def _kept_as_is(d: dict) -> str:
+    """What the data report says of rows kept though not read as written, and its notes, as the terminal said them
+    (data/report.py `losses`): the rows holding characters the tokenizer drops, and what is worth knowing."""
+    unread = d.get("unread") or {}
+    parts = []
+    if unread.get("rows"):
+        kept = Unread(**{k: unread[k] for k in ("rows", "chars", "first", "held", "effect") if k in unread})
+        parts.append(f"<h3>Characters the tokenizer drops</h3><p>{esc(kept.line().strip())}.</p>")
+    notes = d.get("notes") or []
+    if notes:
+        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{esc(note)}</li>" for note in notes) + "</ul>")
     return "".join(parts)
