@@ -4,6 +4,7 @@ QLoRA), the data section, and the eval and compare scores of text, label, classi
 import json
 import math
 
+from tunelab.data.report import DataReport
 from tunelab.eval.report import render_report
 
 from .report_setup import make_run
@@ -225,6 +226,11 @@ def test_the_data_section_shows_rows_holding_characters_the_tokenizer_drops(tmp_
     )
     (run / "data_report.json").write_text(json.dumps(data | {"unread": {"rows": 0, "chars": {}, "first": ""}}))
     assert "tokenizer drops" not in render_report(run)
+    written = DataReport(formats={"data/train.jsonl": "chat"})  # as training writes it (to_dict), a grpo run's
+    written.unread.effect = "sampled"
+    written.dropped_chars("data/train.jsonl", 4, ["\x04", "\x04"])
+    (run / "data_report.json").write_text(json.dumps(data | {"unread": written.to_dict()["unread"]}))
+    assert f"<p>{written.unread.line().strip()}.</p>" in render_report(run)
 
 
 def test_the_data_section_shows_the_data_reports_notes_and_lengths_not_tokenized(tmp_path):
