@@ -481,3 +481,22 @@ def test_eval_says_where_it_saved_its_results(trained, tmp_path, capsys):
     assert last == f"saved to {trained / EVAL_FILE} ('tunelab report {trained}' shows it with the run)"
     assert main(["eval", str(trained), "--data", str(data), "--max-new-tokens", "2", "--no-save"]) == 0
     assert "saved to" not in capsys.readouterr().out
+
+
+def test_rows_holding_characters_the_tokenizer_drops_are_said_in_eval_and_its_report(loaded, tmp_path):
+    """eval renders its rows as training does and counted those holding characters SmolLM2's tokenizer drops (it
+    has no token for U+0004 and no unknown token), but said nothing of them: their loss is taken without them."""
+    rows = [{"question": f"What is the code of box {i}?", "expected": f"Box {i} has code."} for i in range(3)]
+    rows[1]["question"] = "What is the code\x04 of box 1?"
+    path = _write_jsonl(tmp_path / "q.jsonl", rows)
+    result = evaluate_run(loaded, path, SETTINGS, save=False)
+    assert result.unread == {"rows": 1, "chars": {"U+0004": 1}, "first": f"{path}:2", "held": 1, "effect": "trained"}
+    line = (
+        "1 row holds characters the tokenizer drops, having no token for them (U+0004 x1): "
+        f"first at {path}:2; they are evaluated without them"
+    )
+    assert f"  {line}" in format_eval(result).splitlines()
+    html = eval_section(Input(EVAL_FILE, result.to_dict()), Input("compare.json"))
+    assert f"<p>{line}.</p>" in html
+    clean = evaluate_run(loaded, _write_jsonl(tmp_path / "c.jsonl", rows[:1]), SETTINGS, save=False)
+    assert clean.unread == {} and "tokenizer drops" not in format_eval(clean)

@@ -97,6 +97,12 @@ class Unread:
     held: int = 0  # of the rows, those held out for eval (data.eval, data.eval_fraction)
     effect: str = "trained"
 
+    @classmethod
+    def saved(cls, d: dict) -> Unread:
+        """The Unread that a saved report (data_report.json, eval.json) records as `d`: the keys of an older one
+        take their defaults."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
     def line(self) -> str:
         """The summary's line on them ('' where there are none)."""
         if not self.rows:

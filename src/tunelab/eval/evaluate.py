@@ -37,7 +37,7 @@ from tunelab.data.batches import make_batches
 from tunelab.data.match import contains, exact_match
 from tunelab.data.reasoning import split_thought
 from tunelab.data.render import render_examples
-from tunelab.data.report import DataReport
+from tunelab.data.report import DataReport, Unread
 from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import counted
 from tunelab.eval.compare import cut_line, dropped_counts, dropped_line, sampled_line
@@ -143,6 +143,8 @@ class EvalResult:
     )
     transform_dropped: dict[str, dict] = field(default_factory=dict)  # reason -> {count, locations}: rows the
     # run's data.transform dropped, as training drops them (not in rows_read)
+    unread: dict = field(default_factory=dict)  # the loss rows holding characters the tokenizer drops, as
+    # data_report.json records them (data/report.py Unread); {} where none does
     base_weights: str = ""  # what the adapter sat on: "nf4" (a QLoRA run evaluated as trained) or the weights' dtype
     seed: int | None = None  # each model's sampled answers drew from a generator seeded with it; greedy ones, nothing
 
@@ -347,7 +349,7 @@ def evaluate_run(
     # texts are cut into blocks as training cut them (a packed run: each document on its own, not run together);
     # the rows are then batched unpacked, which attends within each row as packing does
     cut = dataclasses.replace(data, packing=cfg.data.packing)
-    rendered = render_examples([it.example for it in items], run.tokenizer, run.template, cut, report)
+    rendered = render_examples([it.example for it in items], run.tokenizer, run.template, cut, report, held=True)
     batches = [
         {k: v.to(run.device) if torch.is_tensor(v) else v for k, v in b.items()}
         for b in make_batches(rendered, micro_batch, run.tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
@@ -399,6 +401,7 @@ def evaluate_run(
         loss_tokens=sum(loss_tokens(b) for b in batches),
         loss_skipped={reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()},
         transform_dropped=dropped_counts(dropped),
+        unread=asdict(report.unread) if report.unread.rows else {},
         loss_on=_loss_on(items, data.train_on_prompt),
         **training_figure(info),
         base_weights="nf4" if run.quantized_base else str(run.dtype).removeprefix("torch."),
@@ -471,6 +474,8 @@ def format_eval(result: EvalResult, show_answers: bool = False, spelling: Spelli
         )
     if result.transform_dropped:
         lines.append(dropped_line(result.transform_dropped))
+    if result.unread:
+        lines.append(Unread.saved(result.unread).line())
     cut = cut_line(b.cut_answers, t.cut_answers, len(result.rows), result.settings.get("max_new_tokens"), spelling)
     if cut:
         lines.append(cut)

@@ -361,8 +361,7 @@ def _kept_as_is(d: dict) -> str:
     unread = d.get("unread") or {}
     parts = []
     if unread.get("rows"):
-        kept = Unread(**{k: unread[k] for k in ("rows", "chars", "first", "held", "effect") if k in unread})
-        parts.append(f"<h3>Characters the tokenizer drops</h3><p>{esc(kept.line().strip())}.</p>")
+        parts.append(f"<h3>Characters the tokenizer drops</h3><p>{esc(Unread.saved(unread).line().strip())}.</p>")
     notes = d.get("notes") or []
     if notes:
         parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{esc(note)}</li>" for note in notes) + "</ul>")

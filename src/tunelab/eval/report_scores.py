@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.data.report import Unread
 from tunelab.errors import counted
 from tunelab.eval.metrics import UNDEFINED_RULE
 from tunelab.eval.report_html import esc, fmt, metric_rows
@@ -145,6 +146,8 @@ def eval_section(ev: Input, cmp: Input, run_dir: Path | None = None) -> str:
         ):
             if d.get(key):
                 parts.append(f"<p>{title}{_skipped_rows(d[key])}</p>")
+        if (d.get("unread") or {}).get("rows"):  # the loss rows holding characters the tokenizer drops
+            parts.append(f"<p>{esc(Unread.saved(d['unread']).line().strip())}.</p>")
     parts.append("<h3>tunelab compare</h3>")
     if cmp.data is None:
         parts.append(cmp.missing("compare scores"))
