@@ -59,3 +59,53 @@ def test_an_unfinished_head_run_is_scored_from_its_newest_checkpoint(task, tiny_
 def _opened(run_dir, texts, from_checkpoint=True):
     run = open_head_run(run_dir, device="cpu", from_checkpoint=from_checkpoint)
     return run, [text_input(run, t) for t in texts]
+
+
+def test_an_unfinished_pissa_head_run_is_scored_over_the_base_its_kept_factors_rebuild(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    """Scoring a method.init pissa classify run from its checkpoint factorised the base again, which another LAPACK
+    or torch may do otherwise, and the head would read a base it never trained over. It reads the factors the run
+    kept, as --resume does: a factorisation would raise here, and the scores are the bits that the base factorised on
+    this machine gives, and those of the finished run's saved adapter (a plain LoRA of rank 2r over the original
+    base) up to its rounding. A missing or damaged file is refused (exit 2) with --resume's words; a run older than
+    the file is factorised again, saying so."""
+    from tunelab.peft import weight_init
+
+    data = write_labels(tmp_path)
+    more = {"train.save_every": 1, "train.keep_checkpoints_after_finish": True, "method.init": "pissa"}
+    run_dir = recipe.train(None, head_overrides(tiny_model_dir, tmp_path, "classify", data, **more)).run_dir
+    texts = ["great number 1", "awful number 2"]
+    run, inputs = _opened(run_dir, texts, from_checkpoint=False)
+    finished = head_outputs(run.model, run, inputs)[0]
+    run_json = run_dir / "run.json"
+    info = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps(info | {"finished": False, "end": {"reason": "interrupted", "step": 3}}))
+    run, inputs = _opened(run_dir, texts)
+    here = head_outputs(run.model, run, inputs)[0]  # from the base factorised on this machine
+    # fp32 sums in another order (W + s B' A' of rank 2r against W_res + s B A): a few ulp of logits ~1
+    torch.testing.assert_close(here, finished, rtol=1e-5, atol=1e-6)
+
+    def factorised(*args):
+        raise AssertionError("factorised again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(weight_init, "_factors", factorised)
+        run, inputs = _opened(run_dir, texts)
+        assert torch.equal(head_outputs(run.model, run, inputs)[0], here)
+
+    kept = run_dir / "checkpoints" / "initial_factors.safetensors"
+    good = kept.read_bytes()
+    capsys.readouterr()
+    for damage, says in [(lambda: kept.write_bytes(good[:-4] + bytes(4)), "damaged"), (kept.unlink, "missing.")]:
+        damage()
+        assert main(["predict", str(run_dir), *texts]) == 2
+        err = capsys.readouterr().err
+        assert f"{kept}: {says}" in err and "Put the file back, or train the run again" in err, err
+    assert "scoring its checkpoint rebuilds the base" in err
+    del info["extra"]["initial_factors_sha256"]  # a run written before the factors were kept
+    run_json.write_text(json.dumps(info | {"finished": False, "end": {"reason": "interrupted", "step": 3}}))
+    assert main(["predict", str(run_dir), *texts]) == 0
+    out, err = capsys.readouterr()
+    assert "note: scoring its checkpoint: the run kept no starting factors of its adapters" in err
+    assert "starting factors" not in out  # the scores alone on stdout

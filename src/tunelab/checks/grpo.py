@@ -30,6 +30,7 @@ from tunelab.rundir import RunInfo
 from tunelab.tasks import rewards as reward_fns
 from tunelab.tasks.grpo import RewardError
 from tunelab.tasks.task import Task
+from tunelab.training.initial_factors import KeptFactors
 from tunelab.training.prepare import Inputs, load_model
 
 SHOWN = 5  # prompts listed by location
@@ -103,10 +104,13 @@ def _spread_item(figures: dict, prompts: int) -> CheckItem:
     return CheckItem("reward spread", "pass", text + (f"; {tied} tied (no signal from them)" if tied else ""))
 
 
-def grpo_model_items(cfg: RunConfig, inputs: Inputs, task: Task, resumed: RunInfo | None = None) -> list[CheckItem]:
+def grpo_model_items(
+    cfg: RunConfig, inputs: Inputs, task: Task, resumed: RunInfo | None = None, start: KeptFactors | None = None
+) -> list[CheckItem]:
     """The first step's rollout of the first prompts, and one forward/backward of its first micro-batch. `task`:
-    the grpo task whose build_data read `inputs.data`; `resumed`: the run.json of the run --resume continues."""
-    built, untrained = load_model(cfg, inputs, resumed=resumed)
+    the grpo task whose build_data read `inputs.data`; `resumed`: the run.json of the run --resume continues, `start`
+    its kept A0, B0."""
+    built, untrained = load_model(cfg, inputs, resumed=resumed, start=start)
     task.prepare(built, inputs.data, cfg)
     pad = inputs.tokenizer.pad_token_id
     group = task.make_batches(inputs.data.train, cfg.train.micro_batch, pad, shuffle=False, seed=0, epoch=0)[:1]

@@ -41,6 +41,7 @@ from tunelab.rundir import RunInfo
 from tunelab.tasks import get_task
 from tunelab.tasks.classify import UNSEEN
 from tunelab.tasks.pair_data import EMPTY_ANSWER, SAME
+from tunelab.training.initial_factors import KeptFactors
 from tunelab.training.prepare import Inputs, load_model
 
 HEAD_TASKS = ("classify", "reward")
@@ -175,11 +176,13 @@ def head_data_checks(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
     return [*items, length_item(cfg, inputs), head_input_item(cfg, inputs)]
 
 
-def head_model_items(cfg: RunConfig, inputs: Inputs, resumed: RunInfo | None = None) -> list[CheckItem]:
+def head_model_items(
+    cfg: RunConfig, inputs: Inputs, resumed: RunInfo | None = None, start: KeptFactors | None = None
+) -> list[CheckItem]:
     """One forward/backward of the first micro-batch through the head (or dpo's loss), as the first training step
-    takes it; `resumed`: the run.json of the run --resume continues."""
+    takes it; `resumed`: the run.json of the run --resume continues, `start` its kept A0, B0."""
     task = get_task(cfg.task, cfg)
-    built, untrained = load_model(cfg, inputs, resumed=resumed)
+    built, untrained = load_model(cfg, inputs, resumed=resumed, start=start)
     micro = cfg.train.micro_batch  # resolved from auto by the caller
     t = cfg.train  # the rows of training's first micro-batch: epoch 0's order, as training/loop.py draws it
     rows = epoch_chunks(epoch_rows(inputs.data, t.seed, 0), micro, shuffle=cfg.data.shuffle, seed=t.seed, epoch=0)[0]

@@ -63,6 +63,7 @@ from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data, shown
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.early_stop import check_not_stopped_early, require_eval_split
+from tunelab.training.initial_factors import KeptFactors, kept_factors
 from tunelab.training.optim import rate_lines
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.plan import plans_memory
@@ -237,11 +238,14 @@ def _free(*objects) -> None:
         torch.cuda.empty_cache()
 
 
-def model_items(cfg, inputs, resumed: RunInfo | None = None, federation: bool = False) -> list[CheckItem]:
+def model_items(
+    cfg, inputs, resumed: RunInfo | None = None, federation: bool = False, start: KeptFactors | None = None
+) -> list[CheckItem]:
     """`federation`: the untrained rows of every token of the tokenizer, found and repaired as `tunelab federate`
-    repairs them on the server and every client, not only those of the tokens `inputs` use."""
+    repairs them on the server and every client, not only those of the tokens `inputs` use; `start`: the kept A0, B0
+    of the run --resume continues (`training.initial_factors`), from which both models below are built."""
     pad = inputs.tokenizer.pad_token_id
-    built, untrained = load_model(cfg, inputs, resumed=resumed, federation=federation)
+    built, untrained = load_model(cfg, inputs, resumed=resumed, federation=federation, start=start)
     batch = first_batch(cfg, inputs.data, pad)
     items = [*dtype_items(built), untrained_item(untrained, federation), *forward_backward(built, batch)]
     comparisons, fast_loss = eval_comparisons(built, batch, pad)
@@ -255,7 +259,7 @@ def model_items(cfg, inputs, resumed: RunInfo | None = None, federation: bool = 
     # The same model, method and repairs through transformers' code; LoRA's B starts at zero and dropout is off in
     # eval mode, so both compute the base model's loss (quantized alike under QLoRA).
     generic_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, packing=False))
-    generic, _ = load_model(generic_cfg, inputs, impl="generic", resumed=resumed, federation=federation)
+    generic, _ = load_model(generic_cfg, inputs, impl="generic", resumed=resumed, federation=federation, start=start)
     generic.model.eval()
     generic_loss = mean_loss(generic.model, padded(documents(batch), pad), generic.device)
     _free(generic)
@@ -343,8 +347,10 @@ def run_check(
     top = Path(resolved.config.output_dir).expanduser()  # a staged run's folder, which holds its stages'
     compared = _compared_stages(top, len(plans)) if resume and plans else set()
     before = None  # the run --resume continues: its model is built in the dtype it trained in (`build.kept_dtype`)
+    start = None  # and over the base its kept A0, B0 rebuild (method.init pissa or olora), as train --resume reads them
     if resume and is_run_dir(cfg.output_dir):
         before = read_info(cfg.output_dir, require_finished=False)
+        start = kept_factors(before, cfg.method, spelling, say=out)  # RunDirError (exit 2) as train --resume's
         if not plans or 1 in compared:
             items += resume_data_items(before, data, "stage 1: " if plans else "")
     plan, item = auto_item(cfg, data, resume, inputs.source)
@@ -396,9 +402,11 @@ def run_check(
         out(item.line())
     if model:
         if grpo:
-            more = grpo_model_items(cfg, inputs, task, before)
+            more = grpo_model_items(cfg, inputs, task, before, start)
+        elif head:
+            more = head_model_items(cfg, inputs, before, start)
         else:
-            more = (head_model_items if head else model_items)(cfg, inputs, before)
+            more = model_items(cfg, inputs, before, start=start)
         for item in more:
             out(item.line())
         items += more

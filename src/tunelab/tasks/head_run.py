@@ -45,6 +45,7 @@ from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
 from tunelab.tasks.pair_data import same_tokens
 from tunelab.training.build import build_model
 from tunelab.training.checkpoint import STEP_PREFIX, intact_checkpoint
+from tunelab.training.initial_factors import kept_factors
 from tunelab.training.sharded_checkpoint import load_weights
 
 
@@ -84,7 +85,7 @@ def open_head_run(
     run_dir = Path(run_dir)
     unfinished = _unfinished(run_dir) if from_checkpoint else None
     if unfinished is not None:
-        return _checkpoint_run(run_dir, *unfinished, device)
+        return _checkpoint_run(run_dir, *unfinished, device, spelling)
     info = open_info(run_dir, heads=True, spelling=spelling)
     if info.task not in ("classify", "reward"):
         predict, instead = (
@@ -122,15 +123,17 @@ def _unfinished(run_dir: Path) -> tuple[RunInfo, Path] | None:
     return None if checkpoint is None else (info, checkpoint)
 
 
-def _checkpoint_run(run_dir: Path, info: RunInfo, checkpoint: Path, device: str) -> HeadRun:
-    """The run's model as training holds it at `checkpoint`: the base with the method applied and the repaired rows
-    repaired again, a new head, then the checkpoint's trainable weights (the head among them) copied in."""
+def _checkpoint_run(run_dir: Path, info: RunInfo, checkpoint: Path, device: str, spelling: Spelling) -> HeadRun:
+    """The run's model as training holds it at `checkpoint`: the base with the method applied (method.init pissa or
+    olora: over the residual its kept A0, B0 rebuild, as --resume rebuilds it) and the repaired rows repaired again, a
+    new head, then the checkpoint's trainable weights (the head among them) copied in."""
     cfg = saved_config(run_dir, "the model, method and data settings its checkpoint was trained with")
     labels = info.extra.get("labels") if info.task == "classify" else ["reward"]
     if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
         raise RunDirError(f"{run_dir}: run.json records no labels of the head (extra.labels); resume the run first.")
     source = run_base(info)
-    built = build_model(source, dataclasses.replace(cfg.model, device=device), cfg.method, resumed=info)
+    start = kept_factors(info, cfg.method, spelling, "scoring its checkpoint", _note)  # RunDirError (exit 2)
+    built = build_model(source, dataclasses.replace(cfg.model, device=device), cfg.method, resumed=info, start=start)
     repair_rows(built.model, info.fixed_untrained_tokens)
     attach_head(built, len(labels), cfg.train.seed)
     load_weights(checkpoint, built.model)  # a sharded checkpoint's slices put together
@@ -157,6 +160,10 @@ def _checkpoint_run(run_dir: Path, info: RunInfo, checkpoint: Path, device: str)
         step,
         checkpoint,
     )
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)  # stdout holds predict's scores
 
 
 def refuse_other_input_kind(run: HeadRun, inputs: list[Input], wheres: list[str], pairs: bool = False) -> None:

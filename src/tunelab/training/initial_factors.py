@@ -13,15 +13,18 @@ same bits anywhere. Its quantization to NF4 is then the one every QLoRA resume r
 
 They are written once, as the run starts (`factors_to_keep`, `write_factors`), their sha256 recorded in run.json
 (extra.initial_factors_sha256: a resume knows the run kept them), and go with the step checkpoints they serve
-(`checkpoint.delete_checkpoints` removes the folder). A resume of a run that recorded them (`kept_factors`) refuses
-(exit 2, naming the file) when the file is missing, damaged, or holds other layers or shapes than the model adapts. A
-run written before they were kept factorises again, as it did, and says so; that resume keeps its factors from then
-on.
+(`checkpoint.delete_checkpoints` removes the folder). Whatever rebuilds the model of an unfinished run from its
+checkpoint reads them (`kept_factors`): --resume, `tunelab check --resume` (checks/run.py), and predict or eval of an
+unfinished classify or reward run (tasks/head_run.py). Each refuses (exit 2, naming the file) when the file of a run
+that recorded them is missing, damaged, or holds other layers or shapes than the model adapts. A run written before
+they were kept factorises again, as it did, and says so; its next resume keeps its factors from then on. A finished
+run needs none: its saved adapter is a plain LoRA over the original base (`peft.save`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,20 +112,33 @@ def _shape(tensor: torch.Tensor) -> str:
     return f"{str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)}"
 
 
-def kept_factors(before: RunInfo | None, method: MethodConfig, spelling: Spelling = CLI) -> KeptFactors | None:
+def kept_factors(
+    before: RunInfo | None,
+    method: MethodConfig,
+    spelling: Spelling = CLI,
+    reader: str | None = None,
+    say: Callable[[str], None] | None = None,
+) -> KeptFactors | None:
     """For --resume of a method.init pissa or olora run (`before`: its run.json), the factors it kept, read and
     checked against their recorded sha256; None for a new run, another init, or a run that kept none (written before
-    they were: a note says that it factorises again)."""
+    they were: a note says that it factorises again). `reader`: what else rebuilds the run's model from them, as its
+    messages name it ("scoring its checkpoint": tasks/head_run.py); None: --resume, and `tunelab check --resume`,
+    which says what the resume will do. `say`: where the note goes (default: stdout)."""
     if before is None or not method.is_adapter or method.init == "default":
         return None
     recorded = before.extra.get(RECORD)
     path = factors_path(before.file.parent)  # read_info names the run.json it read
+    reads = reader or spelling.resume
     if recorded is None:
-        print(
-            f"resume: the run kept no starting factors of its adapters (method.init {method.init}; it started before "
-            f"tunelab kept them in {path}), so the base is factorised again: the same residual bit for bit only on "
-            "the machine and library build the run started on. This resume keeps its factors for the next.",
-            flush=True,
+        older = (
+            f"the run kept no starting factors of its adapters (method.init {method.init}; it started before tunelab "
+            f"kept them in {path}), so the base is factorised again: the same residual bit for bit only on the "
+            "machine and library build the run started on."
+        )
+        (say or _print)(
+            f"resume: {older} This resume keeps its factors for the next."
+            if reader is None
+            else f"note: {reader}: {older}"
         )
         return None
     again = f"Put the file back, or train the run again ({spelling.overwrite})"
@@ -131,12 +147,12 @@ def kept_factors(before: RunInfo | None, method: MethodConfig, spelling: Spellin
     except FileNotFoundError:
         raise RunDirError(
             f"{path}: missing. The run (method.init {method.init}) kept the starting factors A0, B0 of its adapters "
-            f"there, its {RUN_FILE} records their sha256, and {spelling.resume} rebuilds the base it trains over from "
+            f"there, its {RUN_FILE} records their sha256, and {reads} rebuilds the base it trains over from "
             "them: factorising the base again gives the same factors only on the machine and library build the run "
             f"started on. {again}."
         ) from None
     except OSError as exc:
-        raise RunDirError(f"{path}: cannot be read ({exc.strerror or exc}); {spelling.resume} needs it.") from None
+        raise RunDirError(f"{path}: cannot be read ({exc.strerror or exc}); {reads} needs it.") from None
     if hashlib.sha256(data).hexdigest() != recorded:
         raise RunDirError(
             f"{path}: damaged (its sha256 is not the one {RUN_FILE} records), so the base the run trains over cannot "
@@ -147,3 +163,7 @@ def kept_factors(before: RunInfo | None, method: MethodConfig, spelling: Spellin
     except SafetensorError as exc:
         raise RunDirError(f"{path}: damaged ({exc}). {again}.") from None
     return KeptFactors(path, tensors, method.init)
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
