@@ -48,6 +48,17 @@ def smollm2_tokenizer():
         pytest.skip(f"the embedded model cannot be loaded here: {exc}")
 
 
+@pytest.fixture
+def smollm2_named_templates(smollm2_tokenizer):
+    """The embedded tokenizer with a dict chat template, whose named entry save_pretrained writes into a folder."""
+    own = smollm2_tokenizer.chat_template
+    smollm2_tokenizer.chat_template = {"default": own, "tool_use": "{{ messages[0]['content'] }}"}
+    try:
+        yield smollm2_tokenizer
+    finally:
+        smollm2_tokenizer.chat_template = own
+
+
 _CORPUS = ["Hello there, Goodbye. Hi Bye Be brief.", "### Instruction: Response: [INST]"]
 # What the tiny runs of the tests say, so that their rows fit max_length 64 with a built tokenizer too.
 _TINY_RUN_TEXTS = [

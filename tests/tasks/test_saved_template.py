@@ -77,3 +77,19 @@ def test_a_trained_run_saves_its_system_prompt_in_its_tokenizer(tiny_overrides, 
     template = resolve_template("tokenizer", smollm2_tokenizer)
     system = [{"role": "system", "content": tiny_overrides["data.system_prompt"]}]
     assert text == template.write([*system, {"role": "user", "content": "Hi"}], True)
+
+
+def test_a_base_with_templates_by_name_saves_each_as_training_read_them(smollm2_named_templates, tmp_path):
+    """A base whose chat template is a dict (its "default" and named ones such as tool_use): training wrote with the
+    default; the run's tokenizer keeps every one, with the run's system prompt, the named ones in their folder."""
+    tok = smollm2_named_templates
+    template = resolve_template("tokenizer", tok)
+    save_tokenizer(tok, tmp_path, _cfg("tokenizer", "Be exact."), SimpleNamespace(template=template))
+    saved = AutoTokenizer.from_pretrained(tmp_path)
+    assert sorted(saved.chat_template) == ["default", "tool_use"]
+    assert (tmp_path / "additional_chat_templates" / "tool_use.jinja").is_file()
+    for messages in CONVERSATIONS:
+        got = saved.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert got == _as_trained(template, messages, "Be exact.", True)
+    tool = saved.apply_chat_template(CONVERSATIONS[0], tokenize=False, chat_template="tool_use")
+    assert tool == "Be exact."  # the named template, its first message the run's system prompt

@@ -441,9 +441,13 @@ def with_system_default(chat_template: str | None, system_prompt: str | None) ->
     )
 
 
-def trained_chat_template(template: Template, tokenizer, system_prompt: str | None) -> str | None:
+def trained_chat_template(template: Template, tokenizer, system_prompt: str | None) -> str | dict[str, str] | None:
     """The Jinja chat template that writes what training wrote with `template`: the tokenizer's own, or the Jinja of
     the named template (`Template.jinja`), with the run's system prompt (`trained_system` of data.system_prompt)
-    where a conversation brings none. What a run's saved tokenizer, its merged model and its GGUF file carry."""
+    where a conversation brings none. What a run's saved tokenizer, its merged model and its GGUF file carry. A
+    tokenizer's own templates by name ({"default": ..., "tool_use": ...}; training wrote with "default") stay a dict,
+    each read as training read a conversation (save_pretrained writes the named ones to additional_chat_templates/)."""
     own = template.jinja if template.jinja is not None else tokenizer.chat_template
+    if isinstance(own, dict):
+        return {name: with_system_default(jinja, system_prompt) for name, jinja in own.items()}
     return with_system_default(own, system_prompt)
