@@ -86,7 +86,7 @@ def test_every_writers_name_is_known(tmp_path):
     from tunelab.eval.evaluate import EVAL_FILE
     from tunelab.eval.report import REPORT_FILE
     from tunelab.federated import history
-    from tunelab.models.load import TOKENIZER_FILES
+    from tunelab.models.tokenizer_files import TOKENIZER_ENTRIES
     from tunelab.rundir import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CONFIG_FILE, RUN_FILE
     from tunelab.training import metrics, tracking
     from tunelab.training.best import BEST_FILE
@@ -97,7 +97,7 @@ def test_every_writers_name_is_known(tmp_path):
 
     top = [RUN_FILE, CONFIG_FILE, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, COMPARE_FILE, EVAL_FILE, REPORT_FILE]
     top += [metrics.METRICS_FILE, metrics.PLOT_FILE, tracking.TRACKER_RUNS, history.STATE_FILE, history.PLOT_FILE]
-    top += [LOCK_FILE, *RESULT_FILES, *TOKENIZER_FILES, *STAGE_ONLY, ".tmp-final", ".tmp-metrics.jsonl"]
+    top += [LOCK_FILE, *RESULT_FILES, *TOKENIZER_ENTRIES, *STAGE_ONLY, ".tmp-final", ".tmp-metrics.jsonl"]
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     for name in top:

@@ -47,6 +47,7 @@ from tunelab.eval.evaluate import EVAL_FILE
 from tunelab.export.card import CARD, adapter_card, card_head, gguf_card_path, shared_name
 from tunelab.export.check import check_path
 from tunelab.export.modelfile import modelfile_path
+from tunelab.models.tokenizer_files import saved_tokenizer
 from tunelab.rundir import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -63,20 +64,6 @@ from tunelab.training.guard import first_non_finite
 
 # run.json's extra: where train.push_to pushed the run ({repo, url, commit}); the launcher of nproc ranks reads it
 PUSHED = "pushed"
-
-# What `tokenizer.save_pretrained` writes, across tokenizer kinds and transformers versions
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-)
 
 
 def _saved(path: Path) -> dict | None:
@@ -146,7 +133,7 @@ def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
         ADAPTER_WEIGHTS_FILE: weights,
         ADAPTER_CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
     }
-    files |= {name: run_dir / name for name in TOKENIZER_FILES if (run_dir / name).is_file()}
+    files |= saved_tokenizer(run_dir)
     rank = config.get("r") if isinstance(config.get("r"), int) else None
     files[CARD] = adapter_card(info, repo, scores if isinstance(scores, dict) else None, evaluated, rank).encode()
     return Upload(files, f"{info.method} adapter")
@@ -154,7 +141,7 @@ def _adapter_upload(run_dir: Path, info: RunInfo, repo: str) -> Upload:
 
 def _merged_upload(folder: Path, repo: str) -> Upload:
     """The files of a folder `tunelab merge` wrote: those its record lists (all but the record, for a merge that
-    listed none), its card made to load the model from `repo`."""
+    listed none), the files in a tokenizer folder it lists, its card made to load the model from `repo`."""
     try:
         listed = json.loads((folder / MERGE_FILE).read_text(encoding="utf-8")).get("files")
     except (OSError, ValueError, AttributeError) as exc:
@@ -163,6 +150,8 @@ def _merged_upload(folder: Path, repo: str) -> Upload:
     files: dict[str, Path | bytes] = {
         n: folder / n for n in names if isinstance(n, str) and n != MERGE_FILE and (folder / n).is_file()
     }
+    # a tokenizer folder it lists (additional_chat_templates/NAME.jinja), file by file
+    files |= {path: file for path, file in saved_tokenizer(folder).items() if path.split("/")[0] in names}
     if not any(n.endswith(".safetensors") for n in files):
         raise RunDirError(f"{folder}: the merged folder holds no *.safetensors weights; merge the run again.")
     card = folder / CARD

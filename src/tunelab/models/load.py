@@ -136,7 +136,11 @@ def fingerprint(source: ModelSource) -> str:
     return digest.hexdigest()[:16]
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+# The files that mark a folder as holding a tokenizer, checked before transformers is asked to load it: four of
+# those save_pretrained writes (models/tokenizer_files.TOKENIZER_FILES), narrower on purpose. Every save writes
+# tokenizer_config.json, and a decoder's tokenizer reads its vocabulary from one of the other three; a folder holding
+# only a chat template, special_tokens_map.json or added_tokens.json has no tokenizer to load.
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def check_model_dir(name: str, path: Path, weights: bool = True) -> None:
@@ -391,7 +395,7 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, spellin
     from transformers import AutoTokenizer
 
     folder = Path(source.path)
-    if not source.is_gguf and folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+    if not source.is_gguf and folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_MARKERS):
         raise ModelError(
             f"{_the_folder(source)} has no tokenizer; expected {EXPECTED_TOKENIZER}. {_copy_tokenizer(source)}"
         )

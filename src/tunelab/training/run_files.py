@@ -12,6 +12,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from tunelab.models.tokenizer_files import TOKENIZER_ENTRIES
 from tunelab.rundir import STAGE_DIR
 
 RUN_ENTRIES = (
@@ -43,20 +44,8 @@ RUN_ENTRIES = (
     "model-*-of-*.safetensors",
     "model.safetensors.index.json",
     # ... and its tokenizer (tasks/task.py save_tokenizer: transformers' save_pretrained, whose files depend on the
-    # tokenizer's class)
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "additional_chat_templates",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
+    # tokenizer's class and transformers' version: models/tokenizer_files.py)
+    *TOKENIZER_ENTRIES,
     # eval/compare.py COMPARE_FILE, eval/evaluate.py and eval/heads.py EVAL_FILE, eval/report.py REPORT_FILE
     "compare.json",
     "eval.json",

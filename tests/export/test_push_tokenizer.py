@@ -1,0 +1,51 @@
+"""tunelab push uploads every tokenizer file a run or merged folder holds: the files of any tokenizer kind and the
+additional_chat_templates folder of a dict chat template, the list models/tokenizer_files.py keeps (which
+`train --overwrite` counts as tunelab's too)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import tunelab
+from tunelab.cli import main
+from tunelab.training.run_files import foreign_entries
+
+# A SentencePiece tokenizer's files and those transformers 4 wrote (sentencepiece is not installed here: by name)
+SENTENCEPIECE = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "special_tokens_map.json")
+SENTENCEPIECE += ("added_tokens.json", "chat_template.json", "vocab.txt")
+
+
+@pytest.fixture
+def run(tiny_run_dir, tmp_path):
+    return Path(shutil.copytree(tiny_run_dir, tmp_path / "run"))
+
+
+def test_a_run_pushes_every_file_of_the_embedded_tokenizer_with_its_named_templates(run, hub, smollm2_named_templates):
+    saved = {Path(p).relative_to(run).as_posix() for p in smollm2_named_templates.save_pretrained(run)}
+    assert "additional_chat_templates/tool_use.jinja" in saved
+    assert main(["push", str(run), "--repo", "alice/tiny-box"]) == 0
+    assert saved <= set(hub.files), saved - set(hub.files)
+    assert hub.files["additional_chat_templates/tool_use.jinja"] == b"{{ messages[0]['content'] }}"
+    assert foreign_entries(run) == []  # and a later --overwrite may replace them
+
+
+def test_a_run_pushes_the_files_of_a_sentencepiece_tokenizer(run, hub):
+    for name in SENTENCEPIECE:
+        (run / name).write_text(f"{name}\n")
+    assert main(["push", str(run), "--repo", "alice/tiny-box"]) == 0
+    assert set(SENTENCEPIECE) <= set(hub.files), set(SENTENCEPIECE) - set(hub.files)
+    assert all(hub.files[name] == f"{name}\n".encode() for name in SENTENCEPIECE)
+    assert foreign_entries(run) == []
+
+
+def test_a_merged_folder_pushes_its_named_templates(run, hub, smollm2_named_templates, tmp_path):
+    smollm2_named_templates.save_pretrained(run)
+    merged = tunelab.merge(run, tmp_path / "merged")
+    assert (merged / "additional_chat_templates" / "tool_use.jinja").is_file()
+    assert "additional_chat_templates" in json.loads((merged / "tunelab_merge.json").read_text())["files"]
+    assert main(["push", str(merged), "--repo", "alice/tiny-merged"]) == 0
+    pushed = hub.files["additional_chat_templates/tool_use.jinja"]
+    assert pushed == (merged / "additional_chat_templates" / "tool_use.jinja").read_bytes()
+    assert pushed.endswith(b"{{ messages[0]['content'] }}")  # with the run's reading of a blank system message
