@@ -131,31 +131,18 @@ def compare(
     seed = answer_seed(seed, run.run_dir)
     say_config_notice(run.model, whose="the tuned model's")  # the base's is said once it is loaded
     run.check_base()  # a full run's base, loaded after the tuned answers: gone or changed is said before them
-    conversations, names = [q.prompt for q in questions], [q.where for q in questions]
-    with answer_progress(len(conversations), "answers, tuned model") as step:
-        tuned, tuned_cut = generate_answers(
-            run.model,
-            run.tokenizer,
-            run.template,
-            conversations,
-            settings,
-            step,
-            names,
-            answer_generator(seed, run.model),
-        )
+
+    def answers(model, which: str) -> tuple[list[str], list[bool]]:
+        """Every question's answer by `model` and whether it was cut, from a generator of its own seeded `seed`."""
+        with answer_progress(len(questions), f"answers, {which} model") as step:
+            conversations, names = [q.prompt for q in questions], [q.where for q in questions]
+            generator = answer_generator(seed, model)
+            return generate_answers(model, run.tokenizer, run.template, conversations, settings, step, names, generator)
+
+    tuned, tuned_cut = answers(run.model, "tuned")
     with run.base_model() as base_model:
         say(base_config_notice(base_model, run.model))
-        with answer_progress(len(conversations), "answers, base model") as step:
-            base, base_cut = generate_answers(
-                base_model,
-                run.tokenizer,
-                run.template,
-                conversations,
-                settings,
-                step,
-                names,
-                answer_generator(seed, base_model),
-            )
+        base, base_cut = answers(base_model, "base")
     labels = task_labels(questions)
     rows = []
     for q, base_text, tuned_text, b_cut, t_cut in zip(questions, base, tuned, base_cut, tuned_cut):
