@@ -167,6 +167,22 @@ def test_the_files_chat_template_writes_the_runs_system_prompt(gguf_kit, sharp_b
     assert text.startswith(f"<|im_start|>system\n{prompt}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
 
 
+def test_a_tokenizer_with_templates_by_name_exports_each(gguf_kit, sharp_base, small_tokenizer, tmp_path):
+    """A run whose tokenizer holds its chat templates by name (default, tool_use) failed to export: gguf's writer
+    read the dict's keys as templates. The file now holds the default as tokenizer.chat_template and the others as
+    tokenizer.chat_template.NAME, as llama.cpp's own converter writes them."""
+    own = small_tokenizer.chat_template
+    small_tokenizer.chat_template = {"default": own, "tool_use": "{{ messages[0]['content'] }}"}
+    try:
+        run = gguf_kit.lora_run(sharp_base, small_tokenizer, tmp_path / "run", std=0.05)
+    finally:
+        small_tokenizer.chat_template = own
+    out = export_gguf(run, tmp_path / "run.gguf", "f16", check=False)
+    assert read_gguf_string(out, "tokenizer.chat_template") == with_system_default(own, None)
+    named = read_gguf_string(out, "tokenizer.chat_template.tool_use")
+    assert named == with_system_default("{{ messages[0]['content'] }}", None)
+
+
 def test_the_card_says_what_the_modelfile_leaves_out(gguf_kit, sharp_base, small_tokenizer, tmp_path):
     """A system prompt holding triple quotes is left out of the Modelfile with a comment (and so is the TEMPLATE,
     whose default system block holds it too), but the GGUF's card still said the Modelfile 'holds the template, stop

@@ -228,5 +228,7 @@ def write_vocab(writer, vocab: GGUFVocab, tokenizer, turn_end: list[int]) -> Non
     writer.add_add_bos_token(adds_special(tok, tok.bos_token_id, first=True))
     writer.add_add_eos_token(adds_special(tok, tok.eos_token_id, first=False))
     writer.add_add_space_prefix(vocab.add_space_prefix)
-    if tok.chat_template:
+    if isinstance(tok.chat_template, dict):  # templates by name: the default one, and tokenizer.chat_template.NAME
+        writer.add_chat_template([{"name": n, "template": t} for n, t in tok.chat_template.items()])
+    elif tok.chat_template:
         writer.add_chat_template(tok.chat_template)
