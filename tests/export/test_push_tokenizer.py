@@ -49,3 +49,23 @@ def test_a_merged_folder_pushes_its_named_templates(run, hub, smollm2_named_temp
     pushed = hub.files["additional_chat_templates/tool_use.jinja"]
     assert pushed == (merged / "additional_chat_templates" / "tool_use.jinja").read_bytes()
     assert pushed.endswith(b"{{ messages[0]['content'] }}")  # with the run's reading of a blank system message
+
+
+def test_a_run_over_a_base_with_named_templates_keeps_and_pushes_them(tiny_model_dir, tiny_overrides, hub, tmp_path):
+    """The whole path: a base whose tokenizer folder holds additional_chat_templates/ trains, its run saves the named
+    template (with the run's system prompt), --overwrite counts it as tunelab's and push uploads it."""
+    from tunelab.training.recipe import train
+
+    base = Path(shutil.copytree(tiny_model_dir, tmp_path / "base"))
+    (base / "additional_chat_templates").mkdir()
+    (base / "additional_chat_templates" / "tool_use.jinja").write_text("{{ messages[0]['content'] }}")
+    overrides = tiny_overrides | {"model.name": str(base), "train.max_steps": 1}
+    run = train(None, overrides).run_dir
+    saved = run / "additional_chat_templates" / "tool_use.jinja"
+    assert (
+        saved.read_text().endswith("{{ messages[0]['content'] }}") and "You answer box questions." in saved.read_text()
+    )
+    assert foreign_entries(run) == []
+    assert main(["push", str(run), "--repo", "alice/tiny-box"]) == 0
+    assert hub.files["additional_chat_templates/tool_use.jinja"] == saved.read_bytes()
+    assert train(None, overrides | {"overwrite": True}).run_dir == run  # replaced, nothing of the user's in it
