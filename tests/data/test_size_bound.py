@@ -11,8 +11,6 @@ from tunelab.data import render
 from tunelab.data.checks import render_parity
 from tunelab.data.formats import Example
 from tunelab.data.loader import build_datasets
-from tunelab.data.render import render_examples
-from tunelab.data.report import DataReport
 from tunelab.data.size_bound import SizeBound, size_bound, surely_longer
 from tunelab.data.templates import resolve_template
 
@@ -96,7 +94,7 @@ def test_a_chat_of_2_mb_is_dropped_untokenized(tmp_path, smollm2_tokenizer):
     assert report.files[str(path)].read == 5 and report.files[str(path)].used == 3
     assert report.lengths.count == 5 and report.lengths.at_least == 1
     assert 2_000_000 / 81 < report.lengths.max < 2_001_000 / 81  # the rendered chat's bytes over 81, rounded up
-    assert "1 example over it by size alone, not tokenized: counted at the fewest tokens it can have" in (
+    assert "1 example over it by size alone, not tokenized whole: counted at the fewest tokens it can have" in (
         report.summary()
     )
 
@@ -117,22 +115,6 @@ def test_the_report_is_the_one_of_the_tokenized_row_but_for_its_length(tmp_path,
     assert [now["lengths"][k] for k in ("count", "min", "median")] == [
         then["lengths"][k] for k in ("count", "min", "median")
     ]
-
-
-def test_truncate_still_tokenizes_a_huge_chat_and_cuts_it_as_before(smollm2_tokenizer):
-    """data.overlong=truncate keeps a huge chat's start: it is tokenized whole, as before, and cut to max_length."""
-    prose = "The ferry to Skerry leaves at 9:40; bikes ride free. " * 2000
-    examples = [
-        Example([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": prose}], None, "d.jsonl", 1)
-    ]
-    template = resolve_template("chatml", smollm2_tokenizer)
-    counting = Counting(smollm2_tokenizer)
-    report = DataReport()
-    rows = render_examples(examples, counting, template, DataConfig(max_length=64, overlong="truncate"), report)
-    whole = smollm2_tokenizer(template.render(examples[0].messages)[0], add_special_tokens=False)["input_ids"]
-    assert max(counting.sizes) > len(prose)
-    assert rows[0].input_ids == whole[:64] and report.total_truncated == 1
-    assert report.lengths.max == len(whole) and report.lengths.at_least == 0
 
 
 def test_the_check_compares_prompts_without_tokenizing_a_chat_training_drops_by_size(smollm2_tokenizer):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from tunelab.config import DataConfig
 from tunelab.data.encode import encode
 from tunelab.data.formats import Example
+from tunelab.data.leading import encode_heads
 from tunelab.data.report import DataReport, location
 from tunelab.data.size_bound import size_bound, surely_longer, unreadable
 from tunelab.data.templates import Template, TemplateRefused, default_bos
@@ -222,22 +223,32 @@ def _render_chats(
     note_unreadable(kept, texts, tokenizer, report, held=len(kept) if held else 0)
     rows, limit = [], cfg.max_length
     # data.overlong=drop drops a chat over max_length whatever its tokens: one too long by its size alone is not
-    # tokenized (data/size_bound.py) and counts in the lengths at its least token count
-    bound = size_bound(tokenizer) if cfg.overlong == "drop" else None
+    # tokenized (data/size_bound.py); truncate keeps such a chat's first max_length tokens, read from its head alone
+    # where that is proven (data/leading.py); either counts in the lengths at its least token count
+    bound, drop = size_bound(tokenizer), cfg.overlong == "drop"
     dropped = f"longer than max_length ({limit} tokens; data.overlong=drop)"
-    long = [surely_longer(text, limit, bound) for text in texts]
+    long = [drop and surely_longer(text, limit, bound) for text in texts]
     short = iter(
-        encode(tokenizer, [t for t, o in zip(texts, long) if not o], [s for s, o in zip(spans, long) if not o])
+        encode_heads(
+            tokenizer,
+            [t for t, o in zip(texts, long) if not o],
+            [s for s, o in zip(spans, long) if not o],
+            None if drop else limit,
+        )
     )
     encoded = [None if over else next(short) for over in long]
     report.add_lengths(
-        [bound.least_tokens(text) if e is None else len(e[0]) for text, e in zip(texts, encoded)], at_least=sum(long)
+        [
+            len(e[0]) if e is not None and e[2] is None else max(bound.least_tokens(text), len(e[0]) if e else 0)
+            for text, e in zip(texts, encoded)
+        ],
+        at_least=sum(e is None or e[2] is not None for e in encoded),
     )
     for ex, enc in zip(kept, encoded):
         if enc is None:
             report.skip(dropped, ex.path, ex.line)
             continue
-        ids, inside = enc
+        ids, inside, _ = enc
         labels = list(ids) if cfg.train_on_prompt else [t if keep else IGNORE for t, keep in zip(ids, inside)]
         if len(ids) > limit:
             if cfg.overlong == "drop":

@@ -130,8 +130,8 @@ class Unread:
 @dataclass
 class LengthStats:
     """Token lengths of examples as rendered, before any truncation or drop (what max_length is chosen against).
-    `at_least` of them are lower bounds: examples dropped as too long by their size alone, never tokenized
-    (data/size_bound.py)."""
+    `at_least` of them are lower bounds: examples too long by their size alone, dropped untokenized
+    (data/size_bound.py) or cut after tokenizing only their head (data/leading.py)."""
 
     count: int = 0
     min: int = 0
@@ -141,7 +141,7 @@ class LengthStats:
     p95: int = 0
     bin_edges: list[int] = field(default_factory=list)  # HISTOGRAM_BINS + 1 edges; bin i is [edges[i], edges[i+1])
     counts: list[int] = field(default_factory=list)
-    at_least: int = 0  # lengths that are lower bounds (never tokenized)
+    at_least: int = 0  # lengths that are lower bounds (never tokenized whole)
 
     def bounds_note(self, unit: str, limit: str = "it") -> str:
         """What a line of these lengths adds where `at_least` of them are lower bounds ('' where none is): `unit`
@@ -149,7 +149,7 @@ class LengthStats:
         if not self.at_least:
             return ""
         they = "it" if self.at_least == 1 else "they"
-        return f"{counted(self.at_least, unit)} over {limit} by size alone, not tokenized: counted at the fewest tokens {they} can have"
+        return f"{counted(self.at_least, unit)} over {limit} by size alone, not tokenized whole: counted at the fewest tokens {they} can have"
 
     @classmethod
     def of(cls, lengths: list[int]) -> LengthStats:
@@ -264,7 +264,7 @@ class DataReport:
 
     def add_lengths(self, lengths: list[int], at_least: int = 0) -> None:
         """Token lengths of rendered examples (chat) or documents (text), before truncation or drop; `at_least` of
-        them are lower bounds (examples too long by their size alone, not tokenized)."""
+        them are lower bounds (examples too long by their size alone, not tokenized whole)."""
         self._lengths.extend(lengths)
         at_least += self.lengths.at_least
         self.lengths = LengthStats.of(self._lengths)

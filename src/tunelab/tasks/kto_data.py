@@ -32,6 +32,7 @@ from tunelab.data.loader import Datasets
 from tunelab.data.render import IGNORE, note_unreadable, row_text
 from tunelab.data.repeats import note_conflicting
 from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.size_bound import size_bound, surely_longer
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, DataError, counted
 from tunelab.tasks.head_data import (
@@ -48,10 +49,13 @@ from tunelab.tasks.preference_data import (
     Preference,
     PreferenceRow,
     Side,
+    chat_texts,
     first_label,
+    heads,
     note_cut_answers,
     refuse_no_room,
     render_pair,
+    side_lengths,
 )
 from tunelab.tasks.reward import read_prompt
 
@@ -188,6 +192,8 @@ def to_rows(
 ) -> list[FeedbackRow]:
     rows = []
     cut_answers = [0, 0, 0]  # rows cut, completion tokens they lose, completion tokens they had
+    bounded, bound = False, size_bound(tokenizer)  # bounded: a cut row was read only to its head (data/leading.py)
+    dropped = f"longer than max_length ({max_length} tokens; data.overlong=drop)"
     for item, other in zip(items, partners(items)):
         start = len(item.context)
         pair = Preference(
@@ -196,25 +202,35 @@ def to_rows(
             item.path,
             item.line,
         )
-        ids, labels, kl_ids, kl_labels, _ = render_pair(pair, tokenizer, template)
-        report.add_lengths([len(ids)])
-        refuse_no_room(first_label(labels), max_length, overlong, item.path, item.line, "the completion")
+        rendered = chat_texts(pair, tokenizer, template)
+        if overlong == "drop" and surely_longer(rendered[0][0], max_length, bound):  # dropped whatever its tokens
+            report.add_lengths([bound.least_tokens(rendered[0][0])], at_least=1)
+            report.skip(dropped, item.path, item.line)
+            continue
+        # the mismatched side is cut to max_length whatever data.overlong says: read only to its head where it can be
+        ids, labels, kl_ids, kl_labels, _, rests = render_pair(pair, tokenizer, template, rendered, max_length)
+        own = [t for t, _ in rendered[:1]]
+        report.add_lengths(side_lengths(own, (ids,), rests[:1], 0, tokenizer), heads(rests[:1]))
+        refuse_no_room(
+            first_label(labels), max_length, overlong, item.path, item.line, "the completion", heads(rests[:1]) > 0
+        )
         if len(ids) > max_length:
             if overlong == "drop":
-                report.skip(f"longer than max_length ({max_length} tokens; data.overlong=drop)", item.path, item.line)
+                report.skip(dropped, item.path, item.line)
                 continue
-            answer = sum(t != IGNORE for t in labels)
+            answer = sum(t != IGNORE for t in labels) + (rests[0] or 0)
             ids, labels = ids[:max_length], labels[:max_length]
             report.truncated(item.path, item.line)
             kept = sum(t != IGNORE for t in labels)
             cut_answers = [cut_answers[0] + 1, cut_answers[1] + answer - kept, cut_answers[2] + answer]
+            bounded = bounded or rests[0] is not None
         kl_ids, kl_labels = kl_ids[:max_length], kl_labels[:max_length]
         if all(t == IGNORE for t in labels) or all(t == IGNORE for t in kl_labels):
             report.skip("no answer token after rendering", item.path, item.line)
             continue
         report.used(item.path)
         rows.append(FeedbackRow(ids, labels, kl_ids, kl_labels, item.path, item.line, desirable=item.desirable))
-    note_cut_answers(*cut_answers, max_length, split, report)
+    note_cut_answers(*cut_answers, max_length, split, report, bounded)
     return rows
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
+from tunelab.data.leading import encode_heads, leading, least_in_spans
 from tunelab.data.loader import Datasets, note_system_on_texts
 from tunelab.data.render import (
     IGNORE,
@@ -184,40 +185,72 @@ def chat_texts(pair: Preference, tokenizer, template: Template) -> list[tuple[st
     return [_chat_text(side, template, where) for side in (pair.chosen, pair.rejected)]
 
 
-def lengths_over(rendered: list[tuple[str, list]], tokenizer, max_length: int) -> tuple[list[int], int] | None:
-    """The token lengths of a chat pair's sides (`chat_texts`) when one is over max_length by its size alone
-    (data/size_bound.py), which data.overlong=drop drops whatever its tokens: such a side's the fewest tokens it can
-    have, untokenized, the other's as `render_pair` tokenizes it; and how many sides are such. None when none is."""
+def pair_texts(pair: Preference, rendered: list[tuple[str, list]] | None) -> list[str]:
+    """The texts a pair's sides are tokenized from: a chat pair's rendered chats (`chat_texts`), else its two texts."""
+    return [t for t, _ in rendered] if rendered is not None else [pair.chosen.text, pair.rejected.text]
+
+
+def lengths_over(
+    pair: Preference, rendered: list[tuple[str, list]] | None, tokenizer, max_length: int
+) -> tuple[list[int], int] | None:
+    """The token lengths of a pair's sides when one is over max_length by its size alone (data/size_bound.py), which
+    data.overlong=drop drops whatever its tokens: such a side's the fewest tokens it can have, untokenized, the
+    other's as `render_pair` tokenizes it; and how many are lower bounds. None when no side is over. `rendered`: a
+    chat pair's `chat_texts`, None for a pair of whole texts."""
     bound = size_bound(tokenizer)
-    over = [surely_longer(text, max_length, bound) for text, _ in rendered]
+    texts = pair_texts(pair, rendered)
+    over = [surely_longer(text, max_length, bound) for text in texts]
     if not any(over):
         return None
-    lengths = [
-        bound.least_tokens(text) if o else len(encode(tokenizer, [text], [spans])[0][0])
-        for (text, spans), o in zip(rendered, over)
+    if rendered is not None:
+        spans = [s for _, s in rendered]
+    else:  # as `render_pair` marks them: a span edge a token straddles has the text tokenized piece by piece
+        cue = answer_cue(*texts)
+        spans = [[(cue, len(t))] if cue is not None else [] for t in texts]
+    short = [
+        encode(tokenizer, [t], [s], plain=rendered is None)[0][0] if not o else None
+        for t, s, o in zip(texts, spans, over)
     ]
-    return lengths, sum(over)
+    if rendered is not None:
+        return [bound.least_tokens(t) if o else len(ids) for t, ids, o in zip(texts, short, over)], sum(over)
+    eos = int(tokenizer.eos_token_id is not None)  # a text's row: its start token, its tokens, EOS (`render_pair`)
+    firsts = [
+        ids[:1] if ids is not None else (leading(tokenizer, t, 1, s, plain=True) or [None])[0]
+        for t, s, ids in zip(texts, spans, short)
+    ]
+    known = default_bos(tokenizer) or all(f is not None for f in firsts)  # with BOS, the start is BOS alone
+    start = len(text_start(tokenizer, *firsts)) if known else int(default_bos(tokenizer))
+    lengths = [start + eos + (bound.least_tokens(t) if o else len(ids)) for t, ids, o in zip(texts, short, over)]
+    return lengths, 2 if not known else sum(over)
 
 
 def render_pair(
-    pair: Preference, tokenizer, template: Template, rendered: list[tuple[str, list]] | None = None
-) -> tuple[list[int], list[int], list[int], list[int], int]:
-    """(chosen ids, chosen labels, rejected ids, rejected labels, lead), untruncated; lead: how many start tokens come
+    pair: Preference,
+    tokenizer,
+    template: Template,
+    rendered: list[tuple[str, list]] | None = None,
+    limit: int | None = None,
+) -> tuple[list[int], list[int], list[int], list[int], int, list[int | None]]:
+    """(chosen ids, chosen labels, rejected ids, rejected labels, lead, rests); lead: how many start tokens come
     before the texts of a text pair (BOS, or the token `text_start` puts first), 0 for a chat. `rendered`: a chat
-    pair's `chat_texts`, where the caller has them."""
+    pair's `chat_texts`, where the caller has them. A side over `limit` tokens by its size alone has only its first
+    `limit` + 1 or more tokens (data/leading.py): its rest is the least count of answer tokens left untokenized, None
+    for a side tokenized whole (`limit` None: both are)."""
     if pair.chosen.messages is not None:
         rendered = rendered or chat_texts(pair, tokenizer, template)
-        (c_ids, c_in), (r_ids, r_in) = encode(tokenizer, [t for t, _ in rendered], [s for _, s in rendered])
+        texts, spans = [t for t, _ in rendered], [s for _, s in rendered]
+        (c_ids, c_in, c_rest), (r_ids, r_in, r_rest) = encode_heads(tokenizer, texts, spans, limit)
         c_labels = [t if keep else IGNORE for t, keep in zip(c_ids, c_in)]
         r_labels = [t if keep else IGNORE for t, keep in zip(r_ids, r_in)]
-        return c_ids, c_labels, r_ids, r_labels, 0
+        return c_ids, c_labels, r_ids, r_labels, 0, _rests(tokenizer, texts, spans, (c_rest, r_rest))
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     texts = [pair.chosen.text, pair.rejected.text]
     cue = answer_cue(*texts)
     spans = [[(cue, len(t))] if cue is not None else [] for t in texts]
-    (c, c_in), (r, r_in) = encode(tokenizer, texts, spans, plain=True)
+    (c, c_in, c_rest), (r, r_in, r_rest) = encode_heads(tokenizer, texts, spans, limit, plain=True)
     start = text_start(tokenizer, c, r)
-    c_ids, r_ids = start + c + eos, start + r + eos
+    # a side read only to its head ends there: the EOS after its last token lies past the cut
+    c_ids, r_ids = start + c + (eos if c_rest is None else []), start + r + (eos if r_rest is None else [])
     shared = 0
     while shared < min(len(c_ids), len(r_ids)) and c_ids[shared] == r_ids[shared]:
         shared += 1
@@ -229,7 +262,13 @@ def render_pair(
         r_ids,
         [IGNORE] * shared + r_ids[shared:],
         len(start),
+        _rests(tokenizer, texts, spans, (c_rest, r_rest)),
     )
+
+
+def _rests(tokenizer, texts: list[str], spans: list[list], rests: tuple) -> list[int | None]:
+    """The fewest answer tokens past each side's head (`render_pair`), None for a side tokenized whole."""
+    return [None if at is None else least_in_spans(t, s, at, tokenizer) for t, s, at in zip(texts, spans, rests)]
 
 
 ANSWER_CUE = re.compile(r"^[ \t]*assistant[ \t]*:", re.IGNORECASE | re.MULTILINE)  # HH-RLHF's "\n\nAssistant:"
@@ -261,12 +300,15 @@ def first_label(labels: list[int]) -> int:
     return next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
 
 
-def refuse_no_room(prompt: int, max_length: int, overlong: str, path: str, line: int, answer: str) -> None:
+def refuse_no_room(
+    prompt: int, max_length: int, overlong: str, path: str, line: int, answer: str, bounded: bool = False
+) -> None:
     """DataError for a row whose prompt of `prompt` tokens leaves `answer` no room in max_length, when data.overlong
-    truncate would keep the prompt whole and cut the answer away (with drop, the row is dropped as overlong)."""
+    truncate would keep the prompt whole and cut the answer away (with drop, the row is dropped as overlong);
+    `bounded`: the row was read only to its head (data/leading.py), so the prompt has `prompt` tokens or more."""
     if prompt >= max_length and overlong == "truncate":
         raise DataError(
-            f"{location(path, line)}: the prompt is {prompt} tokens, which leaves no room for {answer} within "
+            f"{location(path, line)}: the prompt is {'at least ' if bounded else ''}{prompt} tokens, which leaves no room for {answer} within "
             f"data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
         )
 
@@ -284,30 +326,35 @@ def to_rows(
     uncued = []  # pairs of whole texts sharing a start with no assistant cue in it: their prompt is that start
     cut_answers = [0, 0, 0]  # pairs cut, answer tokens they lose, answer tokens they had
     dropped = f"longer than max_length ({max_length} tokens; data.overlong=drop)"
+    bounded = False  # whether a cut pair was read only to its head, so its answer tokens are counted at their least
     for pair in pairs:
         rendered = chat_texts(pair, tokenizer, template) if pair.chosen.messages is not None else None
-        if rendered and overlong == "drop" and (over := lengths_over(rendered, tokenizer, max_length)):
+        if overlong == "drop" and (over := lengths_over(pair, rendered, tokenizer, max_length)):
             report.add_lengths(over[0], at_least=over[1])
             report.skip(dropped, pair.path, pair.line)
             continue
-        c_ids, c_labels, r_ids, r_labels, lead = render_pair(pair, tokenizer, template, rendered)
-        report.add_lengths([len(c_ids), len(r_ids)])
+        limit = max_length if overlong == "truncate" else None
+        c_ids, c_labels, r_ids, r_labels, lead, rests = render_pair(pair, tokenizer, template, rendered, limit)
+        report.add_lengths(
+            side_lengths(pair_texts(pair, rendered), (c_ids, r_ids), rests, lead, tokenizer), heads(rests)
+        )
         prompt = min(first_label(c_labels), first_label(r_labels))
         if pair.chosen.messages is None and prompt <= lead:  # the start token both texts begin with is no prompt
             unprompted.append(pair)
         elif pair.chosen.messages is None and answer_cue(pair.chosen.text, pair.rejected.text) is None:
             uncued.append(pair)
-        refuse_no_room(prompt, max_length, overlong, pair.path, pair.line, "an answer")
+        refuse_no_room(prompt, max_length, overlong, pair.path, pair.line, "an answer", heads(rests) > 0)
         cut = max(len(c_ids), len(r_ids)) > max_length
         if cut:
             if overlong == "drop":
                 report.skip(dropped, pair.path, pair.line)
                 continue
-            answer = sum(t != IGNORE for t in c_labels + r_labels)
+            answer = sum(t != IGNORE for t in c_labels + r_labels) + sum(r or 0 for r in rests)
             c_ids, c_labels, r_ids, r_labels = (x[:max_length] for x in (c_ids, c_labels, r_ids, r_labels))
             report.truncated(pair.path, pair.line)
             kept = sum(t != IGNORE for t in c_labels + r_labels)
             cut_answers = [cut_answers[0] + 1, cut_answers[1] + answer - kept, cut_answers[2] + answer]
+            bounded = bounded or bool(heads(rests))
         if all(t == IGNORE for t in c_labels) or all(t == IGNORE for t in r_labels):
             report.skip("no answer token after rendering", pair.path, pair.line)
             continue
@@ -324,21 +371,46 @@ def to_rows(
             "they share from the start, which reaches into the answers where both begin with the same words; give "
             "the prompt in its own column (prompt, chosen, rejected) to mark where the answers start"
         )
-    note_cut_answers(*cut_answers, max_length, split, report)
+    note_cut_answers(*cut_answers, max_length, split, report, bounded)
     return rows
 
 
-def note_cut_answers(pairs: int, lost: int, answer: int, max_length: int, split: str, report: DataReport) -> None:
+def note_cut_answers(
+    pairs: int, lost: int, answer: int, max_length: int, split: str, report: DataReport, bounded: bool = False
+) -> None:
     """A note in `report` for the pairs cut to max_length (data.overlong=truncate): the prompt is kept whole and each
     side's answer loses its end, as TRL's truncation_mode=keep_start cuts; it says how many answer tokens that takes
     (TRL's default keep_end, with max_prompt_length, cuts the prompt's start instead: a pair whose prompt leaves no
-    room for an answer is refused here, naming it)."""
+    room for an answer is refused here, naming it). `bounded`: a side too long by its size alone was tokenized only
+    to its head (data/leading.py), so the tokens lost are counted at their least."""
     if pairs:
+        least = "at least " if bounded else ""
         report.notes.append(
             f"{pairs} {split} pairs were cut to max_length ({max_length} tokens) keeping the prompt whole and each "
-            f"answer's start: their answers lost {lost} of {answer} tokens ({100 * lost / max(answer, 1):.0f}%) from "
-            "their ends, which the loss does not read; raise data.max_length to keep them"
+            f"answer's start: their answers lost {least}{lost} of {least}{answer} tokens "
+            f"({'at least ' if bounded else ''}{100 * lost / max(answer, 1):.0f}%) from their ends, which the loss does "
+            "not read; raise data.max_length to keep them"
+            + (
+                " (a side too long by its size alone is read only as far as the cut: its rest counted at its least)"
+                if bounded
+                else ""
+            )
         )
+
+
+def heads(rests: list[int | None]) -> int:
+    """How many sides `render_pair` read only to their heads."""
+    return sum(r is not None for r in rests)
+
+
+def side_lengths(texts: list[str], ids: tuple, rests: list[int | None], lead: int, tokenizer) -> list[int]:
+    """The token lengths of a pair's sides for the report: a side read only to its head (`render_pair`'s rests) at
+    the fewest tokens its text can have (with the start token before a text), the others as tokenized."""
+    bound = size_bound(tokenizer)
+    return [
+        len(side) if rest is None else max(len(side), lead + bound.least_tokens(text))
+        for text, side, rest in zip(texts, ids, rests)
+    ]
 
 
 def note_unprompted(pairs: list[Preference], total: int, split: str, report: DataReport) -> None:

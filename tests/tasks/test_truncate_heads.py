@@ -1,0 +1,51 @@
+"""dpo pairs (chats and whole texts) and kto rows with a side far over data.max_length under data.overlong=truncate: the
+side is tokenized only to a head (data/leading.py), and the rows and report are those of tokenizing it whole, but for
+its length and answer tokens, counted at their least and said to be."""
+
+import json
+
+import pytest
+
+from tunelab.config import load_config
+from tunelab.data import leading
+
+from ..data.counting import Counting
+from .test_overlong_by_size import HUGE, _rows
+
+
+def _build(task: str, path, tokenizer):
+    from tunelab.tasks.kto_data import build_feedback
+    from tunelab.tasks.preference_data import build_preferences
+
+    options = {"task": "dpo", "data.train": [str(path)], "data.max_length": 64, "data.overlong": "truncate"}
+    cfg = load_config(None, options | ({"dpo.loss": "kto"} if task == "kto" else {})).config
+    return (build_feedback if task == "kto" else build_preferences)(cfg, tokenizer, 0)
+
+
+def _cut_note(notes: list[str]) -> tuple[list[str], str]:
+    return [n for n in notes if "were cut to max_length" not in n], next(n for n in notes if "were cut to" in n)
+
+
+@pytest.mark.parametrize("task", ["dpo", "dpo_text", "kto"])
+def test_a_huge_side_is_cut_from_its_head_with_the_rows_of_the_whole(task, smollm2_tokenizer, tmp_path, monkeypatch):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in _rows(task)))
+    counting = Counting(smollm2_tokenizer)
+    data = _build(task, path, counting)
+    assert max(counting.sizes) < 10_000  # the huge side was read only to its head
+    monkeypatch.setattr(leading, "cuttable", lambda tokenizer: False)  # every side tokenized whole
+    whole = _build(task, path, smollm2_tokenizer)
+    assert len(HUGE) > 100_000
+    for rows, expected in ((data.train, whole.train), (data.eval, whole.eval)):
+        assert [(r.chosen_ids, r.chosen_labels, r.rejected_ids, r.rejected_labels) for r in rows] == [
+            (r.chosen_ids, r.chosen_labels, r.rejected_ids, r.rejected_labels) for r in expected
+        ]
+    now, then = data.report.to_dict(), whole.report.to_dict()
+    drop = ("lengths", "notes")
+    assert {k: v for k, v in now.items() if k not in drop} == {k: v for k, v in then.items() if k not in drop}
+    (others, note), (whole_others, whole_note) = _cut_note(data.report.notes), _cut_note(whole.report.notes)
+    assert others == whole_others and data.report.total_truncated == whole.report.total_truncated == 1
+    assert "lost at least" in note and "at least" not in whole_note
+    assert data.report.lengths.at_least == 1 and whole.report.lengths.at_least == 0
+    assert 200_000 / 81 < data.report.lengths.max <= whole.report.lengths.max
+    assert data.report.lengths.count == whole.report.lengths.count
