@@ -42,6 +42,22 @@ def test_import_is_light():
     assert out.strip() == "[]"
 
 
+def test_the_modules_the_readme_names_are_reached_after_a_bare_import():
+    """`import tunelab` then `except tunelab.errors.TunelabError:` (the README's words): the module is imported on
+    first use, as the API is, and importing the package stays light."""
+    code = (
+        "import sys, tunelab\n"
+        "assert issubclass(tunelab.errors.ConfigError, tunelab.errors.TunelabError)\n"
+        "assert tunelab.config.RunConfig.__name__ == 'RunConfig'\n"
+        "try:\n    tunelab.train(resume='no')\nexcept tunelab.errors.TunelabError as error:\n    print(error)\n"
+        "try:\n    tunelab.no_such_name\nexcept AttributeError as error:\n    print(error)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "argument 'resume' must be bool" in out.stdout
+    assert "module 'tunelab' has no attribute 'no_such_name'" in out.stdout
+
+
 def test_the_comparison_after_training_belongs_to_the_api_not_the_recipe(tiny_overrides, tmp_path, capsys):
     import json
 

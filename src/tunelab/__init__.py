@@ -1,7 +1,9 @@
 """tunelab: fine-tune open LLMs on your own data.
 
 The API is imported on first use, so `import tunelab` stays fast: `tunelab.train(...)`, `tunelab.check(...)`, `tunelab.plan(...)`, `tunelab.compare(...)`,
-`tunelab.generate(...)`, `tunelab.chat(...)`, `tunelab.federate(...)`, `tunelab.load_config(...)`.
+`tunelab.generate(...)`, `tunelab.chat(...)`, `tunelab.federate(...)`, `tunelab.load_config(...)`. Its modules are
+imported on first use as well, so the names the README gives work after a bare `import tunelab`:
+`except tunelab.errors.TunelabError:`, `tunelab.config.RunConfig(...)`.
 """
 
 __version__ = "0.1.0"
@@ -44,4 +46,8 @@ def __getattr__(name: str):
         from tunelab.config import load_config
 
         return load_config
+    import importlib.util
+
+    if importlib.util.find_spec(f"tunelab.{name}") is not None:  # a module of the package (errors, config, ...)
+        return importlib.import_module(f"tunelab.{name}")
     raise AttributeError(f"module 'tunelab' has no attribute {name!r}")
