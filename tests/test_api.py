@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.util
+import json
 import pkgutil
 import shlex
 import subprocess
@@ -501,3 +502,19 @@ def test_an_empty_refusal_or_question_names_its_flag_on_the_command_line(tiny_ru
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert named in err, err
+
+
+def test_a_run_opened_once_is_taken_in_place_of_its_path(tiny_run_dir, tmp_path):
+    """The README's `run = tunelab.open_run(run_dir)`: generate, compare and evaluate answer from the loaded run as
+    from its path, so a script loads the model once for many calls."""
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": "Code of box 3?", "expected": "1111"}) + "\n")
+    settings = tunelab.GenerationSettings(max_new_tokens=3)
+    run = tunelab.open_run(tiny_run_dir, device="cpu")
+    answers = [tunelab.generate(r, "Code of box 3?", settings=settings, device="cpu") for r in (run, tiny_run_dir)]
+    assert answers[0] == answers[1]
+    asked = [tunelab.compare(r, question="Code of box 3?", settings=settings, save=False) for r in (run, tiny_run_dir)]
+    assert asked[0].rows == asked[1].rows
+    scored = [tunelab.evaluate(r, data, settings=settings, save=False) for r in (run, tiny_run_dir)]
+    assert scored[0].rows == scored[1].rows
+    assert scored[0].tuned.eval_loss == pytest.approx(scored[1].tuned.eval_loss)

@@ -401,3 +401,25 @@ def test_every_dotted_tunelab_name_a_readme_gives_exists(doc):
         if target is None:
             missing.append(name)
     assert not missing, missing
+
+
+def test_the_python_api_table_pairs_every_command_with_a_function_and_every_function_is_shown():
+    """The Python API section's table has a row for each subcommand of the parser, each naming functions the package
+    exports (`cache` names four); and the section names every function of the API, so a command added without its
+    function, or a function without its line, is caught."""
+    import argparse
+
+    import tunelab
+    from tunelab.cli_parser import build_parser
+
+    section = README[README.index("## Python API") : README.index("## Tests")]
+    rows = re.findall(r"^\| `tunelab (\w+)`[^|]*\| ([^|]+) \|", section, re.M)
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(command for command, _ in rows) == sorted(subparsers.choices)
+    for command, python in rows:
+        named = re.findall(r"`(?:tunelab\.)?(\w+)\(", python) + re.findall(r", (\w+)\(", python)
+        assert named, command
+        assert all(name in tunelab._API for name in named), (command, named)
+    functions = [name for name in tunelab._API if not name[0].isupper()]  # the types are the functions' results
+    missing = [name for name in functions if not re.search(rf"tunelab\.{name}\(|`{name}\(", section)]
+    assert not missing, f"API functions the README's Python API section does not name: {missing}"
