@@ -276,3 +276,19 @@ def test_head_eval_shows_a_progress_bar_while_it_scores(task, tiny_model_dir, tm
     err = capsys.readouterr().err
     assert "scores, tuned model" in err
     assert ("scores, untrained head" in err) == (task == "reward")
+
+
+def test_load_reward_model_refuses_another_tasks_run_by_its_own_name_before_loading(
+    tiny_model_dir, tiny_run_dir, tmp_path, label_file, monkeypatch
+):
+    """tunelab.load_reward_model of an sft run said 'tunelab.predict() needs a classify or reward run', naming a call
+    no one made, and a classify run was refused only after its model had loaded."""
+    import tunelab
+    import tunelab.tasks.head_run as head_run
+    from tunelab.errors import RunDirError
+
+    classify = recipe.train(None, head_overrides(tiny_model_dir, tmp_path, "classify", label_file)).run_dir
+    monkeypatch.setattr(head_run, "load_head_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    for run, task in ((tiny_run_dir, "an sft"), (classify, "a classify")):
+        with pytest.raises(RunDirError, match=rf"{task} run, not a reward model; a reward function is a finished run "):
+            tunelab.load_reward_model(run)

@@ -312,8 +312,7 @@ class RewardModel:
     trainer_state, the dataset's columns), which it does not read, and its `__name__` names it in the trainer's logs."""
 
     def __init__(self, run: HeadRun, batch_size: int = 16):
-        if run.info.task != "reward":
-            raise RunDirError(f"{run.run_dir}: {article(run.info.task)} run, not a reward model (task: reward).")
+        refuse_other_than_reward(run.run_dir, run.info.task)
         self.run, self.batch_size = run, batch_size
         self.__name__ = Path(run.run_dir).name
 
@@ -342,6 +341,16 @@ class RewardModel:
         return rewards[:, 0].tolist()
 
 
+def refuse_other_than_reward(run_dir: str | Path, task: str) -> None:
+    """RunDirError for a run that is no reward model (sft, classify, dpo, ...), named as a reward function's run."""
+    if task != "reward":
+        raise RunDirError(
+            f"{run_dir}: {article(task)} run, not a reward model; a reward function is a finished run of task: reward."
+        )
+
+
 def load_reward_model(run_dir: str | Path, device: str = "auto", batch_size: int = 16) -> RewardModel:
-    """The reward function of a finished `task: reward` run (see the module docstring)."""
+    """The reward function of a finished `task: reward` run (see the module docstring); another run is refused
+    before its model loads."""
+    refuse_other_than_reward(run_dir, open_info(run_dir, heads=True, spelling=PYTHON).task)
     return RewardModel(open_head_run(run_dir, device), batch_size)
