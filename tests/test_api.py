@@ -391,6 +391,15 @@ def test_counts_and_ports_out_of_range_are_refused_as_the_cli_refuses_them(tmp_p
             call()
 
 
+def test_a_merge_dtype_it_does_not_know_is_named_as_merges_argument(tiny_run_dir, tmp_path):
+    """merge(run, out, dtype="int8") said "option 'dtype'", a name neither the API nor `tunelab merge --dtype` has."""
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^argument 'dtype' is 'int8'; allowed values: fp32, bf16, fp16\.$"):
+        tunelab.merge(tiny_run_dir, tmp_path / "merged", dtype="int8")
+    assert not (tmp_path / "merged").exists()
+
+
 def test_resume_with_an_overwrite_override_is_refused_as_the_cli_refuses_it(tiny_overrides):
     """`tunelab train --resume --overwrite` is refused; train(..., {"overwrite": True}, resume=True) resumed and
     dropped the overwrite without a word (check and federate likewise). Named as the caller wrote them, not as the

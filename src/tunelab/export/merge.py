@@ -97,11 +97,12 @@ def check_run(run_dir: str | Path, spelling: Spelling = CLI) -> RunInfo:
     return open_info(run_dir, spelling=spelling)
 
 
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+def parse_dtype(dtype: str | torch.dtype | None, spelling: Spelling = PYTHON) -> torch.dtype | None:
+    """The torch dtype a merge writes, from its name; a name it does not know is refused as the caller gave it."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ConfigError(f"option 'dtype' is {dtype!r}; allowed values: {', '.join(DTYPES)}.")
+        raise ConfigError(f"{spelling.option('dtype')} is {dtype!r}; allowed values: {', '.join(DTYPES)}.")
     return DTYPES[dtype]
 
 
@@ -382,7 +383,7 @@ def merge_run(
         )
     check_output(out, run_dir, overwrite, never=lambda o: _not_a_merge(o, spelling), spelling=spelling)
     check_can_write(out)  # a read-only place: said before the merge, not after it
-    out_dtype = parse_dtype(dtype) or stored_dtype(run_dir, check_run(run_dir))
+    out_dtype = parse_dtype(dtype, spelling) or stored_dtype(run_dir, check_run(run_dir))
     shapes = shapes_only(run_dir)
     if shapes is not None:  # a full disk, said before the merge
         require_space(out, saved_bytes(shapes, out_dtype), "the merged model")
