@@ -383,6 +383,10 @@ def test_counts_and_ports_out_of_range_are_refused_as_the_cli_refuses_them(tmp_p
         (lambda: tunelab.export_gguf(run, tmp_path / "m.gguf", check_questions="3"), r"'check_questions' must be int"),
         (lambda: tunelab.serve(run, port="80"), r"serve\(\): argument 'port' must be int, got a str"),
         (lambda: tunelab.open_run(run, device=3), r"open_run\(\): argument 'device' must be str, got an int"),
+        # start_server took these: a bare TypeError, a text read as a list of one-letter origins, a dict as settings
+        (lambda: tunelab.start_server(run, port="80"), r"start_server\(\): argument 'port' must be int, got a str"),
+        (lambda: tunelab.start_server(run, allowed_origins="http://x"), r"'allowed_origins' must be list\[str\]"),
+        (lambda: tunelab.start_server(run, settings={}), r"'settings' must be GenerationSettings \| None, got a dict"),
     ]
     if importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn"):
         cases.append((lambda: tunelab.serve(run, port=70000), r"argument 'port' is 70000; allowed: 0 to 65535"))

@@ -22,6 +22,7 @@ _API = (
     "export_gguf",
     "push",
     "serve",
+    "start_server",
     "cache_entries",
     "cache_path",
     "clear_cache",

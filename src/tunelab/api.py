@@ -9,7 +9,7 @@ A classify or reward run (`task: classify | reward`) is read by `tunelab.predict
 run also serves as a reward function: `tunelab.load_reward_model(run_dir)(prompts, completions) -> list[float]`.
 
 Where a module's function takes exactly the API's arguments it is the API's, with only its argument types checked
-here: `export_gguf` (export/gguf.py), `push` (export/push.py), `serve` (server/serve.py), `open_run` (infer/run.py).
+here: `export_gguf` (export/gguf.py), `push` (export/push.py), `serve` and `start_server` (server/serve.py), `open_run` (infer/run.py).
 `train` is api_train.py's: the checks before training, and the comparison and push after it.
 """
 
@@ -59,6 +59,7 @@ from tunelab.infer.run import LoadedRun, opened
 from tunelab.infer.run import open_run as _open_run
 from tunelab.rundir import HEAD_TASKS, check_same_run, open_info, read_info, run_stamp
 from tunelab.server.serve import serve as _serve
+from tunelab.server.serve import start_server as _start_server
 from tunelab.training.plan_config import plan_config
 from tunelab.training.recipe import TrainResult as TrainResult  # the API names the type train returns
 from tunelab.training.recipe import resolve
@@ -70,6 +71,7 @@ train = _train
 export_gguf = _checked(_export_gguf)
 push = _checked(_push)
 serve = _checked(_serve)
+start_server = _checked(_start_server)  # serve's server on a background thread: .url, .stop()
 open_run = _checked(_open_run)
 
 
