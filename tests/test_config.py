@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from tunelab.config import RunConfig, describe, dump_yaml, load_config
-from tunelab.config.load import FlagValues, stage_config
+from tunelab.config.load import stage_config
+from tunelab.config.overrides import FlagValues
 from tunelab.errors import ConfigError, article, counted
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/*/config*.yaml"))

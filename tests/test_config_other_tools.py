@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tunelab.config import load_config, unknown_option
-from tunelab.config.load import FlagValues
+from tunelab.config.overrides import FlagValues
 from tunelab.errors import ConfigError
 
 LORA = "LoRA options live under method: (method.name: lora, method.r, method.alpha, method.dropout"

@@ -5,7 +5,8 @@ import re
 import pytest
 
 from tunelab.config import load_config
-from tunelab.config.load import FlagValues, stage_config
+from tunelab.config.load import stage_config
+from tunelab.config.overrides import FlagValues
 from tunelab.errors import ConfigError
 
 

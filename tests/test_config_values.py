@@ -3,7 +3,7 @@
 import pytest
 
 from tunelab.config import load_config
-from tunelab.config.load import FlagValues
+from tunelab.config.overrides import FlagValues
 from tunelab.errors import ConfigError
 
 

@@ -30,7 +30,7 @@ from tunelab.api_args import shown_answers as _shown_answers
 from tunelab.api_args import with_batch_size as _with_batch_size
 from tunelab.api_train import train as _train
 from tunelab.config.flags import CLI, PYTHON, Spelling
-from tunelab.config.load import FlagValues
+from tunelab.config.overrides import FlagValues
 from tunelab.data.report import DataReport
 from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, counted

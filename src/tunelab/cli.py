@@ -19,7 +19,7 @@ import sys
 
 from tunelab.cli_parser import build_parser, parse
 from tunelab.config.flags import CLI, join_negative_values, one_prompt
-from tunelab.config.load import FlagValues
+from tunelab.config.overrides import FlagValues
 from tunelab.config.values import read_escapes
 from tunelab.errors import ConfigError, Interrupted, TunelabError, counted, stdout_closed
 

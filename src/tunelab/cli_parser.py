@@ -17,7 +17,7 @@ from tunelab.errors import ConfigError
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from tunelab.config import iter_options
-    from tunelab.config.load import flag_text, unsets_by_null
+    from tunelab.config.overrides import flag_text, unsets_by_null
 
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, f, hint in iter_options():

@@ -6,7 +6,7 @@ import re
 import pytest
 
 import tunelab
-from tunelab.config.load import FlagValues
+from tunelab.config.overrides import FlagValues
 from tunelab.errors import ConfigError, RunDirError
 
 

@@ -14,6 +14,8 @@ The package's modules, each imported only by those after it:
   suggest     unknown option names and what was meant (ALIASES)
   paths       relative paths of a YAML file resolved against its folder
   validate    rules across options (`check_consistency`, `check_head_options`)
+  yaml_file   a config file's YAML (`read_yaml`: keys given twice refused, each key's line) flattened to dotted names
+  overrides   flags and Python overrides read as their options' types (`FlagValues`, `read_text_value`), and named
   load        `load_config` -> ResolvedConfig (values with their origins), stages (`stage_config`)
   render      `dump_yaml` (the saved form, a staged run's `as_trained`), `describe` (the printed form), `to_dict`, ACTION_OPTIONS
   flags       the command line's arguments before argparse reads them (`join_negative_values`, `refuse_repeated`)

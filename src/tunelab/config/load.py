@@ -9,9 +9,7 @@ import copy
 import difflib
 import os
 import re
-import types
-import typing
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,200 +17,22 @@ from typing import Any
 import yaml
 
 from tunelab.config.flags import CLI, PYTHON, Spelling
+from tunelab.config.overrides import (
+    FlagValues,
+    check_overrides,
+    from_python,
+    is_override,
+    override_where,
+    python_value,
+    read_text_value,
+)
 from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths, working_module_file
 from tunelab.config.run import RunConfig, iter_options, section_types
-from tunelab.config.suggest import list_tail, unknown_option, unknown_section
+from tunelab.config.suggest import list_tail, unknown_option
 from tunelab.config.validate import STAGED_RUN, check_consistency, option_default, read_by
 from tunelab.config.values import ESCAPED_FLAGS, checked, read_escapes
+from tunelab.config.yaml_file import flatten_sections, read_yaml
 from tunelab.errors import ConfigError, TunelabError, article, not_text
-
-# The option a section's value most likely meant when given bare (model: NAME, data: [FILE]).
-_MAIN_OPTION = {"model": "name", "data": "train", "method": "name"}
-
-
-def _flatten(raw: dict, where: str, lines: dict[str, int] | None = None) -> dict[str, Any]:
-    """YAML mapping -> {'train.lr': 1e-4, ...}. Section mappings are flattened one level; dict-valued fields stay whole.
-    `lines`: the file's key lines (read_yaml), which name where an option given twice is."""
-    sections = section_types()
-    flat = {}
-    for key, value in raw.items():
-        at = f"{where}:{lines[key]}" if lines and key in lines else where  # the line of the key, in a file
-        if key in sections:
-            if value is None:
-                continue
-            if not isinstance(value, dict):  # model: smollm2-135m-instruct, data: qa.jsonl
-                main = _MAIN_OPTION.get(key)
-                shown = f"[{', '.join(map(str, value))}]" if isinstance(value, list) else value
-                like = f" like {key}: {{{main}: {shown}}}" if main and isinstance(value, (str, list)) else ""
-                raise ConfigError(f"{at}: section '{key}' must be a mapping of options{like}, got {value!r}.")
-            for sub, v in value.items():
-                _put(flat, f"{key}.{sub}", v, where, lines)
-        else:
-            if isinstance(value, dict) and (error := unknown_section(str(key), at, value)):
-                raise error
-            _put(flat, str(key), value, where, lines)
-    return flat
-
-
-def _put(flat: dict[str, Any], name: str, value: Any, where: str, lines: dict[str, int] | None = None) -> None:
-    if name in flat:  # 'train.lr' at the top and 'lr' under train:
-        both = sorted({lines[key] for key in (name, f"{name}{AGAIN}") if key in lines}) if lines else []
-        at = f"{where}:{both[0]}" if both else where
-        on = f" (lines {both[0]} and {both[1]})" if len(both) == 2 else ""
-        raise ConfigError(f"{at}: option '{name}' is given twice{on}, once as '{name}', once in its section; keep one.")
-    flat[name] = value
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error (it keeps the last one)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):  # `? [a, b]` or `{a: 1}: x`: YAML allows it, no option is named so
-                raise ConfigError(
-                    f"{self.name}, line {key_node.start_mark.line + 1}: a key must be a name, not a "
-                    f"{'mapping' if isinstance(key, dict) else type(key).__name__}; write the option's name there."
-                )
-            if key in seen:
-                raise ConfigError(
-                    f"{self.name}, line {key_node.start_mark.line + 1}: key '{key}' is given twice in one mapping (first "
-                    f"on line {seen[key] + 1}); YAML would keep only the last. Keep one."
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path, lines: dict[str, int] | None = None) -> Any:
-    """A YAML file's value, safely (no object construction), refusing a key given twice in one mapping and a file
-    that is not UTF-8 (naming the line of its first undecodable byte). `lines`, if given, is filled with the line
-    (1-based) of each top-level key and of each key of a top-level mapping, by dotted name ('train.lr')."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8."
-        ) from None
-    loader = _UniqueKeyLoader(text)
-    loader.name = str(path)  # the marks of its errors name the file
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if lines is not None:
-            lines.update(_key_lines(node))
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
-    """{'train': 3, 'train.lr': 4, ...}: the line of each key of a mapping document, one level into its sections;
-    and of each stage of `stages:` and its keys, the same way ('stages.2': 9, 'stages.2.train.lr': 11)."""
-    lines: dict[str, int] = {}
-    if not isinstance(node, yaml.MappingNode):
-        return lines
-    for key, value in node.value:
-        if isinstance(key, yaml.ScalarNode):
-            name = prefix + key.value
-            _first_and_again(lines, name, key.start_mark.line + 1)
-            if isinstance(value, yaml.MappingNode):
-                for sub, _ in value.value:
-                    if isinstance(sub, yaml.ScalarNode):
-                        _first_and_again(lines, f"{name}.{sub.value}", sub.start_mark.line + 1)
-            elif name == "stages" and isinstance(value, yaml.SequenceNode):
-                for k, item in enumerate(value.value, 1):
-                    lines.setdefault(f"stages.{k}", item.start_mark.line + 1)
-                    lines.update(_key_lines(item, f"stages.{k}."))
-    return lines
-
-
-AGAIN = "#again"  # lines' key of the second place of an option given as 'train.lr' and as lr under train:
-
-
-def _first_and_again(lines: dict[str, int], name: str, line: int) -> None:
-    """The line of `name`'s key; where it is given a second time (dotted and in its section), that line as AGAIN."""
-    if name in lines:
-        lines.setdefault(f"{name}{AGAIN}", line)
-    else:
-        lines[name] = line
-
-
-NULL = ("null", "Null", "NULL", "~")
-
-
-def _arms(hint: Any) -> set:
-    """The types a hint allows: a union's members, or the hint itself."""
-    return set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
-
-
-def unsets_by_null(hint: Any) -> bool:
-    """Is an option of type `hint` an optional text, which a flag's null (or ~) unsets (see flag_text)?"""
-    return _arms(hint) == {str, type(None)}
-
-
-def flag_text(text: str) -> str | None:
-    """A command-line flag's text for an optional text option: null (or ~) unsets it, as in a YAML file; any other
-    text is passed on as typed. Only the command line reads text so: in the Python API a str is the text itself
-    ('null' included) and None unsets."""
-    return None if text.strip() in NULL else text
-
-
-def read_text_value(text: str, hint: Any) -> Any:
-    """An override given as text (a flag's, or a str among the Python API's overrides) as a value for an option of
-    type `hint`. A text option keeps the text as typed, where YAML would read 0010 as 8, 3.10 as 3.1, 1_000 as 1000,
-    2024-05-01 as a date, No as False and null as None (a flag's null is read before, by flag_text). A list of texts
-    takes one text as a list of one, and the text of each entry of a [flow, list] that is not a mapping; a mapping of
-    texts ({prompt: q}) keeps its keys' and values' text. Any other option reads the text as YAML: 1e-4, true,
-    [a, b], {path: a.jsonl, weight: 2}."""
-    if str in _arms(hint) and _arms(hint) <= {str, type(None)}:
-        return text
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
-    except yaml.YAMLError:
-        return text
-    if node is None:  # blank, or only a comment
-        return text
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is list and str in _arms(args[0]):
-        if text.strip() in NULL:  # as YAML's null: no list (refused by name), not a list of one file named null
-            return None
-        if isinstance(node, yaml.ScalarNode):
-            return [text]
-        if isinstance(node, yaml.SequenceNode):
-            return [v.value if isinstance(v, yaml.ScalarNode) else _construct(v) for v in node.value]
-    if origin is dict and args == (str, str) and isinstance(node, yaml.MappingNode):
-        if all(isinstance(n, yaml.ScalarNode) for pair in node.value for n in pair):
-            return {k.value: v.value for k, v in node.value}
-    return _construct(node)
-
-
-def _construct(node: yaml.Node) -> Any:
-    return yaml.SafeLoader("").construct_document(node)
-
-
-class FlagValues(dict):
-    """Overrides typed on the command line (tunelab's CLI gives its flags so): their values and errors are named by
-    their flags (--train.lr). Any other mapping of overrides is the Python API's, named by its key
-    (overrides['train.lr'])."""
-
-
-def override_where(name: str, flags: bool) -> str:
-    """Where an override of option `name` was given: its flag on the command line, its key in Python."""
-    return f"--{name}" if flags else f"overrides[{name!r}]"
-
-
-def is_override(origin: str) -> bool:
-    """Did a value of this origin come as an override (a flag or a key of the API's overrides), not from a file?"""
-    return origin.startswith(("--", "overrides["))
-
-
-def from_python(where: str) -> bool:
-    """Was the value at `where` (override_where, a stage of it) given in Python, as a key of the API's overrides?"""
-    return where.startswith("overrides[")
 
 
 def _unset_hint(name: str, where: str, variable: str) -> str:
@@ -220,32 +40,6 @@ def _unset_hint(name: str, where: str, variable: str) -> str:
     if from_python(where):
         return f'an unset environment variable, like os.environ.get("{variable}", "")?'
     return f'an unset variable in --{name} "${variable}"?'
-
-
-def check_overrides(overrides: Any) -> dict[str, Any]:
-    """The overrides argument as a dict, or a ConfigError saying what it must be."""
-    if overrides is None:
-        return {}
-    if not isinstance(overrides, Mapping):
-        raise ConfigError(
-            "overrides must be a mapping of dotted option names to values, like {'train.lr': 1e-4}; got a "
-            f"{type(overrides).__name__}."
-        )
-    for name in overrides:
-        if not isinstance(name, str):
-            raise ConfigError(f"overrides: an option's name is text, like 'train.lr'; got {name!r}.")
-    return dict(overrides)
-
-
-def _python_value(value: Any) -> Any:
-    """A Python override as YAML would give it: a path (pathlib.Path) as its text, a tuple as a list."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, list | tuple):
-        return [_python_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _python_value(v) for k, v in value.items()}
-    return value
 
 
 @dataclass
@@ -336,7 +130,7 @@ def load_config(
         if not isinstance(raw, dict):
             data = f"; if it is data, {_as_data(path, typed)}" if path.suffix.lower() == ".json" else "."
             raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...){data}")
-        layers.append((str(path), _flatten(raw, str(path), lines), path.parent))
+        layers.append((str(path), flatten_sections(raw, str(path), lines), path.parent))
     if overrides := check_overrides(overrides):
         flags = {}
         for name, value in overrides.items():
@@ -345,7 +139,7 @@ def load_config(
                 value = read_escapes(value)
             if isinstance(value, str) and (problem := not_text(value)):  # YAML could not read it as a value
                 raise ConfigError(f"{override_where(name, typed)}: option '{name}': {problem}. Fix the text.")
-            flags[name] = read_text_value(value, hint) if isinstance(value, str) else _python_value(value)
+            flags[name] = read_text_value(value, hint) if isinstance(value, str) else python_value(value)
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
         # An override is named by its flag (or its key in Python), a YAML file's value by the file and the line of
@@ -497,11 +291,11 @@ def _stage_entry(raw: Any, where_of: Callable[[str], str], options: dict, folder
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: {NOT_A_STAGE} got {raw!r}.")
     sections = section_types()
-    for key, value in raw.items():  # named by the section's own line (_flatten knows only the stage's)
+    for key, value in raw.items():  # named by the section's own line (flatten_sections knows only the stage's)
         if key in sections and value is not None and not isinstance(value, dict):
             raise ConfigError(f"{where_of(str(key))}: section '{key}' must be a mapping of options, got {value!r}.")
     entry: dict[str, Any] = {}
-    for name, value in _flatten(raw, where).items():
+    for name, value in flatten_sections(raw, where).items():
         here = where_of(name)
         if name in STAGE_KEYS:
             allowed = STAGE_KEYS[name]

@@ -31,7 +31,8 @@ from torch import nn
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.config.flags import CLI, Spelling
-from tunelab.config.load import check_overrides, from_python, is_override, locate
+from tunelab.config.load import locate
+from tunelab.config.overrides import check_overrides, from_python, is_override
 from tunelab.data.formats import eval_said_as, trained_system
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import (

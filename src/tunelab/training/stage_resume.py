@@ -19,7 +19,8 @@ import yaml
 from tunelab.atomic import write_text
 from tunelab.config import ResolvedConfig, as_trained, stage_where, trained_stages
 from tunelab.config.flags import CLI, Spelling
-from tunelab.config.load import STAGE_PREFIX, is_override
+from tunelab.config.load import STAGE_PREFIX
+from tunelab.config.overrides import is_override
 from tunelab.data.formats import eval_said_as
 from tunelab.errors import ConfigError
 from tunelab.models.base_record import recorded_commit
