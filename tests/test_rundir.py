@@ -6,7 +6,8 @@ import re
 import pytest
 
 from tunelab.errors import RunDirError
-from tunelab.rundir import RUN_FILE, RunInfo, is_run_dir, open_info, read_info, write_info
+from tunelab.run_info import RUN_FILE, RunInfo
+from tunelab.rundir import is_run_dir, open_info, read_info, write_info
 
 
 def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
@@ -302,7 +303,7 @@ def test_a_run_that_recorded_no_dtype_or_a_known_one_still_opens(tmp_path):
 
 
 def test_every_saved_field_has_a_check():
-    from tunelab.rundir import FIELD_CHECKS, saved_fields
+    from tunelab.run_info import FIELD_CHECKS, saved_fields
 
     assert set(saved_fields().values()) <= FIELD_CHECKS.keys()
     assert "file" not in saved_fields()

@@ -316,7 +316,8 @@ def test_a_folders_files_of_other_types_are_noted_in_the_report(tmp_path):
 def test_a_data_folder_holding_a_run_directory_is_refused_naming_the_run(tmp_path):
     """A run written into the data folder (by a config that named its files, not the folder): a later config naming
     the folder read the run's metrics.jsonl as rows, or stopped on its adapter_config.json as a bad .json file."""
-    from tunelab.rundir import RunInfo, write_info
+    from tunelab.run_info import RunInfo
+    from tunelab.rundir import write_info
 
     write(tmp_path / "qa.jsonl", json.dumps({"prompt": "a", "response": "b"}) + "\n")
     run = tmp_path / "runs" / "old"

@@ -390,7 +390,7 @@ def test_a_grpo_runs_own_eval_figure_is_recorded_as_its_reward():
     """eval.json's training_eval_loss of a grpo run was run.json's eval_loss, its mean eval reward negated, and the
     printed note called -0.75 the "training eval loss". It is recorded as training_eval_reward (0.75) now."""
     from tunelab.eval.evaluate import EvalResult, training_figure
-    from tunelab.rundir import RunInfo
+    from tunelab.run_info import RunInfo
 
     assert training_figure(RunInfo("tiny", "lora", task="grpo", eval_loss=-0.75)) == {"training_eval_reward": 0.75}
     assert training_figure(RunInfo("tiny", "lora", eval_loss=1.5)) == {"training_eval_loss": 1.5}

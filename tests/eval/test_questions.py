@@ -15,7 +15,8 @@ from tunelab.eval.evaluate import evaluate_run
 from tunelab.eval.questions import Question, read_questions, run_data_config, task_labels
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
-from tunelab.rundir import RunInfo, read_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import read_info
 
 
 def _write(path, rows):

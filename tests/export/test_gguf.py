@@ -428,7 +428,7 @@ def test_both_cards_link_a_hub_base_as_fine_tuned(tmp_path):
     import yaml
 
     from tunelab.export.card import gguf_card, model_card
-    from tunelab.rundir import RunInfo
+    from tunelab.run_info import RunInfo
 
     info = RunInfo("HuggingFaceTB/SmolLM2-135M-Instruct", "lora", base_source="hub")
     cards = (

@@ -161,7 +161,8 @@ def test_outputs_inside_the_run_or_the_base_folder_are_refused_naming_the_option
 def test_outputs_inside_another_run_directory_are_refused_naming_the_option(lora_run, tmp_path, capsys):
     """`merge --out RUN_B/merged` was written into another run, and RUN_B's `train --overwrite` later deleted it."""
     from tunelab.cli import main
-    from tunelab.rundir import RunInfo, write_info
+    from tunelab.run_info import RunInfo
+    from tunelab.rundir import write_info
 
     run, _ = lora_run
     other = tmp_path / "other"

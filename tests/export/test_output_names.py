@@ -43,7 +43,8 @@ def test_outputs_in_a_run_or_on_its_data_name_overwrite_as_the_caller_gives_it(t
     """An output inside a run was refused to a Python caller as what "'tunelab train --overwrite'" replaces, and one
     on the run's data as what "{forced} never replaces" (the placeholder itself): each caller gets its own words."""
     from tunelab.config.flags import CLI
-    from tunelab.rundir import RunInfo, write_info
+    from tunelab.run_info import RunInfo
+    from tunelab.rundir import write_info
 
     other = tmp_path / "other"
     other.mkdir()

@@ -82,7 +82,7 @@ def test_each_stage_is_said_with_what_it_started_from():
     """After a full stage the next trains over its weights (whatever continue says); continue: adapter trains the
     adapter on; the base named is stage 1's (`start`), a local one by its folder's name, with no metadata."""
     from tunelab.export.card import model_card
-    from tunelab.rundir import RunInfo
+    from tunelab.run_info import RunInfo
 
     stages = [
         {"name": "whole", "method": "full", "task": "sft", "steps": 3, "continue": None},

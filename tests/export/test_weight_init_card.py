@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.export.card import adapter_card, gguf_card, model_card
-from tunelab.rundir import RunInfo
+from tunelab.run_info import RunInfo
 
 
 def _cards(info: RunInfo) -> dict[str, str]:

@@ -429,7 +429,8 @@ def test_the_flower_app_is_never_written_into_a_run_directory(tmp_path, tiny_mod
     """--app-dir naming the output_dir (or a folder inside a run) wrote the app there; the server then refused the
     folder it ran from, or with --overwrite moved it aside with the run and deleted it."""
     from tunelab.cli import main
-    from tunelab.rundir import RunInfo, write_info
+    from tunelab.run_info import RunInfo
+    from tunelab.rundir import write_info
 
     config = federate_config(tmp_path, tiny_model_dir, clients=2, rounds=1)
     other = tmp_path / "other"

@@ -222,7 +222,8 @@ def test_an_unfinished_reward_run_is_told_to_be_resumed_as_the_caller_trains(tin
     'tunelab train CONFIG --resume': the reward run was opened with the command line's spelling whoever asked."""
     import tunelab
     from tunelab.config.flags import CLI
-    from tunelab.rundir import RunInfo, write_info
+    from tunelab.run_info import RunInfo
+    from tunelab.rundir import write_info
 
     rm = tmp_path / "rm"
     rm.mkdir()

@@ -12,7 +12,8 @@ import pytest
 import tunelab.training.recipe as recipe
 from tunelab.config.flags import PYTHON
 from tunelab.errors import DataError, ModelError, RunDirError
-from tunelab.rundir import RunInfo, write_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import write_info
 from tunelab.training.outdir import LOCK_FILE, REPLACED_FILE, plan_output_dir
 
 

@@ -86,7 +86,7 @@ def test_a_gguf_run_started_before_llama_cpp_s_split_is_told_why_its_rows_differ
     tokenizer; tunelab now gives it llama.cpp's ('smollm': each digit alone), so its rows may differ: the refusal
     says so, beside the file whose rows changed."""
     from tunelab.models.load import ModelSource
-    from tunelab.rundir import RunInfo
+    from tunelab.run_info import RunInfo
     from tunelab.training.resume import check_same_data, gguf_split_facts, split_changed
 
     gguf = pytest.importorskip("gguf")
@@ -121,7 +121,7 @@ def _gguf_base(folder, pre: str | None):
 def test_a_run_on_a_base_of_several_regexes_from_conversion_3_is_told_its_split_changed(tmp_path):
     """Conversion 3 gave SmolLM2's 'smollm' llama.cpp's split but left 'deepseek-coder' (a list of regexes) with
     transformers' GPT-2 split, which conversion 4 replaced; a name tunelab never rebuilt ('tiny_aya') kept its split."""
-    from tunelab.rundir import RunInfo
+    from tunelab.run_info import RunInfo
     from tunelab.training.resume import GGUF_SPLIT, split_changed
 
     at = lambda conversion: RunInfo("base", "lora", extra={GGUF_SPLIT: conversion})

@@ -87,7 +87,8 @@ def test_every_writers_name_is_known(tmp_path):
     from tunelab.eval.report import REPORT_FILE
     from tunelab.federated import history
     from tunelab.models.tokenizer_files import TOKENIZER_ENTRIES
-    from tunelab.rundir import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CONFIG_FILE, RUN_FILE
+    from tunelab.run_info import RUN_FILE
+    from tunelab.rundir import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CONFIG_FILE
     from tunelab.training import metrics, tracking
     from tunelab.training.best import BEST_FILE
     from tunelab.training.checkpoint import STEP_PREFIX

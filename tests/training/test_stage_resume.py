@@ -32,7 +32,7 @@ def test_a_changed_grpo_stage_names_the_option_that_changed_and_no_other(tmp_pat
 def test_a_finished_stage_on_a_gguf_base_names_an_older_tokenizer_conversion(tmp_path, monkeypatch, tiny_gguf, qa_file):
     """A finished stage whose rows differ now was refused naming the data alone, while the recipe's own --resume
     names a GGUF base's older tokenizer conversion (run.json without `gguf_conversion`) as a possible reason too."""
-    from tunelab.rundir import RunInfo
+    from tunelab.run_info import RunInfo
     from tunelab.training.stage_resume import check_finished_data
 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))

@@ -103,7 +103,7 @@ def test_a_grpo_stages_eval_figure_is_recorded_as_its_reward(tmp_path):
     """run.json's extra.stages[].eval_loss of a grpo stage was its negated eval reward, with nothing to say so. It is
     recorded as eval_reward now, and the report reads both: a run written before shows the stage's figure as the
     reward and marks its forgetting column as a negated reward."""
-    from tunelab.rundir import RunInfo
+    from tunelab.run_info import RunInfo
     from tunelab.training.stages import stage_record
 
     grpo = stage_record(RunInfo("tiny", "lora", task="grpo", eval_loss=-0.75, steps=3))

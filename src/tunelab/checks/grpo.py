@@ -26,7 +26,7 @@ from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
 from tunelab.data.report import location
 from tunelab.errors import counted
-from tunelab.rundir import RunInfo
+from tunelab.run_info import RunInfo
 from tunelab.tasks import rewards as reward_fns
 from tunelab.tasks.grpo import RewardError
 from tunelab.tasks.task import Task

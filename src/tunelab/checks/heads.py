@@ -37,7 +37,7 @@ from tunelab.data.loader import epoch_rows
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.errors import counted
-from tunelab.rundir import RunInfo
+from tunelab.run_info import RunInfo
 from tunelab.tasks import get_task
 from tunelab.tasks.classify import UNSEEN
 from tunelab.tasks.pair_data import EMPTY_ANSWER, SAME

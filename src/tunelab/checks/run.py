@@ -58,7 +58,8 @@ from tunelab.export.push import check_push_to
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import load_hf_config
 from tunelab.places import refuse_file_in_the_way
-from tunelab.rundir import RunInfo, is_run_dir, read_info, resume_warning
+from tunelab.run_info import RunInfo
+from tunelab.rundir import is_run_dir, read_info, resume_warning
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data, shown
 from tunelab.training.checkpoint import intact_checkpoint

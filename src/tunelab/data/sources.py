@@ -31,7 +31,8 @@ from tunelab.data.csv_rows import named_twice
 from tunelab.data.decode import byte_lines, read_text
 from tunelab.data.report import DataReport
 from tunelab.errors import DataError, counted
-from tunelab.rundir import RUN_FILE, is_run_dir
+from tunelab.run_info import RUN_FILE
+from tunelab.rundir import is_run_dir
 
 # Plain text, each file one document: Markdown too (a project's docs, for continued pretraining), read as written
 TEXT_EXTENSIONS = (".txt", ".md", ".markdown")

@@ -52,7 +52,8 @@ from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import ConfigError, DataError, counted
 from tunelab.infer.generate import GenerationSettings, check_seed, refuse_no_room, say
 from tunelab.models.load import ModelSource, load_hf_config
-from tunelab.rundir import CONFIG_FILE, RunInfo, read_config, saved_config, saved_config_file
+from tunelab.run_info import RunInfo
+from tunelab.rundir import CONFIG_FILE, read_config, saved_config, saved_config_file
 
 LABEL_KINDS = ("label", "labels", "classification")
 PROMPT_FIELDS = ("question", "prompt", "instruction")  # a row with one of these is meant to be answered

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tunelab.errors import counted
 from tunelab.eval.report_html import esc
-from tunelab.rundir import RUN_FILE
+from tunelab.run_info import RUN_FILE
 
 
 @dataclass

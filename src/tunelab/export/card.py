@@ -27,7 +27,7 @@ from tunelab.config.model import EMBEDDED
 from tunelab.errors import counted
 from tunelab.export.modelfile import ollama_name
 from tunelab.infer.generate import NOT_APPLIED, REPLACED
-from tunelab.rundir import ADAPTER_METHODS, RunInfo
+from tunelab.run_info import ADAPTER_METHODS, RunInfo
 
 CARD = "README.md"
 

@@ -44,7 +44,8 @@ from tunelab.models.load import load_hf_config, resolve_source
 from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.places import data_of, models_of
-from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, open_info, start_dir
+from tunelab.run_info import RUN_FILE, RunInfo
+from tunelab.rundir import MERGE_FILE, is_run_dir, open_info, start_dir
 from tunelab.training.guard import first_non_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

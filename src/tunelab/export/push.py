@@ -48,13 +48,12 @@ from tunelab.export.card import CARD, adapter_card, card_head, gguf_card_path, s
 from tunelab.export.check import check_path
 from tunelab.export.modelfile import modelfile_path
 from tunelab.models.tokenizer_files import saved_tokenizer
+from tunelab.run_info import WEIGHT_METHODS, RunInfo
 from tunelab.rundir import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     HEAD_TASKS,
     MERGE_FILE,
-    WEIGHT_METHODS,
-    RunInfo,
     check_result,
     is_run_dir,
     read_info,

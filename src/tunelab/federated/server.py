@@ -51,7 +51,8 @@ from tunelab.federated.shards import federation_protected
 from tunelab.models.base_record import base_record, pinned_source, recorded_commit
 from tunelab.models.load import load_tokenizer
 from tunelab.peft.save import adapter_state_dict
-from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, read_info, write_info
+from tunelab.run_info import RunInfo, hub_revision
+from tunelab.rundir import CONFIG_FILE, read_info, write_info
 from tunelab.training.auto import MICRO_BATCH, model_shape
 from tunelab.training.build import SHORT, build_model
 from tunelab.training.metrics import MetricsLog

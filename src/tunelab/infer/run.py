@@ -25,7 +25,8 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
-from tunelab.rundir import RunInfo, open_info, saved_config, start_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import open_info, saved_config, start_info
 from tunelab.training.build import check_trained_base, run_dtype, trained_base
 
 BASE_PRECISIONS = ("trained", "16bit")

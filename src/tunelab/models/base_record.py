@@ -17,7 +17,8 @@ from tunelab.config.model import EMBEDDED
 from tunelab.errors import ModelError, RunDirError
 from tunelab.models.converted import converted_copies
 from tunelab.models.load import ModelSource, fingerprint, resolve_source
-from tunelab.rundir import RunInfo, read_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import read_info
 
 
 def hub_source(name: str, revision: str | None) -> ModelSource:

@@ -35,7 +35,7 @@ from tunelab.models.converted import (
 )
 from tunelab.models.gguf_split import set_gguf_split
 from tunelab.models.quiet import quiet_progress
-from tunelab.rundir import RUN_FILE
+from tunelab.run_info import RUN_FILE
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ the principal part, with the largest values, is no longer in what is quantized. 
 rank-2r conversion over the original 16-bit W (PEFT's path_initial_model_for_weight_conversion, as its example
 converts PiSSA trained over a 4-bit residual): the trained layer is deq(Q(W_res)) + s B A, and what a user loads
 later, W + s (B A - B0 A0) = W_res + s B A, differs from it by that smaller quantization error only; so a QPiSSA
-run is opened, merged and exported over W (`rundir.RunInfo.nf4_again`), not over an NF4 base again.
+run is opened, merged and exported over W (`run_info.RunInfo.nf4_again`), not over an NF4 base again.
 
 Refused (config/validate.py's `check_weight_init`): a continued adapter or a staged run (their weights replace the
 start, or the next stage's base is not the residual), a federation (its averaged adapters assume the default start),

@@ -35,7 +35,8 @@ from tunelab.models.load import ModelSource, damaged_weights, pick_device
 from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora_linear import float_weight
 from tunelab.peft.save import load_adapter, save_adapter, saved_module
-from tunelab.rundir import RunInfo, read_json_object
+from tunelab.run_info import RunInfo
+from tunelab.rundir import read_json_object
 from tunelab.tasks.task import save_tokenizer
 from tunelab.training.build import BuiltModel, run_dtype, trained_base
 

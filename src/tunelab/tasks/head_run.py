@@ -38,7 +38,8 @@ from tunelab.errors import ConfigError, DataError, RunDirError, article, counted
 from tunelab.models.base_record import run_base
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.models.untrained import repair_rows
-from tunelab.rundir import HEAD_TASKS, RunInfo, federation_stopped, open_info, read_info, saved_config
+from tunelab.run_info import RunInfo
+from tunelab.rundir import HEAD_TASKS, federation_stopped, open_info, read_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, attach_head, load_head_model, run_labels
 from tunelab.tasks.head_data import Input, pad_rows, render, thought_opener, with_system
 from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts

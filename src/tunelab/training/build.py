@@ -30,7 +30,7 @@ from tunelab.peft.lora_linear import LoRALinear
 from tunelab.quant.fp8 import unsupported_reason as fp8_unsupported
 from tunelab.quant.linear import NF4Linear, quantize_model_, use_fp8_
 from tunelab.quant.nf4_ops import DequantWorkspace
-from tunelab.rundir import RUN_FILE, RunInfo
+from tunelab.run_info import RUN_FILE, RunInfo
 from tunelab.training.initial_factors import KeptFactors
 
 

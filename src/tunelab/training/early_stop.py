@@ -19,7 +19,7 @@ the resume and says so (`start_note`).
 from __future__ import annotations
 
 from tunelab.errors import ConfigError
-from tunelab.rundir import RunInfo
+from tunelab.run_info import RunInfo
 
 KEY = "early_stop"
 REASON = "early_stopped"  # run.json's end.reason for a run that stopped early

@@ -14,7 +14,8 @@ from pathlib import Path
 from tunelab.config import RunConfig
 from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import Interrupted, Terminated
-from tunelab.rundir import RunInfo, hub_revision, write_info
+from tunelab.run_info import RunInfo, hub_revision
+from tunelab.rundir import write_info
 from tunelab.training.auto import AutoPlan
 from tunelab.training.best import FSDP2_ADVICE
 from tunelab.training.checkpoint import latest_checkpoint

@@ -37,7 +37,7 @@ from tunelab.config import MethodConfig
 from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
 from tunelab.peft.lora_linear import LoRALinear
-from tunelab.rundir import RUN_FILE, RunInfo
+from tunelab.run_info import RUN_FILE, RunInfo
 
 FILE = "initial_factors.safetensors"
 RECORD = "initial_factors_sha256"  # run.json's extra: the sha256 of the file, written as the run starts

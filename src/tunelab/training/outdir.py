@@ -41,7 +41,8 @@ from pathlib import Path
 
 from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
-from tunelab.rundir import RUN_FILE, STAGE_DIR, federation_stopped, is_run_dir, read_info
+from tunelab.run_info import RUN_FILE
+from tunelab.rundir import STAGE_DIR, federation_stopped, is_run_dir, read_info
 from tunelab.training.interrupt import sigterm_raises
 from tunelab.training.run_files import foreign_entries, listed
 

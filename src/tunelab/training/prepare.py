@@ -21,7 +21,8 @@ from tunelab.models.base_record import pinned_source
 from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer
 from tunelab.models.untrained import UntrainedReport, every_token, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
-from tunelab.rundir import HEAD_TASKS, RunInfo, is_run_dir, read_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import HEAD_TASKS, is_run_dir, read_info
 from tunelab.tasks import get_task
 from tunelab.tasks.head import HEAD
 from tunelab.tasks.task import Task

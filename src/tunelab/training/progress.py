@@ -14,7 +14,8 @@ import signal
 from pathlib import Path
 
 from tunelab.errors import Interrupted, Terminated, TrainingStopped, TunelabError
-from tunelab.rundir import RunInfo, is_run_dir, read_info, write_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import is_run_dir, read_info, write_info
 from tunelab.training.metrics import logged_at, read_metrics
 from tunelab.training.stage_resume import stage_dir
 

@@ -45,7 +45,8 @@ from tunelab.errors import (
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.base_record import base_record, recorded_commit, run_base
 from tunelab.models.untrained import UntrainedReport
-from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, resume_warning, write_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import CONFIG_FILE, read_info, resume_warning, write_info
 from tunelab.tasks import get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data

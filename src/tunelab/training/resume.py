@@ -44,7 +44,8 @@ from tunelab.data.report import location_path
 from tunelab.errors import ConfigError, RunDirError, counted
 from tunelab.models.converted import CONVERSION
 from tunelab.models.gguf_split import SPLIT_SINCE_4, SPLITS, read_gguf_string
-from tunelab.rundir import CONFIG_FILE, RunInfo, read_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import CONFIG_FILE, read_info
 from tunelab.training.auto import Choice
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.distributed import Ranks

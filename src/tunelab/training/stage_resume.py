@@ -24,7 +24,8 @@ from tunelab.config.overrides import is_override
 from tunelab.data.formats import eval_said_as
 from tunelab.errors import ConfigError
 from tunelab.models.base_record import recorded_commit
-from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import CONFIG_FILE, is_run_dir, read_info
 from tunelab.training.prepare import load_inputs
 from tunelab.training.resume import (
     CONTENT,

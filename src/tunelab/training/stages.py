@@ -64,7 +64,8 @@ from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
 from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
-from tunelab.rundir import CONFIG_FILE, HEAD_TASKS, RunInfo, is_run_dir, read_info, write_info
+from tunelab.run_info import RunInfo
+from tunelab.rundir import CONFIG_FILE, HEAD_TASKS, is_run_dir, read_info, write_info
 from tunelab.tasks import get_task
 from tunelab.tasks.grpo import RewardError
 from tunelab.training.build import trained_base
