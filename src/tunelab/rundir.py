@@ -165,7 +165,7 @@ def federation_stopped(extra: dict[str, Any]) -> tuple[int, int] | None:
     return done, rounds
 
 
-STAGE_DIR = re.compile(r"stage-[1-9][0-9]*")  # training/stages.py: STAGE_PREFIX, MERGED
+STAGE_DIR = re.compile(r"stage-[1-9][0-9]*")  # config/load.py STAGE_PREFIX, training/stage_plan.py MERGED
 
 
 def _moved_stage_base(base_model: str, run_dir: Path) -> str:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from tunelab.config import load_config
-from tunelab.training.stages import plan_stages
+from tunelab.training.stage_plan import plan_stages
 
 ROOT = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE = ROOT / "company_faq_stages"

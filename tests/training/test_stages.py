@@ -374,7 +374,7 @@ def test_a_staged_runs_trackers_log_into_the_run_directory_with_steps_across_sta
 def test_a_stage_continues_its_predecessor_by_an_absolute_path(staged, tmp_path, monkeypatch):
     """Stage 2's config named stage 1 by a path relative to the folder training started in, so --resume from
     another folder read it as another adapter and refused: 'runs/st2/stage-1' -> '../runs/st2/stage-1'."""
-    from tunelab.training.stages import plan_stages
+    from tunelab.training.stage_plan import plan_stages
 
     monkeypatch.chdir(tmp_path)
     resolved = load_config(None, staged | {"output_dir": "run"})

@@ -13,7 +13,7 @@ from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_run import stages_section
 from tunelab.export.check import CHECK_ROWS, _conversations, check_questions
 from tunelab.tasks.grpo import RewardError
-from tunelab.training.stages import forgetting, format_forgetting
+from tunelab.training.forgetting import forgetting, format_forgetting
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_a_grpo_stages_eval_figure_is_recorded_as_its_reward(tmp_path):
     recorded as eval_reward now, and the report reads both: a run written before shows the stage's figure as the
     reward and marks its forgetting column as a negated reward."""
     from tunelab.run_info import RunInfo
-    from tunelab.training.stages import stage_record
+    from tunelab.training.forgetting import stage_record
 
     grpo = stage_record(RunInfo("tiny", "lora", task="grpo", eval_loss=-0.75, steps=3))
     assert grpo["eval_reward"] == 0.75 and "eval_loss" not in grpo

@@ -206,7 +206,7 @@ def test_a_stage_that_cannot_follow_a_head_stage_is_refused_before_it_trains(hea
 def test_a_later_stages_revision_is_compared_with_stage_ones(tmp_path, second, message):
     """Stage 1 may name its own model.revision; a later stage's was compared with the run's instead, so repeating stage
     1's was refused, saying stage 1 trained at the default revision."""
-    from tunelab.training.stages import plan_stages
+    from tunelab.training.stage_plan import plan_stages
 
     config = tmp_path / "staged.yaml"
     config.write_text(
@@ -233,7 +233,7 @@ def test_a_later_stages_revision_is_compared_with_stage_ones(tmp_path, second, m
 def test_a_later_stages_model_name_is_compared_with_stage_ones(tmp_path, second, message):
     """Stage 1 may name its own model.name; a later stage's was compared with the run's instead, so repeating stage
     1's was refused and repeating the run's, which stage 1 does not train over, passed."""
-    from tunelab.training.stages import plan_stages
+    from tunelab.training.stage_plan import plan_stages
 
     config = tmp_path / "staged.yaml"
     config.write_text(
@@ -259,7 +259,7 @@ def test_a_later_stages_model_name_is_compared_with_stage_ones(tmp_path, second,
 )
 def test_a_stage_that_cannot_follow_the_one_before_names_its_file_and_line(tmp_path, second, message):
     """Refused by the chaining of the stages, a stage was named 'stage 2' alone, unlike the errors of its options."""
-    from tunelab.training.stages import plan_stages
+    from tunelab.training.stage_plan import plan_stages
 
     config = tmp_path / "staged.yaml"
     config.write_text(

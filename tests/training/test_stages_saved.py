@@ -15,7 +15,7 @@ from tunelab.api import train
 from tunelab.config import load_config, to_dict
 from tunelab.errors import ConfigError
 from tunelab.rundir import open_info
-from tunelab.training.stages import plan_stages
+from tunelab.training.stage_plan import plan_stages
 
 
 @pytest.fixture

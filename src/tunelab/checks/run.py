@@ -71,8 +71,8 @@ from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.resume import CONTENT, check_resume_config, data_digest, file_digests, kept_auto, what_changed
+from tunelab.training.stage_plan import plan_stages, refuse_other_labels
 from tunelab.training.stage_resume import check_staged_resume, refuse_nothing_to_train, stage_dir, stage_error
-from tunelab.training.stages import plan_stages, refuse_other_labels
 
 
 def html_path(html: str | Path | None) -> Path | None:

@@ -193,7 +193,7 @@ def check_weight_init(config: RunConfig, stages: list[dict] | None = None) -> No
 def over_changed_weights(stages: list[tuple[object, object]]) -> str | None:
     """Where a staged run's last stage trains over weights that an earlier stage changed, given each stage's (method,
     continue) in order: `continue: merge` after an adapter stage, or any stage after a full or layers stage
-    (training/stages.py `plan_stages`; every later stage then trains over those weights too). Said as where it
+    (training/stage_plan.py `plan_stages`; every later stage then trains over those weights too). Said as where it
     starts ("stage 2 starts from stage 1's adapter merged into the base (continue: merge)"); None where every stage
     continues the adapter before it, over the original base."""
     for k in range(2, len(stages) + 1):

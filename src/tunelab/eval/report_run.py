@@ -11,7 +11,7 @@ from tunelab.eval.report_html import esc, fmt, kv_table
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_plots import histogram_plot
 from tunelab.rundir import federation_stopped
-from tunelab.training.stages import unmeasured
+from tunelab.training.forgetting import unmeasured
 
 
 def run_summary(run: Input, metrics: list[dict] | None = None) -> str:

@@ -1,7 +1,7 @@
 """The eval metrics a run records: its own eval split (`eval_loss` and the task's `eval_<metric>`s), and the eval
 loss on named sets beside it:
 each source of a mixture (`eval_loss/<source>`) and, in a staged run, every earlier stage's eval data
-(`eval_loss/stage-<j>`, the forgetting matrix's row of this stage; training/stages.py).
+(`eval_loss/stage-<j>`, the forgetting matrix's row of this stage; training/forgetting.py).
 
 Each named set is evaluated on its own (its mean token loss), so a source's loss does not depend on how its rows were
 batched with other sources'; a mixture's own `eval_loss` is still the loss over all its eval rows, as without one.

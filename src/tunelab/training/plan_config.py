@@ -15,7 +15,7 @@ from pathlib import Path
 from tunelab.config import ResolvedConfig
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.training.plan_report import PlanReport, plan_run
-from tunelab.training.stages import plan_stages
+from tunelab.training.stage_plan import plan_stages
 
 
 @dataclass

@@ -54,7 +54,7 @@ RUN_ENTRIES = (
     ".tunelab.lock",
     ".tmp-*",
 )
-STAGE_ENTRIES = ("merged",)  # training/stages.py MERGED: a stage's result merged into its base (continue: merge)
+STAGE_ENTRIES = ("merged",)  # training/stage_plan.py MERGED: a stage's result merged into its base (continue: merge)
 CHECKPOINT_ENTRIES = ("step-*", "round-*", "best.safetensors", ".tmp-*")  # what checkpoints/ holds (see above)
 
 

@@ -21,7 +21,7 @@ starts from stage k-1's result:
   trained: QLoRA's NF4 dequantized) is stage k's base, and stage k starts a fresh adapter (or trains full weights);
 - after a full or layer-wise stage, its weights are the next stage's base, whatever `continue` says;
 - after a classify or reward stage, only a stage of the same task, continuing its adapter and its head (the
-  task's `prepare` loads the head, `tasks.head.continue_head`), with the same labels (`refuse_other_labels`).
+  task's `prepare` loads the head, `tasks.head.continue_head`), with the same labels (`stage_plan.refuse_other_labels`).
 A stage may set anything but output_dir (data, format, method settings, train settings, the task); a later stage
 whose model.name differs from stage 1's is refused: its model is the previous stage's result.
 
@@ -45,39 +45,38 @@ from pathlib import Path
 import torch
 
 from tunelab.atomic import scratch_folder, write_text
-from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
+from tunelab.config import ResolvedConfig, describe, dump_yaml, stage_name
 from tunelab.config.load import STAGE_PREFIX
-from tunelab.config.render import as_trained, trained_stages
+from tunelab.config.render import as_trained
 from tunelab.data.entries import source_names
 from tunelab.errors import (
     ConfigError,
     DataError,
     Interrupted,
-    RunDirError,
     TrainingStopped,
     TunelabError,
-    article,
     counted,
 )
 from tunelab.models.base_record import base_record, run_base
-from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
+from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
 from tunelab.run_info import RunInfo
-from tunelab.rundir import CONFIG_FILE, HEAD_TASKS, is_run_dir, read_info, write_info
-from tunelab.tasks import get_task
+from tunelab.rundir import CONFIG_FILE, is_run_dir, read_info, write_info
 from tunelab.tasks.grpo import RewardError
 from tunelab.training.build import trained_base
 from tunelab.training.checkpoint import intact_checkpoint
+from tunelab.training.forgetting import forgetting, format_forgetting, stage_record
 from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_noted, finish_replacement, hold_lock, plan_output_dir, start_run_dir
-from tunelab.training.prepare import protected_paths, refuse_beyond_context
+from tunelab.training.prepare import protected_paths
 from tunelab.training.progress import overflow_steps, record_stopped, whole_run
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import CONTENT, LENGTH, DataChanged, config_changes
+from tunelab.training.stage_plan import MERGED, eval_rows, plan_stages
 from tunelab.training.stage_resume import (
     check_finished_data,
     check_staged_resume,
@@ -85,145 +84,13 @@ from tunelab.training.stage_resume import (
     refuse_nothing_to_train,
     saved_config,
     stage_dir,
-    stage_error,
     stage_named,
 )
 from tunelab.training.tracking import TrackTo, end_held, end_running_tracker_runs
 
-MERGED = "merged"
 METRICS = "metrics.jsonl"
 STARTS_FROM = ("model", "adapter the run starts from")  # protected_paths' names for model.name and model.adapter
 STAGE_ONLY = ("checkpoints", METRICS, CONFIG_FILE, "loss.png", "run.json")  # not the result (nor its data report)
-
-
-def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]:
-    """Every stage's config, chained to the stage before (module docstring); ConfigError for a stage that cannot
-    start from the previous stage's result."""
-    plans: list[ResolvedConfig] = []
-    for index, entry in enumerate(trained_stages(resolved)):  # as it trains: a flag's option is not the stage's
-        k = index + 1
-        stage = stage_config(resolved, index, str(stage_dir(run_dir, k)))
-        s = stage.config
-        at = stage_where(resolved, k)  # c.yaml:9: stage 2
-        if index == 0:
-            if "continue" in entry:
-                raise ConfigError(
-                    f"{at}: continue: {entry['continue']} has no earlier stage to continue from (stage 1 starts "
-                    "from model.name, and model.adapter when set). Remove continue from stage 1."
-                )
-            plans.append(stage)
-            continue
-        first = plans[0].config.model  # stage 1's: the run's model.name and revision, unless stage 1 sets its own
-        if "model.name" in entry and entry["model.name"] != first.name:
-            raise ConfigError(
-                f"{at}: model.name is {entry['model.name']!r}, but stage {k} starts from stage {index}'s result "
-                f"(over {first.name!r}, as stage 1 trains). Remove model.name from the stage, or train it as a run "
-                "of its own."
-            )
-        if "model.revision" in entry and entry["model.revision"] != first.revision:
-            raise ConfigError(
-                f"{at}: model.revision is {entry['model.revision']!r}, but stage {k} starts from stage {index}'s "
-                f"result (over {first.name!r} at {first.revision or 'the default revision'}, as stage 1 trains). "
-                "Remove model.revision from the stage: only stage 1's model.revision names the base."
-            )
-        if "model.adapter" in entry:
-            raise ConfigError(
-                f"{at}: model.adapter is {entry['model.adapter']!r}, but stage {k} starts from stage {index}'s "
-                "result (continue: adapter trains its adapter on; continue: merge starts a fresh one over it). Remove "
-                "model.adapter from the stage: only stage 1 starts from an adapter (model.adapter outside stages:)."
-            )
-        before = plans[-1].config
-        how = entry.get("continue", "adapter")
-        if before.task in HEAD_TASKS:
-            _refuse_after_head(k, before, s, how, at)
-        previous = stage_dir(run_dir, index).absolute()  # resumable from any folder: --resume compares these
-        if not before.method.is_adapter:  # full or layers: its weights are the next base, with a fresh adapter
-            s.model.name, s.model.adapter, s.model.revision = str(previous), None, None
-        elif how == "merge":  # the run's model.adapter (stage 1's start) is in the merged weights already
-            s.model.name, s.model.adapter, s.model.revision = str(previous / MERGED), None, None
-        else:
-            if not s.method.is_adapter:
-                raise ConfigError(
-                    f"{at}: method.name is {s.method.name}, but continue: adapter trains stage {index}'s adapter "
-                    "on. Use continue: merge to fold it into the base first."
-                )
-            same = ("r", "alpha", "target_modules", "rslora")
-            differ = [
-                f"method.{n} {getattr(s.method, n)!r} (stage {index}: {getattr(before.method, n)!r})"
-                for n in same
-                if getattr(s.method, n) != getattr(before.method, n)
-            ]
-            if s.method.dora != before.method.dora:
-                differ.append(f"DoRA {s.method.dora} (stage {index}: {before.method.dora})")
-            if differ:
-                raise ConfigError(
-                    f"{at}: it continues stage {index}'s adapter (continue: adapter), but its method differs: "
-                    f"{'; '.join(differ)}. Keep the adapter's settings, or use continue: merge."
-                )
-            s.model.name = before.model.name
-            s.model.adapter = str(previous)
-        stage.origins["model.name"] = f"stage {index}'s result"
-        stage.origins["model.adapter"] = f"stage {index}'s result" if s.model.adapter else "a fresh adapter"
-        plans.append(stage)
-    return plans
-
-
-def _refuse_after_head(k: int, before: RunConfig, stage: RunConfig, how: str, at: str) -> None:
-    """ConfigError for stage k (written at `at`: config.stage_where) when it cannot start from stage k-1, a classify or reward stage: only a stage of the
-    same task continues its adapter and head (with the same labels: `refuse_other_labels`)."""
-    task = before.task
-    if not before.method.is_adapter:
-        why = (
-            f"method.name is {before.method.name} there, so its result is a whole {task} model, which no stage can take "
-            f"as its base. Make the {task} stage the last one, or train it with method lora"
-        )
-    elif stage.task != task:
-        why = (
-            f"stage {k}'s task is {stage.task}: only {article(task)} stage can continue its adapter, which holds the head. "
-            f"Make the {task} stage the last one (an sft stage may come before it), or set task: {task} on stage {k}"
-        )
-    elif how == "merge":
-        why = (
-            "continue: merge would fold its adapter into the base and lose the head. Remove continue from stage "
-            f"{k}: continue: adapter (the default) trains the adapter and the head on"
-        )
-    else:
-        return
-    raise ConfigError(f"{at}: stage {k - 1} trains {article(task)} head (task: {task}), and {why}.")
-
-
-def refuse_other_labels(plans: list[ResolvedConfig], labels: list[list[str] | None]) -> None:
-    """ConfigError for a classify stage that continues the head of a classify stage (`plan_stages`) whose training
-    rows have other labels (`labels[k]`: stage k+1's, data.facts["labels"]): the head's outputs are its labels."""
-    for k in range(2, len(plans) + 1):
-        before, now = plans[k - 2].config, plans[k - 1].config
-        if before.task == now.task == "classify" and labels[k - 2] != labels[k - 1]:
-            raise ConfigError(
-                f"stage {k}: its training rows have the labels {labels[k - 1]}, and stage {k - 1}'s have {labels[k - 2]}; "
-                f"stage {k} trains stage {k - 1}'s head on, whose outputs are those labels. Give stage {k} rows of the "
-                "same labels, or train it as a run of its own."
-            )
-
-
-def _eval_rows(plans: list[ResolvedConfig], names: list[str], run_dir: Path) -> list[list]:
-    """Each stage's eval rows, rendered with its own data options and the run's tokenizer (the first stage's model:
-    every later stage's model descends from it). Loading them also checks every stage's data before anything runs:
-    an error names its stage, and advice to score questions names eval of `run_dir` as the caller runs it."""
-    first = plans[0].config
-    source = resolve_source(first.model.name, first.model.revision)
-    tokenizer = load_tokenizer(source, first.model.trust_remote_code, plans[0].spelling)
-    rows, labels = [], []
-    for k, plan in enumerate(plans, 1):
-        try:  # as the stage's task reads its data (an sft stage, a dpo stage after it, ...)
-            refuse_beyond_context(plan.config, source, plan.spelling)
-            task = get_task(plan.config.task, plan.config, plan.spelling)
-            data = task.build_data(plan.config, tokenizer, plan.config.train.seed)
-        except (ConfigError, DataError, RunDirError) as exc:
-            raise stage_error(exc, k, names, plan.spelling, run_dir) from None
-        rows.append(data.eval)
-        labels.append(data.facts.get("labels"))
-    refuse_other_labels(plans, labels)
-    return rows
 
 
 @torch.no_grad()
@@ -269,81 +136,6 @@ def _metrics(run_dir: Path, count: int) -> None:
             lines.append(json.dumps(record | {"stage": k, "step": record.get("step", 0) + offset}))
         offset += read_info(stage_dir(run_dir, k)).steps
     write_text(run_dir / METRICS, "".join(line + "\n" for line in lines))
-
-
-REWARD = "eval reward"  # a grpo stage's column: its eval_loss is -eval_reward (tasks/grpo.py), shown as the reward
-LOSS = "eval loss"
-
-
-def forgetting(run_dir: Path, count: int) -> tuple[list[list[float | None]], list[str]]:
-    """matrix[k][j]: the eval loss of stage k+1's result on stage j+1's eval data (j <= k), from their run.json, and
-    per column what it measures: LOSS, or REWARD for a grpo stage's eval prompts (the mean reward of greedy answers,
-    which its eval_loss holds negated for keep_best). Only stages of one task fill a column, so each has one measure."""
-    matrix, measures = [], []
-    for k in range(1, count + 1):
-        info = read_info(stage_dir(run_dir, k))
-        losses = info.extra.get("eval_losses", {})
-        row = [losses.get(f"eval_loss/{STAGE_PREFIX}{j}") for j in range(1, k)]
-        matrix.append(row + [info.eval_loss])
-        measures.append(REWARD if info.task == "grpo" else LOSS)
-    matrix = [[-v if v is not None and measures[j] == REWARD else v for j, v in enumerate(row)] for row in matrix]
-    return matrix, measures
-
-
-def stage_record(info: RunInfo) -> dict:
-    """What run.json's extra.stages[] says of a finished stage: its task, method, steps and base, and its eval figure
-    under its name: `eval_reward` for a grpo stage (the mean reward of greedy answers, which its eval_loss holds
-    negated for keep_best), else `eval_loss`. Runs written before 2026-12-05 hold a grpo stage's as `eval_loss`."""
-    record = {key: getattr(info, key) for key in ("task", "method", "steps", "base_model")}
-    if info.task == "grpo":
-        record["eval_reward"] = -info.eval_loss if info.eval_loss is not None else None
-    else:
-        record["eval_loss"] = info.eval_loss
-    return record
-
-
-def unmeasured(names: list[str], matrix: list[list[float | None]], tasks: list[str] | None) -> list[str]:
-    """The empty cells of the matrix whose row's stage is of another task than the column's (a stage scores only the
-    eval data of its own task: a dpo model is not given an sft stage's eval loss), as `after X (task t) on Y (task u)`,
-    for a column that has eval data."""
-    if not tasks:
-        return []
-    have = [any(j < len(row) and row[j] is not None for row in matrix) for j in range(len(names))]
-    return [
-        f"after {names[k]} (task {tasks[k]}) on {names[j]} (task {tasks[j]})"
-        for k, row in enumerate(matrix)
-        for j, v in enumerate(row)
-        if v is None and have[j] and k < len(tasks) and j < len(tasks) and tasks[k] != tasks[j]
-    ]
-
-
-def format_forgetting(
-    names: list[str], matrix: list[list[float | None]], measures: list[str], tasks: list[str] | None = None
-) -> str:
-    """The matrix as a table: a row per stage's result, a column per stage's eval data (a reward column marked); a
-    line saying why there is none when no stage had eval data (a table of dashes alone said nothing), and one naming
-    the cells left empty because their two stages have different tasks."""
-    if all(v is None for row in matrix for v in row):
-        return (
-            "no forgetting matrix: no stage has eval data (give a stage data.eval or data.eval_fraction to see what "
-            "the later stages keep of it)"
-        )
-    heads = [f"on {n}" + (" (reward)" if m == REWARD else "") for n, m in zip(names, measures)]
-    first = max(len(f"after {n}") for n in names) + 2
-    width = max(10, *(len(h) + 2 for h in heads))
-    head = " " * first + "".join(f"{h:>{width}}" for h in heads)
-    rows = [
-        f"{'after ' + names[k]:<{first}}"
-        + "".join(f"{v:>{width}.4f}" if v is not None else f"{'-':>{width}}" for v in row)
-        for k, row in enumerate(matrix)
-    ]
-    title = "eval loss after each stage (rows) on each stage's eval data (columns)"
-    if REWARD in measures:  # higher is better there: forgetting is a reward that falls down the column
-        title += "; a grpo stage's column (reward) holds the mean reward of greedy answers, higher is better"
-    other = unmeasured(names, matrix, tasks)
-    if other:
-        rows.append("-: not measured: " + "; ".join(other) + ": a stage scores only the eval data of its own task")
-    return "\n".join([title + ":", head, *rows])
 
 
 def _stage_verdict(info: RunInfo, k: int, name: str, offset: int) -> None:
@@ -404,7 +196,7 @@ def train_stages(
     for note in notes:
         print(note, flush=True)
     names = [stage_name(cfg.stages[i], i + 1) for i in range(len(plans))]
-    evals = _eval_rows(plans, names, run_dir)  # every stage's data loaded and checked before anything is written
+    evals = eval_rows(plans, names, run_dir)  # every stage's data loaded and checked before anything is written
     held: dict = {}  # the tracker sinks the stages share, by name (training/tracking.py)
     # from the move of a run --overwrite replaces: however the run stops, the note on where that run waits
     with failure_noted(plan_dir):
