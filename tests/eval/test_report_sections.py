@@ -246,6 +246,6 @@ def test_the_data_section_shows_the_data_reports_notes_and_lengths_not_tokenized
     page = render_report(run)
     assert "<h3>Notes</h3><ul><li>2 examples appear twice &lt;in&gt; train &amp; eval</li></ul>" in page
     assert (
-        '<p class="sub">2 examples over max_length by size alone, not tokenized: counted at the fewest tokens they '
+        '<p class="sub">2 examples over max_length by size alone, not tokenized whole: counted at the fewest tokens they '
         "can have.</p>"
     ) in page

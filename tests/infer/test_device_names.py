@@ -28,6 +28,14 @@ def head_run(tiny_run_dir, tmp_path):
     return run
 
 
+def _said_to_be(run, task):
+    """A copy of the run, said to be a `task` run (load_reward_model refuses another task before it opens one)."""
+    copy = shutil.copytree(run, run.parent / f"run-{task}", dirs_exist_ok=True)
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps(info | {"task": task}))
+    return copy
+
+
 def _python_calls(run, head, data):
     return {
         "generate": lambda device: tunelab.generate(run, "hi", device=device),
@@ -35,7 +43,7 @@ def _python_calls(run, head, data):
         "compare": lambda device: tunelab.compare(run, question="hi", save=False, device=device),
         "evaluate": lambda device: tunelab.evaluate(run, data, save=False, device=device),
         "predict": lambda device: tunelab.predict(head, texts=["hi"], device=device),
-        "load_reward_model": lambda device: tunelab.load_reward_model(head, device=device),
+        "load_reward_model": lambda device: tunelab.load_reward_model(_said_to_be(head, "reward"), device=device),
     }
 
 
