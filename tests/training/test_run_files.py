@@ -93,9 +93,9 @@ def test_every_writers_name_is_known(tmp_path):
     from tunelab.training.best import BEST_FILE
     from tunelab.training.checkpoint import STEP_PREFIX
     from tunelab.training.outdir import LOCK_FILE
+    from tunelab.training.publish import STAGE_ONLY
     from tunelab.training.result import RESULT_FILES
     from tunelab.training.stage_plan import MERGED
-    from tunelab.training.stages import STAGE_ONLY
 
     top = [RUN_FILE, CONFIG_FILE, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, COMPARE_FILE, EVAL_FILE, REPORT_FILE]
     top += [metrics.METRICS_FILE, metrics.PLOT_FILE, tracking.TRACKER_RUNS, history.STATE_FILE, history.PLOT_FILE]

@@ -15,11 +15,27 @@ from pathlib import Path
 from tunelab.models.tokenizer_files import TOKENIZER_ENTRIES
 from tunelab.rundir import STAGE_DIR
 
+RESULT_ENTRIES = (
+    # the run's data report (training/recipe.py; a staged run's is its last stage's, published with its result)
+    "data_report.json",
+    # the result (training/result.py save_final, training/publish.py): PEFT's adapter (peft/save.py) or a
+    # Hugging Face model (training/build.py, tasks/head.py; transformers' save_pretrained may shard it) ...
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    # ... and its tokenizer (tasks/task.py save_tokenizer: transformers' save_pretrained, whose files depend on the
+    # tokenizer's class and transformers' version: models/tokenizer_files.py)
+    *TOKENIZER_ENTRIES,
+)
 RUN_ENTRIES = (
-    # training/recipe.py (federated/server.py for a federation): the run's description, config and data report
+    # training/recipe.py (federated/server.py for a federation): the run's description and config (its data report
+    # and result: RESULT_ENTRIES)
     "run.json",
     "config.yaml",
-    "data_report.json",
     # training/metrics.py: METRICS_FILE, PLOT_FILE
     "metrics.jsonl",
     "loss.png",
@@ -34,18 +50,7 @@ RUN_ENTRIES = (
     # federated/history.py: STATE_FILE, PLOT_FILE
     "federated.json",
     "federated.png",
-    # the result (training/result.py save_final, training/stages.py _publish): PEFT's adapter (peft/save.py) or a
-    # Hugging Face model (training/build.py, tasks/head.py; transformers' save_pretrained may shard it) ...
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model-*-of-*.safetensors",
-    "model.safetensors.index.json",
-    # ... and its tokenizer (tasks/task.py save_tokenizer: transformers' save_pretrained, whose files depend on the
-    # tokenizer's class and transformers' version: models/tokenizer_files.py)
-    *TOKENIZER_ENTRIES,
+    *RESULT_ENTRIES,
     # eval/compare.py COMPARE_FILE, eval/evaluate.py and eval/heads.py EVAL_FILE, eval/report.py REPORT_FILE
     "compare.json",
     "eval.json",

@@ -5,7 +5,7 @@
                               result (and, in extra, every stage and the forgetting matrix), so compare, chat, eval,
                               report, merge and export open output_dir
       adapter or weights      the last stage's result, copied (hard links where the file system allows), with its
-                              data_report.json
+                              data_report.json (training/publish.py: over no file of the user's)
       metrics.jsonl, loss.png every stage's records in turn, each with its "stage" and steps counted across stages
       tensorboard/, mlflow.db, the trackers of train.report_to: one set for the whole run, steps counted across stages
       wandb/, trackers.json   as in metrics.jsonl (each stage logs here, not into its own directory: training/tracking.py)
@@ -37,8 +37,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -73,6 +71,7 @@ from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_noted, finish_replacement, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.prepare import protected_paths
 from tunelab.training.progress import overflow_steps, record_stopped, whole_run
+from tunelab.training.publish import publish, published_names, refuse_foreign_results
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import CONTENT, LENGTH, DataChanged, config_changes
@@ -90,7 +89,6 @@ from tunelab.training.tracking import TrackTo, end_held, end_running_tracker_run
 
 METRICS = "metrics.jsonl"
 STARTS_FROM = ("model", "adapter the run starts from")  # protected_paths' names for model.name and model.adapter
-STAGE_ONLY = ("checkpoints", METRICS, CONFIG_FILE, "loss.png", "run.json")  # not the result (nor its data report)
 
 
 @torch.no_grad()
@@ -108,22 +106,6 @@ def merge_stage(run_dir: Path, out: Path) -> None:
     with scratch_folder(out) as scratch, quiet_progress():
         model.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _publish(run_dir: Path, last: Path) -> None:
-    """The last stage's result (adapter or weights, tokenizer) into the run directory itself."""
-    for item in last.iterdir():
-        if item.is_file() and item.name not in STAGE_ONLY and not item.name.startswith("."):
-            _link_or_copy(item, run_dir / item.name)
 
 
 def _metrics(run_dir: Path, count: int) -> None:
@@ -188,6 +170,7 @@ def train_stages(
     notes = []
     if resume:
         hold_lock(run_dir)  # a new run takes it in start_run_dir
+        refuse_foreign_results(run_dir)  # a file of the user's that the result would replace: before anything trains
         notes = check_staged_resume(run_dir, resolved)  # moved data: each stage compares its rows (`_run_stage`)
         refuse_nothing_to_train(run_dir, len(plans), resolved.spelling)
         follow_move(run_dir, plans)
@@ -218,6 +201,8 @@ def train_stages(
             record_stopped(run_dir, len(plans))
         try:
             result = _stages(run_dir, cfg, plans, names, evals, held, resume=resume, check=check)
+            last = stage_dir(run_dir, len(plans))  # a file of the user's put where it goes while the stages trained
+            refuse_foreign_results(run_dir, last, resolved.spelling, published_names(last))
         except BaseException as error:
             end_held(held, error)
             end_running_tracker_runs(run_dir, error)
@@ -227,7 +212,7 @@ def train_stages(
     # Ctrl-C here waits for the run's result (its run.json, the last stage's files), as a stage's own save does
     with graceful_interrupt("the last stage is saved: writing the run's result first") as stop:
         matrix, measures = forgetting(run_dir, len(plans))
-        _publish(run_dir, stage_dir(run_dir, len(plans)))
+        publish(run_dir, last, resolved.spelling)
         _metrics(run_dir, len(plans))
         plot_losses(run_dir, [plan.config.task for plan in plans])
         info = read_info(stage_dir(run_dir, len(plans)))
