@@ -15,8 +15,9 @@ ROOT = Path(tunelab.__file__).parent
 
 # Bottom to top. A package or top-level module not listed here fails the test: give it a layer (and docs a line).
 LAYERS = [
-    ("errors", "atomic", "config", "run_info", "rundir", "places"),  # the foundation: typed errors, atomic writes,
-    # options, run.json (its fields; the run directory), where a result may be written
+    ("errors", "atomic", "config", "config_digest", "run_info", "rundir", "run_stamp", "places"),  # the foundation:
+    # typed errors, atomic writes, options, run.json (its fields; its digest of config.yaml; the run directory; who the
+    # run is now), where a result may be written
     ("kernels",),  # fused ops and their references
     ("quant",),  # low-bit formats: NF4 and 8-bit optimizer state, with their references and kernels
     ("data",),  # records -> examples -> token ids -> batches

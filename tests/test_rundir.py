@@ -375,7 +375,7 @@ def test_a_base_kept_as_typed_is_found_where_training_ran_or_refused_by_name(
     (run / "config.yaml").write_text(re.sub(r"(?m)^output_dir: .*$", "output_dir: runs/a", config))
     raw = json.loads((run / RUN_FILE).read_text())
     raw["base_model"] = "models/tiny"  # as typed in proj, before runs kept the absolute path and the fingerprint
-    for key in ("base_fingerprint", "base_source", "base_revision"):  # what such runs did not record
+    for key in ("base_fingerprint", "base_source", "base_revision", "config_digest"):  # what such runs did not record
         del raw[key]
     (run / RUN_FILE).write_text(json.dumps(raw))
     elsewhere = tmp_path / "elsewhere"

@@ -57,7 +57,8 @@ from tunelab.infer.generate import (
 )
 from tunelab.infer.run import LoadedRun, opened
 from tunelab.infer.run import open_run as _open_run
-from tunelab.rundir import HEAD_TASKS, check_same_run, open_info, read_info, run_stamp
+from tunelab.run_stamp import check_same_run, run_stamp
+from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.server.serve import serve as _serve
 from tunelab.server.serve import start_server as _start_server
 from tunelab.training.plan_config import plan_config

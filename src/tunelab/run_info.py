@@ -86,6 +86,9 @@ class RunInfo:
     """Why training stopped, and after which step: {"reason": "finished" | "early_stopped" | "interrupted" |
     "non_finite" | "error", "step": N} (early_stopped: finished before its planned steps, extra.early_stop), with the signal of an interruption and the message of an error (training/progress.py `end_record`).
     Empty while the run trains, after a process killed outright, and in runs written before 2026-12-05."""
+    config_digest: dict[str, Any] = field(default_factory=dict)
+    """{"sha256", "bytes"} of the run directory's config.yaml when this was written (config_digest.py): commands
+    reading the config refuse one that differs. Empty in runs written before 2026-12-06."""
     tunelab_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
     """Facts particular to a task or feature, saved and read back as they are (keys unknown to this version too)."""

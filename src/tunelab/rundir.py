@@ -22,10 +22,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tunelab.atomic import write_json
+from tunelab.atomic import write_json, write_text
 from tunelab.config import RunConfig, load_config
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.model import EMBEDDED
+from tunelab.config_digest import FIELD, check_config, record_config, yaml_digest
 from tunelab.errors import ConfigError, RunDirError, article
 from tunelab.run_info import ADAPTER_METHODS, RUN_FILE, WEIGHT_METHODS, RunInfo, is_count
 
@@ -54,7 +55,16 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def write_info(run_dir: str | Path, info: RunInfo) -> Path:
-    return write_json(run_file(run_dir), info.to_dict())
+    """run.json, with the digest of the config.yaml beside it now (config_digest.py)."""
+    return write_json(run_file(run_dir), info.to_dict() | {FIELD: yaml_digest(Path(run_dir) / CONFIG_FILE)})
+
+
+def write_config(run_dir: str | Path, text: str) -> None:
+    """config.yaml, its digest recorded in the run.json beside it (config_digest.py), where there is one yet."""
+    write_text(Path(run_dir) / CONFIG_FILE, text)
+    raw = record_config(run_file(run_dir), Path(run_dir) / CONFIG_FILE)
+    if raw is not None:
+        write_json(run_file(run_dir), raw)
 
 
 def read_json_object(path: Path, consequence: str) -> dict:
@@ -277,26 +287,6 @@ def _from_config(info: RunInfo, raw: dict, run_dir: Path) -> None:
         info.trust_remote_code = config.model.trust_remote_code
 
 
-def run_stamp(run_dir: str | Path) -> tuple[int, int, int] | None:
-    """Who the run is now: its run.json's inode, modification time and size (None without one). A run replaced by
-    `train --overwrite` (or changed by --resume) has another."""
-    try:
-        st = run_file(run_dir).stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def check_same_run(run_dir: str | Path, stamp: tuple[int, int, int] | None, what: str) -> None:
-    """RunDirError when the run is no longer the one `stamp` was taken of: `what` (compare, eval) ran on a model
-    that is not the run's any more, and its result must not be saved into the run as if it were."""
-    if run_stamp(run_dir) != stamp:
-        raise RunDirError(
-            f"{run_dir}: the run was replaced or changed while {what} ran (its {RUN_FILE} differs), so the answers are "
-            f"of a model the run no longer holds; nothing was saved. Run {what} again."
-        )
-
-
 def check_result(run_dir: str | Path, info: RunInfo) -> None:
     """RunDirError unless the run's result is present: the adapter files for an adapter method, else the weights."""
     run_dir = Path(run_dir)
@@ -361,6 +351,7 @@ def read_config(run_dir: str | Path) -> RunConfig | None:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return None
+    check_config(path, run_file(run_dir))  # cut short at a line end, it would parse, its lost options at defaults
     try:
         return load_config(path, saved=True).config
     except ConfigError as exc:

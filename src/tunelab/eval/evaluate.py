@@ -73,7 +73,8 @@ from tunelab.infer.generate import (
 from tunelab.infer.run import LoadedRun, check_base_precision, opened
 from tunelab.places import check_output_file
 from tunelab.run_info import RunInfo
-from tunelab.rundir import check_same_run, open_info, run_stamp, saved_config
+from tunelab.run_stamp import check_same_run, run_stamp
+from tunelab.rundir import open_info, saved_config
 from tunelab.training.auto import trained_value
 from tunelab.training.step import evaluate, loss_tokens
 

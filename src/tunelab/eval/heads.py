@@ -42,7 +42,7 @@ from tunelab.eval.report_inputs import eval_hint
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run, refuse_other_input_kind
 from tunelab.peft.lora import adapters_disabled
 from tunelab.places import check_output_file
-from tunelab.rundir import check_same_run, run_stamp
+from tunelab.run_stamp import check_same_run, run_stamp
 from tunelab.tasks.classify import UNSEEN, label_key, read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
 from tunelab.tasks.head_data import thought_opener

@@ -21,7 +21,7 @@ import torch
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from tunelab.atomic import write_json, write_text
+from tunelab.atomic import write_json
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config
 from tunelab.config.flags import CLI, Spelling
 from tunelab.data.batches import make_batches
@@ -52,7 +52,7 @@ from tunelab.models.base_record import base_record, pinned_source, recorded_comm
 from tunelab.models.load import load_tokenizer
 from tunelab.peft.save import adapter_state_dict
 from tunelab.run_info import RunInfo, hub_revision
-from tunelab.rundir import CONFIG_FILE, read_info, write_info
+from tunelab.rundir import read_info, write_config, write_info
 from tunelab.training.auto import MICRO_BATCH, model_shape
 from tunelab.training.build import SHORT, build_model
 from tunelab.training.metrics import MetricsLog
@@ -232,7 +232,7 @@ def _run_rounds(
         print(f"resuming {run_dir} after round {done} of {f.rounds}", flush=True)
     elif eval_report is not None:
         write_json(run_dir / "data_report.json", eval_report)
-    write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))  # resumed: with the changes allowed, which a later --resume reads
+    write_config(run_dir, dump_yaml(cfg))  # resumed: with the changes allowed, which a later --resume reads
     initial = to_record(adapter_state_dict(model))
     print(
         f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); the adapter clients exchange: "

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunelab.atomic import write_json, write_text
+from tunelab.atomic import write_json
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
@@ -46,7 +46,7 @@ from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.base_record import base_record, recorded_commit, run_base
 from tunelab.models.untrained import UntrainedReport
 from tunelab.run_info import RunInfo
-from tunelab.rundir import CONFIG_FILE, read_info, resume_warning, write_info
+from tunelab.rundir import read_info, resume_warning, write_config, write_info
 from tunelab.tasks import get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data
@@ -295,12 +295,12 @@ def _train_planned(
             resolved.spelling.resume,
         )
         if ranks.main:  # the run is now this config's (allowed changes included): a later --resume compares with it
-            write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+            write_config(run_dir, dump_yaml(cfg))
             _record_at_checkpoint(run_dir, info, position, track_to)  # kept while resuming, even if killed outright
     elif ranks.main:
         start_run_dir(plan)
         write_info(run_dir, info)  # first: a folder with run.json is a run, which a later --overwrite may replace
-        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        write_config(run_dir, dump_yaml(cfg))
         write_json(run_dir / "data_report.json", data.report.to_dict())
     if factors is not None and ranks.main:
         write_factors(run_dir, factors)

@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from tunelab.atomic import write_text
 from tunelab.config import ResolvedConfig, as_trained, stage_where, trained_stages
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import STAGE_PREFIX
@@ -25,7 +24,7 @@ from tunelab.data.formats import eval_said_as
 from tunelab.errors import ConfigError
 from tunelab.models.base_record import recorded_commit
 from tunelab.run_info import RunInfo
-from tunelab.rundir import CONFIG_FILE, is_run_dir, read_info
+from tunelab.rundir import CONFIG_FILE, is_run_dir, read_info, write_config
 from tunelab.training.prepare import load_inputs
 from tunelab.training.resume import (
     CONTENT,
@@ -65,7 +64,7 @@ def follow_move(run_dir: Path, plans: list[ResolvedConfig]) -> None:
                 model[key] = new
                 moved.append(f"model.{key} {old} -> {new}")
         if moved:
-            write_text(here / CONFIG_FILE, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
+            write_config(here, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
             print(f"{here}: the run was moved; its saved config now names this run's stages ({'; '.join(moved)})")
 
 

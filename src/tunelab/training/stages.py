@@ -61,7 +61,7 @@ from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
 from tunelab.run_info import RunInfo
-from tunelab.rundir import CONFIG_FILE, is_run_dir, read_info, write_info
+from tunelab.rundir import is_run_dir, read_info, write_config, write_info
 from tunelab.tasks.grpo import RewardError
 from tunelab.training.build import trained_base
 from tunelab.training.checkpoint import intact_checkpoint
@@ -187,7 +187,7 @@ def train_stages(
             start_run_dir(plan_dir)
         # resumed: with the changes allowed (eval.questions, a longer length, a stage's name), which the export's
         # self-check, the report and a later --resume read, as a single run's resume records them
-        write_text(run_dir / CONFIG_FILE, dump_yaml(as_trained(resolved)))
+        write_config(run_dir, dump_yaml(as_trained(resolved)))
         first = plans[0].config
         write_info(
             run_dir,
