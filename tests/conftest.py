@@ -338,6 +338,8 @@ def mixed_system_run_dir(tiny_run_dir, tmp_path):
 
     import yaml
 
+    from tunelab.rundir import write_config
+
     run = tmp_path / "mixed-run"
     shutil.copytree(tiny_run_dir, run)
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -349,9 +351,9 @@ def mixed_system_run_dir(tiny_run_dir, tmp_path):
         {"path": path, "name": "pirate", "system_prompt": "You are a pirate."},
         {"path": path, "name": "plain", "system_prompt": ""},
     ]
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps(info | {"system_prompt": "You are helpful."}))
+    write_config(run, yaml.safe_dump(config))  # as training saves it: its digest in run.json
     return run
 
 

@@ -15,6 +15,7 @@ from tunelab.errors import DataError, RunDirError
 from tunelab.eval.compare import Comparison, Row, format_comparison, format_scores, save_comparison, score
 from tunelab.eval.questions import answer_settings
 from tunelab.infer.generate import GenerationSettings
+from tunelab.rundir import write_config
 
 TOKENS = 3  # the run's eval.max_new_tokens in these tests
 
@@ -25,7 +26,7 @@ def run(tiny_run_dir, tmp_path):
     copy = shutil.copytree(tiny_run_dir, tmp_path / "run")
     cfg = load_config(copy / "config.yaml").config
     cfg.eval.max_new_tokens = TOKENS
-    (copy / "config.yaml").write_text(dump_yaml(cfg))
+    write_config(copy, dump_yaml(cfg))
     return copy
 
 
@@ -50,10 +51,10 @@ def test_a_grpo_runs_answers_are_not_cut_shorter_than_it_sampled_them(run):
     than training's eval did. They now take the longer of the two."""
     cfg = load_config(run / "config.yaml").config
     cfg.task, cfg.grpo.rewards, cfg.grpo.max_new_tokens = "grpo", ["contains"], TOKENS + 100
-    (run / "config.yaml").write_text(dump_yaml(cfg))
+    write_config(run, dump_yaml(cfg))
     assert answer_settings(None, run).max_new_tokens == TOKENS + 100
     cfg.grpo.max_new_tokens = TOKENS - 1  # eval.max_new_tokens is more: it is kept
-    (run / "config.yaml").write_text(dump_yaml(cfg))
+    write_config(run, dump_yaml(cfg))
     assert answer_settings(None, run).max_new_tokens == TOKENS
     assert answer_settings(GenerationSettings(max_new_tokens=7), run).max_new_tokens == 7
 
@@ -360,7 +361,7 @@ def test_rows_the_transform_drops_are_counted_in_compare_json_and_said(run, ques
     )
     cfg = load_config(run / "config.yaml").config
     cfg.data.transform = f"{tmp_path / 'shaping.py'}:drop_one"
-    (run / "config.yaml").write_text(dump_yaml(cfg))
+    write_config(run, dump_yaml(cfg))
     assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     saved = json.loads((run / "compare.json").read_text())
@@ -419,7 +420,7 @@ def test_compare_without_questions_asks_the_runs_eval_questions(run, questions, 
     )
     cfg = load_config(run / "config.yaml").config
     cfg.eval.questions = str(questions)
-    (run / "config.yaml").write_text(dump_yaml(cfg))
+    write_config(run, dump_yaml(cfg))
     assert main(["compare", str(run), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert f"questions: {questions} (the run's eval.questions)" in out and out.splitlines()[1].startswith("scores:")
@@ -437,7 +438,7 @@ def test_an_empty_list_of_questions_is_refused_not_read_as_none(run, questions):
 
     cfg = load_config(run / "config.yaml").config
     cfg.eval.questions = str(questions)
-    (run / "config.yaml").write_text(dump_yaml(cfg))
+    write_config(run, dump_yaml(cfg))
     for empty in ([], ()):
         with pytest.raises(ConfigError, match=r"argument 'question' is an empty list"):
             tunelab.compare(run, question=empty, save=False, device="cpu")

@@ -20,6 +20,7 @@ from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_scores import eval_section
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
+from tunelab.rundir import write_config
 
 TOKENS = 4  # the run's eval.max_new_tokens here
 RUN_SEED = 7  # the run's train.seed here: not 42, so a default taken from elsewhere shows
@@ -33,7 +34,7 @@ def run(tiny_run_dir, tmp_path_factory):
     copy = shutil.copytree(tiny_run_dir, tmp_path_factory.mktemp("seeded") / "run")
     cfg = load_config(copy / "config.yaml").config
     cfg.eval.max_new_tokens, cfg.train.seed = TOKENS, RUN_SEED
-    (copy / "config.yaml").write_text(dump_yaml(cfg))
+    write_config(copy, dump_yaml(cfg))
     return copy
 
 
