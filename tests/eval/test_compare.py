@@ -380,6 +380,38 @@ def test_a_comparison_without_dropped_rows_says_nothing_of_them():
     assert result.to_dict()["transform_dropped"] == {}
 
 
+def test_questions_holding_characters_the_tokenizer_drops_are_said_and_saved(run, questions, capsys):
+    """compare asked questions holding characters SmolLM2's tokenizer drops (it has no token for U+0004 and no
+    unknown token) without a word: both models answered them without those characters. They are counted now as
+    training counts its rows, said under the scores, saved in compare.json as `unread` and shown by the report."""
+    from tunelab.eval.report_inputs import Input
+    from tunelab.eval.report_scores import eval_section
+
+    rows = [json.loads(line) for line in questions.read_text().splitlines()]
+    rows[1]["question"] = "Code\x04 of box 1?"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["compare", str(run), "--questions", str(questions), "--question", "Hi\x04\x04?", "--device", "cpu"]
+    assert main(argv) == 0
+    line = (
+        "2 rows hold characters the tokenizer drops, having no token for them (U+0004 x3): "
+        f"first at {questions}:2; they are answered without them"
+    )
+    assert f"  {line}" in capsys.readouterr().out.splitlines()
+    saved = json.loads((run / "compare.json").read_text())
+    assert saved["unread"] == {
+        "rows": 2,
+        "chars": {"U+0004": 3},
+        "first": f"{questions}:2",
+        "held": 0,
+        "effect": "answered",
+    }
+    assert f"<p>{line}.</p>" in eval_section(Input("eval.json"), Input("compare.json", saved))
+    assert main(["compare", str(run), "--question", "Hi?", "--device", "cpu", "--overwrite"]) == 0
+    assert "tokenizer drops" not in capsys.readouterr().out
+    clean = json.loads((run / "compare.json").read_text())
+    assert clean["unread"] == {} and "tokenizer drops" not in eval_section(Input("eval.json"), Input("c", clean))
+
+
 def test_ctrl_c_in_the_comparison_after_training_says_the_run_is_saved(
     tiny_overrides, tmp_path, cli_flags, monkeypatch, capsys
 ):

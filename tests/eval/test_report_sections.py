@@ -228,7 +228,7 @@ def test_the_data_section_shows_rows_holding_characters_the_tokenizer_drops(tmp_
     assert "tokenizer drops" not in render_report(run)
     written = DataReport(formats={"data/train.jsonl": "chat"})  # as training writes it (to_dict), a grpo run's
     written.unread.effect = "sampled"
-    written.dropped_chars("data/train.jsonl", 4, ["\x04", "\x04"])
+    written.dropped_chars("data/train.jsonl:4", ["\x04", "\x04"])
     (run / "data_report.json").write_text(json.dumps(data | {"unread": written.to_dict()["unread"]}))
     assert f"<p>{written.unread.line().strip()}.</p>" in render_report(run)
 

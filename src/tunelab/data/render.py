@@ -271,19 +271,23 @@ def _render_chats(
 
 def note_unreadable(
     items: list, texts: list[str], tokenizer, report: DataReport, effect: str = "trained", held: int = 0
-) -> None:
-    """Count in `report` the `items` (each with `path` and `line`) whose `texts` hold characters `tokenizer` drops
-    (data/size_bound.py's `unreadable`): read without them, which the report says as `effect` (a key of
-    data/report.py's EFFECTS: what the task does with its rows). The last `held` items are eval rows. Looked for only
-    where the tokenizer drops some."""
+) -> dict[int, list[str]]:
+    """Count in `report` the `items` (each with `path` and `line`, or its location as a string: a question or a text
+    given directly) whose `texts` hold characters `tokenizer` drops (data/size_bound.py's `unreadable`): read without
+    them, which the report says as `effect` (a key of data/report.py's EFFECTS: what the task does with its rows). The
+    last `held` items are eval rows. Looked for only where the tokenizer drops some. Returns {item's index: the
+    characters it drops} for the items holding any."""
     report.unread.effect = effect
     found = unreadable(tokenizer)
     if found is None:
-        return
-    first_held = len(items) - held
+        return {}
+    first_held, dropped = len(items) - held, {}
     for i, (item, text) in enumerate(zip(items, texts, strict=True)):
         if chars := found.chars_in(text):
-            report.dropped_chars(item.path, item.line, chars, held=i >= first_held)
+            where = item if isinstance(item, str) else location(item.path, item.line)
+            report.dropped_chars(where, chars, held=i >= first_held)
+            dropped[i] = chars
+    return dropped
 
 
 def row_text(*parts) -> str:

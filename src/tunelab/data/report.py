@@ -83,7 +83,17 @@ EFFECTS = {
     "trained": ("they are trained on without them", "evaluated"),  # sft chats and texts, dpo, kto and reward rows
     "sampled": ("the model generates its answers from these prompts without them", None),  # grpo's prompts
     "scored": ("they are scored and trained on without them", "scored"),  # classify's inputs, read by its head
+    "answered": ("they are answered without them", None),  # compare's questions
 }
+
+
+def char_names(chars: list[str]) -> dict[str, int]:
+    """{"U+0004": how many times} of `chars`, in order of first appearance."""
+    names: dict[str, int] = {}
+    for c in chars:
+        name = f"U+{ord(c):04X}"
+        names[name] = names.get(name, 0) + 1
+    return names
 
 
 @dataclass
@@ -270,15 +280,15 @@ class DataReport:
         self.lengths = LengthStats.of(self._lengths)
         self.lengths.at_least = at_least
 
-    def dropped_chars(self, path: str, line: int, chars: list[str], held: bool = False) -> None:
-        """Record that the row at path:line holds `chars`, which the tokenizer drops; `held`: an eval row."""
+    def dropped_chars(self, where: str, chars: list[str], held: bool = False) -> None:
+        """Record that the row at `where` (its `location`) holds `chars`, which the tokenizer drops; `held`: an eval
+        row."""
         if not self.unread.rows:
-            self.unread.first = location(path, line)
+            self.unread.first = where
         self.unread.rows += 1
         self.unread.held += held
-        for c in chars:
-            name = f"U+{ord(c):04X}"
-            self.unread.chars[name] = self.unread.chars.get(name, 0) + 1
+        for name, n in char_names(chars).items():
+            self.unread.chars[name] = self.unread.chars.get(name, 0) + n
 
     def truncated(self, path: str, line: int) -> None:
         """Record that the example at path:line was cut to max_length and kept."""

@@ -20,7 +20,8 @@ from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig
 from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.data.reasoning import split_thought
-from tunelab.data.report import DataReport
+from tunelab.data.render import note_unreadable, row_text
+from tunelab.data.report import DataReport, Unread
 from tunelab.errors import DataError, Interrupted, RunDirError
 from tunelab.eval.metrics import correct, refused
 from tunelab.eval.questions import (
@@ -75,6 +76,9 @@ class Comparison:
     """reason -> {count, locations}: question rows the run's data.transform dropped (as eval.json counts them)"""
     seed: int | None = None
     """The seed each model's sampled answers drew from (`answer_seed`); greedy answers draw nothing"""
+    unread: dict = field(default_factory=dict)
+    """The questions holding characters the tokenizer drops, as data_report.json records them (data/report.py
+    Unread): answered without them; {} where none does"""
 
     def to_dict(self) -> dict:
         return {
@@ -84,6 +88,7 @@ class Comparison:
             "seed": self.seed,
             "base": self.base,
             "transform_dropped": self.transform_dropped,
+            "unread": self.unread,
         }
 
 
@@ -127,6 +132,9 @@ def compare(
     for q in questions:
         if q.prompt is None:
             raise DataError(f"{q.where}: a text row holds no question to ask; compare needs question rows.")
+    unread = DataReport()  # the questions holding characters the tokenizer drops, answered without them
+    wheres = [q.where or f"question {i}" for i, q in enumerate(questions, 1)]
+    note_unreadable(wheres, [row_text(q.prompt) for q in questions], run.tokenizer, unread, "answered")
     settings = answer_settings(settings, run.run_dir)
     seed = answer_seed(seed, run.run_dir)
     say_config_notice(run.model, whose="the tuned model's")  # the base's is said once it is loaded
@@ -154,7 +162,15 @@ def compare(
             row.base_ok, row.tuned_ok = correct(b, q.expected, task), correct(t, q.expected, task)
         rows.append(row)
     weights = "nf4" if run.quantized_base else str(run.dtype).removeprefix("torch.")
-    return Comparison(rows, score(rows, refusal), asdict(settings), weights, dropped_counts(dropped), seed)
+    return Comparison(
+        rows,
+        score(rows, refusal),
+        asdict(settings),
+        weights,
+        dropped_counts(dropped),
+        seed,
+        asdict(unread.unread) if unread.unread.rows else {},
+    )
 
 
 def dropped_counts(dropped: DataReport | None) -> dict[str, dict]:
@@ -266,7 +282,13 @@ def format_comparison(
         result.settings.get("max_new_tokens"),
         spelling,
     )
-    for line in (dropped_line(result.transform_dropped), cut, sampled_line(result.settings, result.seed, spelling)):
+    unread = Unread.saved(result.unread).line() if result.unread else None
+    for line in (
+        dropped_line(result.transform_dropped),
+        unread,
+        cut,
+        sampled_line(result.settings, result.seed, spelling),
+    ):
         if line:
             parts = ["\n".join([*parts, line])] if parts else [line.strip()]
     shown = show_answers or not result.scores

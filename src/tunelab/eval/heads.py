@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from tunelab.atomic import write_json
 from tunelab.config.flags import PYTHON, Spelling
-from tunelab.data.report import DataReport, location
+from tunelab.data.render import note_unreadable, pair_text, row_text
+from tunelab.data.report import DataReport, Unread, location
 from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, article, counted
 from tunelab.eval.metrics import UNDEFINED_RULE, label_scores
@@ -77,6 +78,8 @@ class HeadEvalResult:
     created: str = ""
     step: int | None = None  # the training step of the weights scored
     checkpoint: str = ""  # the checkpoint scored, of a run that did not finish; empty: the run's result
+    unread: dict = field(default_factory=dict)  # the rows scored holding characters the tokenizer drops, as
+    # data_report.json records them (data/report.py Unread); {} where none does
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +105,14 @@ def _read(run: HeadRun, data_file: str, read) -> tuple[list, list[str], DataRepo
         [data_file], d.fields, d.system_prompt, report, lenient=True, delimiter=d.delimiter, transform=d.transform
     )
     return items, [location(item.path, item.line) for item in items], report
+
+
+def unread_inputs(run: HeadRun, wheres: list[str], texts: list[str]) -> dict:
+    """The inputs at `wheres` whose `texts` hold characters the run's tokenizer drops, as data_report.json records
+    them (`note_unreadable`): scored without them; {} where none does."""
+    report = DataReport()
+    note_unreadable(wheres, texts, run.tokenizer, report, "scored", held=len(wheres))
+    return asdict(report.unread) if report.unread.rows else {}
 
 
 def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
@@ -151,6 +162,7 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
         "skipped": _skips(report),
         "respelt": {w: {"label": e, "rows": n} for (w, e), n in respelt.items()},
         "rows": table[:SHOWN_ROWS],
+        "unread": unread_inputs(run, wheres, [row_text(r.input.text, r.input.messages) for r in rows]),
     }
 
 
@@ -268,6 +280,14 @@ def _reward(run: HeadRun, data_file: str, batch_size: int, spelling: Spelling = 
         "baseline_name": "untrained head",
         "skipped": _skips(report),
         "rows": table[:SHOWN_ROWS],
+        "unread": unread_inputs(
+            run,
+            wheres,
+            [
+                pair_text(row_text(p.chosen.text, p.chosen.messages), row_text(p.rejected.text, p.rejected.messages))
+                for p in pairs
+            ],
+        ),
     }
 
 
@@ -401,6 +421,8 @@ def format_head_eval(r: HeadEvalResult) -> str:
         lines.append(f"  skipped {s['count']}: {reason} ({', '.join(s['locations'])})")
     if any(reason.startswith(UNSEEN) for reason in r.skipped):
         lines.append(f"  ({UNSEEN_RULE})")
+    if r.unread:
+        lines.append(Unread.saved(r.unread).line())
     t, b = r.tuned, r.baseline
     name = r.baseline_name
     width = max(len(name), 10)
@@ -454,13 +476,15 @@ def _e(value) -> str:
 
 
 def _notes_html(data: dict) -> str:
-    """What `format_head_eval` says beside the scores: inputs cut, rows skipped (with where), labels read another
-    way, labels the run never trained on."""
+    """What `format_head_eval` says beside the scores: inputs cut, rows skipped (with where), inputs holding
+    characters the tokenizer drops, labels read another way, labels the run never trained on."""
     notes = []
     if data.get("truncated"):
         notes.append(_e(_truncated(data["truncated"])))
     for reason, skip in (data.get("skipped") or {}).items():
         notes.append(f"skipped {_e(skip.get('count'))}: {_e(reason)} ({_e(', '.join(skip.get('locations') or []))})")
+    if (data.get("unread") or {}).get("rows"):
+        notes.append(_e(Unread.saved(data["unread"]).line().strip()))
     if data.get("respelt"):
         shown = ", ".join(f"{w} as {v['label']} ({v['rows']})" for w, v in data["respelt"].items())
         notes.append(f"labels written another way than the run's (case, spacing, 1.0 for 1), read as its: {_e(shown)}")

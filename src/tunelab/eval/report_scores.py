@@ -168,6 +168,8 @@ def eval_section(ev: Input, cmp: Input, run_dir: Path | None = None) -> str:
             if rows
             else '<p class="missing">compare.json holds no scores (no expected answers or refusal sentence).</p>'
         )
+        if (cmp.data.get("unread") or {}).get("rows"):  # the questions holding characters the tokenizer drops
+            parts.append(f"<p>{esc(Unread.saved(cmp.data['unread']).line().strip())}.</p>")
     return "".join(parts)
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from tunelab.atomic import write_text
 from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.reasoning import OPEN, answer_apart
-from tunelab.data.report import DataReport, location
+from tunelab.data.render import note_unreadable, row_text
+from tunelab.data.report import DataReport, char_names, location
 from tunelab.data.sources import is_plain_text, refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.places import check_output_file, data_of
@@ -56,6 +57,7 @@ class Prediction:
     reward: float | None = None  # reward: the scalar score
     expected: str | None = None  # classify: the label the row gives, if any
     thought: str | None = None  # reward: the answer's thought, not scored; None: it has none
+    dropped: dict[str, int] | None = None  # characters the tokenizer drops, scored without: {"U+0004": times}
 
 
 def _shown(item: Input) -> str:
@@ -201,15 +203,31 @@ def predict(
         _refuse_all_thought(thought, answer, f"answer {i + 1}", opened)
         items.append((scored_input(run, prompt, answer), f"answer {i + 1}", None))
         thoughts.append(thought)
+    dropped = _say_unreadable(run, items)
     logits, _ = head_outputs(run.model, run, [x for x, _, _ in items], batch_size, [w for _, w, _ in items])
     if run.info.task == "reward":
         scored = zip(items, logits[:, 0], thoughts)
-        return [Prediction(w, _shown(x), reward=float(r), thought=t) for (x, w, _), r, t in scored]
-    probs = logits.softmax(dim=-1)
-    return [
-        Prediction(w, _shown(x), run.labels[int(p.argmax())], dict(zip(run.labels, map(float, p))), expected=e)
-        for (x, w, e), p in zip(items, probs)
-    ]
+        predictions = [Prediction(w, _shown(x), reward=float(r), thought=t) for (x, w, _), r, t in scored]
+    else:
+        probs = logits.softmax(dim=-1)
+        predictions = [
+            Prediction(w, _shown(x), run.labels[int(p.argmax())], dict(zip(run.labels, map(float, p))), expected=e)
+            for (x, w, e), p in zip(items, probs)
+        ]
+    for i, chars in dropped.items():
+        predictions[i].dropped = char_names(chars)
+    return predictions
+
+
+def _say_unreadable(run: HeadRun, items: list[tuple[Input, str, str | None]]) -> dict[int, list[str]]:
+    """A note, on stderr, of the inputs holding characters the run's tokenizer drops, as training's data report says
+    them (`note_unreadable`): they are scored without them. Returns {item's index: those characters}."""
+    report = DataReport()
+    texts = [row_text(x.text, x.messages) for x, _, _ in items]
+    dropped = note_unreadable([w for _, w, _ in items], texts, run.tokenizer, report, "scored", held=len(items))
+    if dropped:
+        print(f"note: {report.unread.line().strip()}.", file=sys.stderr, flush=True)
+    return dropped
 
 
 def _refuse_training_pairs(run: HeadRun, data: str | Path, spelling: Spelling) -> None:
@@ -343,19 +361,40 @@ def save_predictions(
     """A .csv (one column per label's probability) or .jsonl file; an existing file only with overwrite, and never
     the run's own files or the input `data` (`check_out`)."""
     path = check_out(path, overwrite, run_dir, data)
+    dropped = any(p.dropped for p in predictions)  # its column or key, where any input held such characters
     if path.suffix == ".jsonl":
-        rows = [{k: v for k, v in asdict(p).items() if k != "thought" or p.reward is not None} for p in predictions]
+        rows = [
+            {
+                k: v
+                for k, v in asdict(p).items()
+                if (k != "thought" or p.reward is not None) and (k != "dropped" or dropped)
+            }
+            for p in predictions
+        ]
         return write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     labels = list(predictions[0].probabilities or {}) if predictions else []
+    extra = ["dropped"] if dropped else []
     buf = io.StringIO()
     writer = csv.writer(buf)
     if predictions and predictions[0].reward is not None:
-        writer.writerow(["where", "input", "reward", "thought"])
-        writer.writerows([p.where, p.input, p.reward, p.thought or ""] for p in predictions)
+        writer.writerow(["where", "input", "reward", "thought", *extra])
+        writer.writerows([p.where, p.input, p.reward, p.thought or "", *_dropped(p, extra)] for p in predictions)
     else:
-        writer.writerow(["where", "input", "label", *(f"p_{label}" for label in labels), "expected"])
+        writer.writerow(["where", "input", "label", *(f"p_{label}" for label in labels), "expected", *extra])
         writer.writerows(
-            [p.where, p.input, p.label, *(p.probabilities[label] for label in labels), p.expected or ""]
+            [
+                p.where,
+                p.input,
+                p.label,
+                *(p.probabilities[label] for label in labels),
+                p.expected or "",
+                *_dropped(p, extra),
+            ]
             for p in predictions
         )
     return write_text(path, buf.getvalue())
+
+
+def _dropped(p: Prediction, extra: list[str]) -> list[str]:
+    """A .csv row's `dropped` cell, where the file has the column: the characters as 'U+0004 x1, ...', or empty."""
+    return [", ".join(f"{c} x{n}" for c, n in (p.dropped or {}).items())] if extra else []
