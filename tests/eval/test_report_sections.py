@@ -249,3 +249,39 @@ def test_the_data_section_shows_the_data_reports_notes_and_lengths_not_tokenized
         '<p class="sub">2 examples over max_length by size alone, not tokenized whole: counted at the fewest tokens they '
         "can have.</p>"
     ) in page
+
+
+def test_the_data_section_shows_where_rows_were_cut_what_the_transform_made_blocks_and_packed_rows(tmp_path):
+    """data_report.json records the first rows cut to max_length, the rows data.transform made of records, the blocks
+    cut from text documents and the rows a packed mixture trains on each epoch, which the terminal says; the report
+    showed the per-file count of cut rows alone, and none of the rest. A report holding none of them says none."""
+    run = make_run(tmp_path / "run")
+    data = json.loads((run / "data_report.json").read_text())
+    data["files"]["data/train.jsonl"]["truncated"] = 0
+    (run / "data_report.json").write_text(json.dumps(data))
+    page = render_report(run)
+    for absent in ("Truncated rows", "data.transform", "blocks of", "packed row"):
+        assert absent not in page
+    written = DataReport(max_length=96)  # as training writes it (to_dict)
+    for line in (3, 9, 12, 20, 31, 40):
+        written.truncated("data/<b>&.jsonl", line)
+    written.made_from, written.made_rows, written.text_blocks, written.packed_epoch_rows = 2, 7, 12, 30
+    saved = written.to_dict()
+    kept = {"files", "truncated_at", "total_truncated", "made_from", "made_rows", "text_blocks", "packed_epoch_rows"}
+    mixture = {"sources": {"faq": {"weight": 1.0, "share": 1.0, "rows": 40}}, "mix_by": "examples"}
+    (run / "data_report.json").write_text(json.dumps(data | {k: saved[k] for k in kept} | mixture))
+    page = render_report(run)
+    cut = ", ".join(f"data/&lt;b&gt;&amp;.jsonl:{line}" for line in (3, 9, 12, 20, 31))
+    assert f"<h3>Truncated rows</h3><p>6 rows cut to max_length and kept: the first at {cut}.</p>" in page
+    made = '<p class="sub">7 of the records read were made by data.transform of 2 records (a list of rows each).</p>'
+    assert made in page
+    assert "<p>Text: 12 blocks of 96 tokens cut from documents.</p>" in page
+    assert "<p>Each epoch's draw is packed: epoch 0 trains on 30 packed rows.</p>" in page
+    one = DataReport()
+    one.truncated("data/train.jsonl", 4)
+    (run / "data_report.json").write_text(json.dumps(data | {k: one.to_dict()[k] for k in ("files", "truncated_at")}))
+    assert "<h3>Truncated rows</h3><p>1 row cut to max_length and kept: at data/train.jsonl:4.</p>" in render_report(
+        run
+    )
+    (run / "data_report.json").write_text(json.dumps(data | {"files": one.to_dict()["files"], "pairs": True}))
+    assert "<h3>Truncated rows</h3><p>1 pair cut to max_length and kept.</p>" in render_report(run)

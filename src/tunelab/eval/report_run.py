@@ -1,6 +1,7 @@
 """The report's sections about the run itself: what was trained (run.json), the stages of a staged run with its
-forgetting matrix, and the data it trained on (data_report.json: files, splits, a mixture's sources, skipped rows,
-rows holding characters the tokenizer drops, notes, token lengths).
+forgetting matrix, and the data it trained on (data_report.json: files, the rows data.transform made, splits, text
+blocks, a mixture's sources and a packed one's rows per epoch, skipped rows, rows cut to max_length and where, rows
+holding characters the tokenizer drops, notes, token lengths).
 """
 
 from __future__ import annotations
@@ -279,6 +280,27 @@ def _sources_table(d: dict) -> str:
         '<th class="num">examples</th><th class="num">rows</th><th class="num">tokens</th>'
         '<th class="num">rows / epoch</th><th class="num">tokens / epoch</th><th class="num">eval rows</th></tr></thead>'
         f"<tbody>{body}</tbody></table>"
+        + (  # a packed mixture's step count is made of these (the rows above are before packing)
+            f"<p>Each epoch's draw is packed: epoch 0 trains on {counted(packed, 'packed row')}.</p>"
+            if (packed := _whole(d.get("packed_epoch_rows")))
+            else ""
+        )
+    )
+
+
+def _whole(value) -> int:
+    """A count of data_report.json, or 0 where it holds none (an older or hand-edited report)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _made(d: dict) -> str:
+    """The rows data.transform made of records it turned into several rows, as the terminal says them."""
+    made, records = _whole(d.get("made_rows")), _whole(d.get("made_from"))
+    if not records:
+        return ""
+    return (
+        f'<p class="sub">{made:,} of the records read were made by data.transform of '
+        f"{counted(records, 'record')} (a list of rows each).</p>"
     )
 
 
@@ -303,6 +325,7 @@ def data_section(report: Input, clients: str | None = None) -> str:
         f"packing {'on' if d.get('packed') else 'off'}, eval split: {esc(split)}.</p>",
         '<table class="files"><thead><tr><th>file</th><th>format</th><th class="num">read</th><th class="num">used</th>'
         f'<th class="num">skipped</th><th class="num">truncated</th></tr></thead><tbody>{files}</tbody></table>',
+        _made(d),
     ]
     # grpo's rows are prompts (data/report.py PROMPTS): no token of theirs has a label, the sampled answers do
     prompts = bool(d.get("formats")) and set((d.get("formats") or {}).values()) == {PROMPTS}
@@ -321,6 +344,10 @@ def data_section(report: Input, clients: str | None = None) -> str:
         '<th class="num">tokens</th><th class="num">tokens with loss</th></tr></thead>'
         f"<tbody>{splits}</tbody></table>"
     )
+    if blocks := _whole(d.get("text_blocks")):  # text documents cut into blocks (data/render.py `_text_blocks`)
+        parts.append(
+            f"<p>Text: {counted(blocks, 'block')} of {esc(d.get('max_length'))} tokens cut from documents.</p>"
+        )
     parts.append(_sources_table(d))
     skips = d.get("skips") or {}
     if skips:
@@ -357,9 +384,16 @@ def data_section(report: Input, clients: str | None = None) -> str:
 
 def _kept_as_is(d: dict) -> str:
     """What the data report says of rows kept though not read as written, and its notes, as the terminal said them
-    (data/report.py `losses`): the rows holding characters the tokenizer drops, and what is worth knowing."""
+    (data/report.py `losses`): the rows cut to max_length and where, the rows holding characters the tokenizer drops,
+    and what is worth knowing."""
     unread = d.get("unread") or {}
     parts = []
+    cut = _whole(d.get("total_truncated")) or sum(_whole(c.get("truncated")) for c in (d.get("files") or {}).values())
+    if cut:  # the terminal's "truncated to max_length" line: which rows, not only how many per file
+        at = [str(where) for where in d["truncated_at"]] if isinstance(d.get("truncated_at"), list) else []
+        first = f": {'the first at' if cut > len(at) else 'at'} {', '.join(at)}" if at else ""
+        noun = "pair" if d.get("pairs") else "row"  # dpo's and reward's pairs are cut as one
+        parts.append(f"<h3>Truncated rows</h3><p>{esc(counted(cut, noun))} cut to max_length and kept{esc(first)}.</p>")
     if unread.get("rows"):
         parts.append(f"<h3>Characters the tokenizer drops</h3><p>{esc(Unread.saved(unread).line().strip())}.</p>")
     notes = d.get("notes") or []
