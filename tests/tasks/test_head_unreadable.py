@@ -8,7 +8,7 @@ import pytest
 
 import tunelab.training.recipe as recipe
 from tunelab.eval.heads import evaluate_head_run, format_head_eval, head_eval_html
-from tunelab.infer.predict import predict, save_predictions
+from tunelab.infer.predict import format_predictions, predict, save_predictions
 
 from .head_setup import head_overrides, write_labels, write_pairs, write_rows
 
@@ -51,8 +51,8 @@ def test_head_eval_says_the_rows_it_scores_without_characters_the_tokenizer_drop
 
 def test_predict_notes_the_inputs_it_scores_without_characters_the_tokenizer_drops(runs, tmp_path, capsys):
     """`tunelab predict` scored a text holding such a character without a word: it now says them on stderr as
-    training does, and each prediction, and the file it is saved to, names the characters its input was scored
-    without (a `dropped` column or key, there only where some input held any)."""
+    training does, and each prediction, the lines printed and the file it is saved to name the characters its input
+    was scored without (a `dropped` column or key, there only where some input held any)."""
     data = write_rows(tmp_path / "new.jsonl", [{"prompt": "great number 1"}, {"prompt": "awful\x04\x04 number"}])
     predicted = predict(runs["classify"], data=data, texts=["fine\x04 day"], device="cpu")
     assert [p.dropped for p in predicted] == [None, {"U+0004": 2}, {"U+0004": 1}]
@@ -65,10 +65,14 @@ def test_predict_notes_the_inputs_it_scores_without_characters_the_tokenizer_dro
     assert [row["dropped"] for row in table] == ["", "U+0004 x2", "U+0004 x1"]
     lines = save_predictions(predicted, tmp_path / "p.jsonl", runs["classify"]).read_text().splitlines()
     assert [json.loads(line)["dropped"] for line in lines] == [None, {"U+0004": 2}, {"U+0004": 1}]
+    shown = [line.rsplit("  ", 1)[1] for line in format_predictions(predicted).splitlines()]  # what the CLI prints
+    assert shown == [f"({data}:1)", f"({data}:2; scored without U+0004 x2)", "(text 1; scored without U+0004 x1)"]
     rewarded = predict(runs["reward"], prompt="Say something kind", answers=["You are\x04 great"], device="cpu")
     assert rewarded[0].dropped == {"U+0004": 1}
+    assert format_predictions(rewarded).endswith("  (answer 1; scored without U+0004 x1)")
     assert f"note: {_line('answer 1')}." in capsys.readouterr().err.splitlines()
     clean = predict(runs["classify"], texts=["great number 3"], device="cpu")
     assert clean[0].dropped is None and "tokenizer drops" not in capsys.readouterr().err
+    assert format_predictions(clean).endswith("  (text 1)")
     assert "dropped" not in next(csv.DictReader(save_predictions(clean, tmp_path / "c.csv", runs["classify"]).open()))
     assert "dropped" not in json.loads(save_predictions(clean, tmp_path / "c.jsonl", runs["classify"]).read_text())

@@ -310,12 +310,16 @@ def _nothing_to_predict(task: str, run_dir: str | Path, spelling: Spelling) -> T
 
 
 def format_predictions(predictions: list[Prediction], width: int = 70) -> str:
+    """One line a prediction (a reward's thought on a second): the label with the three most probable labels, or the
+    reward, then the input and where it came from; an input the tokenizer read without some of its characters says
+    which (`(file:2; scored without U+0004 x2)`), as `--out`'s `dropped` does."""
     lines = []
     for p in predictions:
         shown = " ".join(p.input.split())
         shown = shown if len(shown) <= width else shown[: width - 3] + "..."
+        where = p.where + (f"; scored without {_char_counts(p.dropped)}" if p.dropped else "")
         if p.reward is not None:
-            lines.append(f"{p.reward:+.4f}  {shown}  ({p.where})")
+            lines.append(f"{p.reward:+.4f}  {shown}  ({where})")
             if p.thought is not None:  # shown apart, as eval's --show-answers shows it: not scored
                 thought = " ".join(p.thought.split())
                 lines.append(
@@ -330,7 +334,7 @@ def format_predictions(predictions: list[Prediction], width: int = 70) -> str:
             mark = f" ? {p.expected} is not a label of the run"
         else:
             mark = " ✓" if p.expected == p.label else f" ✗ expected {p.expected}"
-        lines.append(f"{p.label}{mark}  [{probs}]  {shown}  ({p.where})")
+        lines.append(f"{p.label}{mark}  [{probs}]  {shown}  ({where})")
     return "\n".join(lines)
 
 
@@ -397,4 +401,9 @@ def save_predictions(
 
 def _dropped(p: Prediction, extra: list[str]) -> list[str]:
     """A .csv row's `dropped` cell, where the file has the column: the characters as 'U+0004 x1, ...', or empty."""
-    return [", ".join(f"{c} x{n}" for c, n in (p.dropped or {}).items())] if extra else []
+    return [_char_counts(p.dropped or {})] if extra else []
+
+
+def _char_counts(chars: dict[str, int]) -> str:
+    """{"U+0004": 2, "U+0007": 1} as 'U+0004 x2, U+0007 x1'."""
+    return ", ".join(f"{c} x{n}" for c, n in chars.items())
