@@ -1,6 +1,6 @@
 """tunelab push uploads every tokenizer file a run or merged folder holds: the files of any tokenizer kind and the
 additional_chat_templates folder of a dict chat template, the list models/tokenizer_files.py keeps (which
-`train --overwrite` counts as tunelab's too)."""
+`train --overwrite` counts as tunelab's too), and the Python files of a remote-code tokenizer (which it does not)."""
 
 import json
 import shutil
@@ -38,6 +38,26 @@ def test_a_run_pushes_the_files_of_a_sentencepiece_tokenizer(run, hub):
     assert set(SENTENCEPIECE) <= set(hub.files), set(SENTENCEPIECE) - set(hub.files)
     assert all(hub.files[name] == f"{name}\n".encode() for name in SENTENCEPIECE)
     assert foreign_entries(run) == []
+
+
+def test_a_run_pushes_the_code_of_a_remote_code_tokenizer_and_no_other_python_file(run, hub):
+    """A run over a base whose tokenizer has its own code (model.trust_remote_code) holds the files save_pretrained
+    copied: those its auto_map names and the modules they import go up, so the pushed tokenizer loads; a data.transform
+    beside them does not; --overwrite counts none of them as tunelab's."""
+    config = json.loads((run / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_box.BoxTokenizer", "tokenization_box_fast.BoxTokenizerFast"]}
+    (run / "tokenizer_config.json").write_text(json.dumps(config))
+    code = {
+        "tokenization_box.py": "class BoxTokenizer: ...\n",
+        "tokenization_box_fast.py": "from .tokenization_box import BoxTokenizer\nfrom .box_words import WORDS\n",
+        "box_words.py": "WORDS = ()\n",
+    }
+    for name, text in {**code, "transform.py": "def transform(row): return row\n"}.items():
+        (run / name).write_text(text)
+    assert main(["push", str(run), "--repo", "alice/tiny-box"]) == 0
+    assert {name: hub.files.get(name) for name in code} == {name: text.encode() for name, text in code.items()}
+    assert "transform.py" not in hub.files
+    assert foreign_entries(run) == sorted([*code, "transform.py"])
 
 
 def test_a_merged_folder_pushes_its_named_templates(run, hub, smollm2_named_templates, tmp_path):

@@ -2,8 +2,18 @@
 names and what a real save writes; `tunelab push` uploads these files (tests/export/test_push_tokenizer.py) and
 `train --overwrite` counts them as tunelab's (training/run_files.py)."""
 
+import json
+
+import pytest
+
 from tunelab.models.load import TOKENIZER_MARKERS
-from tunelab.models.tokenizer_files import TOKENIZER_DIRS, TOKENIZER_ENTRIES, TOKENIZER_FILES, saved_tokenizer
+from tunelab.models.tokenizer_files import (
+    TOKENIZER_DIRS,
+    TOKENIZER_ENTRIES,
+    TOKENIZER_FILES,
+    saved_tokenizer,
+    tokenizer_code,
+)
 from tunelab.training.run_files import foreign_entries
 
 # What a SentencePiece or WordPiece tokenizer, or transformers 4, leaves in a folder (none of it loadable here
@@ -49,3 +59,76 @@ def test_the_files_of_other_tokenizer_kinds_are_found(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     assert set(saved_tokenizer(tmp_path)) == set(OTHER_KINDS)
     assert foreign_entries(tmp_path) == ["notes.txt"]
+
+
+@pytest.fixture
+def remote_code_tokenizer(tmp_path, monkeypatch):
+    """A tokenizer folder with its own code, as a hub model with remote code has: tokenization_box.py, named by its
+    auto_map, importing box_vocab.py relatively, and a notes.py beside them that nothing names; transformers' module
+    cache in tmp_path, its modules dropped after the test."""
+    import sys
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, dynamic_module_utils
+
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder = tmp_path / "box"
+    vocab = Tokenizer(models.WordLevel({"[UNK]": 0, "box": 1, "lid": 2}, unk_token="[UNK]"))
+    vocab.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=vocab, unk_token="[UNK]").save_pretrained(folder)
+    (folder / "tokenization_box.py").write_text(
+        "from transformers import PreTrainedTokenizerFast\n\nfrom .box_vocab import WORDS\n\n\n"
+        "class BoxTokenizerFast(PreTrainedTokenizerFast):\n    words = WORDS\n"
+    )
+    (folder / "box_vocab.py").write_text('WORDS = ("box", "lid")\n')
+    (folder / "notes.py").write_text("print('mine')\n")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("tokenizer_class", None)
+    config["auto_map"] = {"AutoTokenizer": [None, "tokenization_box.BoxTokenizerFast"]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    yield folder
+    for name in [m for m in sys.modules if m.startswith("transformers_modules")]:
+        del sys.modules[name]
+
+
+def test_a_remote_code_tokenizer_s_own_files_are_found_by_its_auto_map(remote_code_tokenizer, tmp_path):
+    """save_pretrained of a tokenizer loaded with trust_remote_code copies the module its auto_map names and the one
+    that module imports; saved_tokenizer (what push uploads) finds both, and no other Python file of the folder, and
+    --overwrite counts none of them as tunelab's (their names are the model's)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(remote_code_tokenizer, trust_remote_code=True)
+    assert type(tokenizer).__name__ == "BoxTokenizerFast" and tokenizer.words == ("box", "lid")
+    assert set(tokenizer_code(remote_code_tokenizer)) == {"tokenization_box.py", "box_vocab.py"}
+    saved = tmp_path / "saved"
+    tokenizer.save_pretrained(saved)
+    on_disk = {p.name for p in saved.iterdir()}
+    assert {"tokenization_box.py", "box_vocab.py"} <= on_disk and "notes.py" not in on_disk
+    assert set(saved_tokenizer(saved)) == on_disk
+    assert foreign_entries(saved) == ["box_vocab.py", "tokenization_box.py"]
+    loaded = AutoTokenizer.from_pretrained(saved, trust_remote_code=True)  # what the pushed files load as
+    assert type(loaded).__name__ == "BoxTokenizerFast" and loaded("box lid")["input_ids"] == [1, 2]
+
+
+def test_only_the_code_the_auto_map_names_is_taken(tmp_path):
+    """A map of one class string, a repository's module, a module the folder lacks, an import cycle and a name that is
+    not a module: the folder's own modules that are named or imported, nothing else."""
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "auto_map": {
+                    "AutoTokenizer": "tok_a.A",
+                    "AutoProcessor": ["other/repo--proc.P", "missing.M", "../up.X", None, 3],
+                }
+            }
+        )
+    )
+    (tmp_path / "tok_a.py").write_text("import .tok_b\n")
+    (tmp_path / "tok_b.py").write_text("from .tok_a import A\nfrom .gone import G\n")
+    for name in ("proc.py", "up.py", "transform.py"):
+        (tmp_path / name).write_text("")
+    assert set(tokenizer_code(tmp_path)) == {"tok_a.py", "tok_b.py"}
+    assert set(saved_tokenizer(tmp_path)) == {"tokenizer_config.json", "tok_a.py", "tok_b.py"}
+    (tmp_path / "tokenizer_config.json").write_text("[1]")
+    assert tokenizer_code(tmp_path) == {}
