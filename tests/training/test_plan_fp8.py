@@ -61,3 +61,13 @@ def test_tunelab_plan_shows_fp8s_memory_for_a_7b_shape(tiny_overrides, tiny_mode
     assert "scratch: nf4 dequantization" in outs[False] and "fp8:" not in outs[False]
     assert "train.fp8: the tokens/s take the base GEMMs 1.13x faster" in outs[True]
     assert "estimated from ten H100 runs beside bf16 ones" in outs[True]
+
+
+def test_a_grpo_plan_says_its_sampling_is_timed_as_in_bf16():
+    """grpo's sampler runs FP8 products too but is timed as bf16's (decoding in FP8 was never measured): the plan's
+    note said only that the GEMMs are faster, while the sampling, most of a grpo step, took the same time either way."""
+    grpo = dataclasses.replace(FP8, seq=384, sampled=64, sample_prompt=128, sample_len=384, fixed_forwards=1)
+    said = plan(LLAMA2_7B, grpo, 24 * GIB, global_batch=64)
+    assert len(said.notes) == 1 and "grpo's sampling runs FP8 products too but is timed as in bf16" in said.notes[0]
+    assert said.chosen.sample_s == plan(LLAMA2_7B, dataclasses.replace(grpo, fp8=False), 24 * GIB, 64).chosen.sample_s
+    assert "grpo's sampling" not in plan(LLAMA2_7B, FP8, 24 * GIB, global_batch=4).notes[0]

@@ -83,6 +83,28 @@ def test_grpo_fixed_log_probs_forward_by_hand(no_host):
     assert speed.fixed_time(TINY, full) == pytest.approx(base, rel=1e-12)
 
 
+def test_grpo_fixed_log_probs_forward_in_fp8_by_hand(no_host):
+    """With train.fp8 these forwards run the FP8 products the training forward runs, but were counted with the FP8
+    weight bytes and bf16's GEMMs and no quantized rows. As above, QLoRA, a new adapter's reference (the base): per
+    token 2 layers x (2 x 36,864 / FP8_GEMM_SPEEDUP + 2 x 40 x 64) + 2 x 256 x 64 FLOPs; each micro-batch's pass
+    dequantizes each weight to FP8, 2.5 bytes, 3 x 2 x 92,160 = 552,960 bytes; each token's inputs quantized to rows,
+    2 layers x 320 values (q/k/v 64 once, o 64, gate/up 64, down 128), 2 x 2 + 1 bytes a value. grpo's sampler stays
+    timed as in bf16."""
+    s = Setup(method="lora", quantized=True, rank=4, micro_batch=3, seq=40, sampled=8, sample_len=40, sample_prompt=8)
+    s = dataclasses.replace(s, fixed_forwards=1, fp8=True)
+    per_token = 2 * (2 * LAYER_WEIGHTS / speed.FP8_GEMM_SPEEDUP + 2 * 40 * 64) + 2 * 256 * 64
+    rows = 8 * 40 * 2 * 320 * 5
+    expected = 8 * 40 * per_token / 540e12 + (552_960 + rows) / 4e12
+    assert speed.fixed_time(TINY, s, "NVIDIA H200") == pytest.approx(expected, rel=1e-12)
+    bf16 = dataclasses.replace(s, fp8=False)
+    assert speed.sample_time(TINY, s) == speed.sample_time(TINY, bf16)
+    # at 7B, 64 answers of 384 tokens in micro-batches of 4: FP8's forwards are the faster (the tiny model's rows cost
+    # more than its GEMMs save)
+    seven_b = LlamaConfig.from_hf(SHAPES["llama2-7b"])
+    big = dataclasses.replace(s, micro_batch=4, seq=384, sampled=64, sample_len=384, sample_prompt=128)
+    assert speed.fixed_time(seven_b, big) < speed.fixed_time(seven_b, dataclasses.replace(big, fp8=False))
+
+
 def test_the_fixed_log_probs_forward_of_a_small_model_is_host_bound():
     """3 micro-batches x 2 layers x a third of 6 ms of launches = 12 ms, more than the tiny model's GPU time."""
     s = Setup(method="lora", micro_batch=3, seq=40, sampled=8, sample_len=40, sample_prompt=8, fixed_forwards=1)

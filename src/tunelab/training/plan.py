@@ -201,7 +201,7 @@ def plan(
     fitting = [x for x in scored if x.peak <= budget]
     chosen = min(fitting, key=_preference) if fitting else None
     shown = _shown(scored, budget)
-    notes = [fp8_note()] if fp8_on(setup) else []
+    notes = [fp8_note(setup.sampled > 0)] if fp8_on(setup) else []
     if chosen is None:
         reason = _too_small(budget, smallest, c.num_layers)
         return MemoryPlan(budget, c.num_layers, None, shown, smallest, reason, calibration, notes, setup)
@@ -209,12 +209,18 @@ def plan(
     return MemoryPlan(budget, c.num_layers, chosen, shown, smallest, reason, calibration, notes, setup)
 
 
-def fp8_note() -> str:
-    """What the speeds of a train.fp8 plan rest on (`speed.FP8_GEMM_SPEEDUP`)."""
+def fp8_note(sampled: bool = False) -> str:
+    """What the speeds of a train.fp8 plan rest on (`speed.FP8_GEMM_SPEEDUP`); `sampled`: grpo's, whose sampling is
+    timed as in bf16 (`speed.sample_time`)."""
+    sampler = (
+        " grpo's sampling runs FP8 products too but is timed as in bf16: decoding in FP8 was never measured."
+        if sampled
+        else ""
+    )
     return (
         f"train.fp8: the tokens/s take the base GEMMs {FP8_GEMM_SPEEDUP:.2f}x faster than in bf16, estimated from "
         f"{FP8_SOURCE}; the peaks count FP8's own buffers (weight scales, quantized rows, backward operands) in place "
-        "of the bf16 dequantization buffers."
+        f"of the bf16 dequantization buffers.{sampler}"
     )
 
 

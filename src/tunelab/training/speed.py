@@ -41,7 +41,10 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   nor the 1.55x its GEMMs alone reached; `tunelab plan` says so under the table. Each pass dequantizes every weight to FP8 (FP8_WEIGHT_BYTES a parameter; no stacked matrix is built or
   reused), and every product's activation or output gradient is quantized to FP8 rows, 2 e + 1 bytes a value (read
   twice, written once: `quant.fp8_triton`); measured at ~25 ms of the 549 ms step, which this count gives. grpo's
-  sampler and its fixed log-prob forwards are counted as in bf16.
+  fixed log-prob forwards are counted as the step's forward is (FP8 GEMMs, FP8 weight bytes, quantized rows). Its
+  sampler runs FP8 products too, but is timed as in bf16 (a 16-bit copy of each weight per decode step): decoding in
+  FP8 was never measured, and where its bytes say 2.5 a weight against 4.5, the FP8 dequantization kernels ran at
+  half their bytes' speed in the step; the plan says so.
 
 DoRA (`Setup.dora`, `peft.dora`): every forward of a DoRA layer, the recomputed ones too (an MLP's once per 4096-token
 chunk), computes its norm ||W + s B A|| (grpo's sampler once, at its prefill, and keeps it through the decode steps,
@@ -305,9 +308,15 @@ def fixed_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
         return 0.0
     rate = THROUGHPUT * (fp32_fraction(gpu_name) if s.dtype == "fp32" else 1.0)
     matmul, attention, _, _ = layer_forward_flops(c, s.seq)
+    if fp8_on(s):  # the base GEMMs in FP8, by the factor of the training step's (whose forward this is)
+        matmul /= FP8_GEMM_SPEEDUP
     per_token = c.num_layers * (matmul + attention) + 2.0 * c.vocab_size * c.hidden_size
     batches = -(-s.sampled // s.micro_batch)
     flops_s = s.sampled * s.seq * per_token / rate
+    # train.fp8: each forward quantizes its products' inputs to FP8 rows, as the training step's (`step_time`)
+    flops_s += (
+        s.sampled * s.seq * fp8_row_values(c, s, (c.num_layers, 0, 0), ()) * (2 * s.dtype_bytes + 1) / HBM_BYTES_S
+    )
     cpu = batches * HOST_S_PER_LAYER * c.num_layers / 3
     # in eval mode: no dropout draws, so the groups form
     adapted = dataclasses.replace(s, dropout=False)
