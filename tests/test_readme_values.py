@@ -72,7 +72,10 @@ def test_the_auto_rules_the_readme_tabulates_are_the_codes():
             f"more than {a.MAX_EXAMPLES_SEEN:,} examples, {a.MAX_EXAMPLES_SEEN:,} / rows",
         ],
         "train.warmup_ratio": [f"{a.WARMUP_RATIO:.0%} of the steps, at most {a.MAX_WARMUP_STEPS} steps"],
-        "train.eval_every": [f"about {a.EVALS_PER_RUN} evaluations a run (every ceil(steps / {a.EVALS_PER_RUN})"],
+        "train.eval_every": [
+            f"at most {a.EVALS_PER_RUN} evaluations a run (every ceil(steps / {a.EVALS_PER_RUN})",
+            f"every step of a run of {a.EVALS_PER_RUN} steps or fewer",
+        ],
     }
     assert set(stated) == set(rows), rows.keys()
     for option, parts in stated.items():

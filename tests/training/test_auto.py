@@ -146,6 +146,23 @@ def test_eval_cadence_needs_an_eval_split():
     assert auto_eval_every(1, True).reason == "1 evaluation in 1 step"  # said "1 evaluations in 1 steps"
 
 
+def test_the_auto_eval_cadence_runs_at_most_10_evaluations_whatever_the_runs_length():
+    """auto picks an interval of 1 for a run of 10 steps or fewer, evaluating every step, which is at most 10
+    evaluations. Over every length to 5,000 steps, the evaluations training runs (the loop at each multiple of the
+    interval, training/loop.py; then the end's where the interval does not divide it, training/finish.py) number at
+    most EVALS_PER_RUN, at least 6 past EVALS_PER_RUN steps, and as many as the reason says."""
+    from tunelab.training.auto import EVALS_PER_RUN, auto_eval_every
+
+    for total in range(1, 5_001):
+        choice = auto_eval_every(total, True)
+        every = choice.value
+        evaluated = [step for step in range(1, total + 1) if step % every == 0]
+        evaluated += [total] if total % every else []
+        assert len(evaluated) <= EVALS_PER_RUN and (total <= EVALS_PER_RUN or len(evaluated) >= 6), (total, every)
+        assert every == 1 or total > EVALS_PER_RUN, (total, every)
+        assert choice.reason.startswith(f"{len(evaluated)} evaluation"), (total, choice.reason)
+
+
 def test_a_set_of_one_example_is_told_in_the_singular():
     """A one-row set was told "small set: 1 examples" and "1 steps an epoch"."""
     plan = _plan(1)

@@ -51,7 +51,9 @@ Where the numbers come from (README, "Defaults that learn", has them with links 
   25,000 / examples epochs, at least 1, as in OpenAI's rule.
 - warmup_ratio: 5% of the steps (QLoRA and Alpaca warm up 3%, LLaMA-Factory 10%), at most 100 steps (torchtune's
   warmup for its 8B LoRA configs).
-- eval_every: with an eval split, 10 evaluations a run, so that keep_best and the verdict have a curve to read.
+- eval_every: with an eval split, at most 10 evaluations a run (every ceil(steps / 10) steps and at the last step: 6 to
+  10 of them past 10 steps, every step of a shorter run), so that keep_best and the verdict have a curve to read and
+  a run of any length spends at most 10 passes over its eval split.
 """
 
 from __future__ import annotations
