@@ -49,3 +49,30 @@ def test_a_huge_side_is_cut_from_its_head_with_the_rows_of_the_whole(task, smoll
     assert data.report.lengths.at_least == 1 and whole.report.lengths.at_least == 0
     assert 200_000 / 81 < data.report.lengths.max <= whole.report.lengths.max
     assert data.report.lengths.count == whole.report.lengths.count
+
+
+@pytest.mark.parametrize("task", ["dpo", "kto"])
+def test_a_huge_prompt_read_from_its_head_is_refused_at_its_least_size(task, smollm2_tokenizer, tmp_path, monkeypatch):
+    """A prompt far over max_length under truncate leaves no room for an answer: the row is refused by file, row and
+    option, its prompt counted as at least the tokens of the head that was read, and exactly where read whole."""
+    from tunelab.errors import DataError
+
+    rows = _rows(task)
+    side = "chosen" if task == "dpo" else "completion"
+    rows[1][side], rows[1]["prompt"] = "At 9:40.", HUGE
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    counting = Counting(smollm2_tokenizer)
+    with pytest.raises(DataError) as read:
+        _build(task, path, counting)
+    assert max(counting.sizes) < 10_000  # the huge prompt was read only to its head
+    answer = "an answer" if task == "dpo" else "the completion"
+    said = str(read.value)
+    assert said.startswith(f"{path}:2: the prompt is at least ") and "data.max_length (64)" in said
+    assert f"which leaves no room for {answer} within data.max_length (64)" in said
+    assert 64 < int(said.split("at least ")[1].split()[0]) < 10_000
+    monkeypatch.setattr(leading, "cuttable", lambda tokenizer: False)  # every side tokenized whole
+    with pytest.raises(DataError) as whole:
+        _build(task, path, smollm2_tokenizer)
+    assert str(whole.value).startswith(f"{path}:2: the prompt is ") and "at least" not in str(whole.value)
+    assert int(str(whole.value).split("prompt is ")[1].split()[0]) > 200_000 / 81
