@@ -20,6 +20,18 @@ A chat's answer spans are clipped at b; where no token straddles a span edge the
 piece (encode.py): the head is read the way the whole text would be where it has a straddling token of its own,
 or where both ways agree on it, or no span edge lies past b; else, as for a text with no break past the start (one
 giant word) or any other tokenizer, None: the caller tokenizes the text whole, as before.
+
+The last tokens of a text come the same way from a tail `text[b:]` cut at a break (`trailing`), for texts without
+spans: b is a word boundary of the whole text (above), and each stage reads the text from b on as it reads the tail.
+The regexes have no lookbehind and no anchor, so a search that restarts at b, where the match of b - 1 ended, finds
+the same words in both; Digits, Punctuation and ByteLevel split by the characters either side of a place alone; an
+added token matched in the whole text lies before b or after it, none holding the space at b, and the leftmost-longest
+matches after b are those of the tail, a search from b finding them first (a single_word token reads the one
+character before it, which the tail holds from b + 1 on); a ByteLevel prefix space is never added to a tail, which
+starts with the space at b. So the tail's words are the whole text's words from b, each encoded alike, and the text's
+tokens are those of `text[:b]` then those of the tail. A head and a tail, each within its half of the text, give the
+first and last tokens of a text whose middle is never tokenized (`ends`): what classify and reward keep of an input
+(tasks/head_fit.py).
 """
 
 from __future__ import annotations
@@ -95,6 +107,49 @@ def leading(
             return *found, cut
         size = 2 * cut
     return None
+
+
+def _break_before(text: str, end: int, floor: int) -> int | None:
+    """The last break's space at or before `end` and after `floor` (None: none there), searched in windows that double
+    backwards from `end`, so a break near it is found without scanning the text."""
+    window = 256
+    while True:
+        start = max(floor, end - window)
+        spaces = [hit.start() + 1 for hit in BREAK.finditer(text, start, end + 1)]
+        if spaces:
+            return spaces[-1]
+        if start == floor:
+            return None
+        window *= 2
+
+
+def trailing(tokenizer, text: str, count: int, plain: bool = False) -> tuple[list[int], int] | None:
+    """At least `count` last tokens of `text`, exactly as `encode` gives them for the whole text, from a tail of it
+    that starts at a break, and where the tail starts in characters; None where that is not proven (module
+    docstring) or the tail would be over half the text."""
+    if not cuttable(tokenizer):
+        return None
+    size = 4 * count  # characters: a token averages about four of them in prose
+    while 2 * size < len(text):
+        cut = _break_before(text, len(text) - size, len(text) // 2)
+        if cut is None:
+            return None
+        [(found, _)] = encode(tokenizer, [text[cut:]], [[]], plain)
+        if len(found) >= count:
+            return found, cut
+        size = 2 * (len(text) - cut)
+    return None
+
+
+def ends(tokenizer, text: str, first: int, last: int, plain: bool = False) -> tuple[list[int], list[int], str] | None:
+    """At least `first` first tokens and `last` last tokens of `text`, as `encode` gives them for the whole text, and
+    the middle left untokenized between them: the head and the tail of `leading` and `trailing`, each within its half
+    of the text, so none of their tokens is the other's. None where either is not proven."""
+    head = leading(tokenizer, text, first, (), plain)
+    tail = trailing(tokenizer, text, last, plain) if head is not None else None
+    if tail is None:
+        return None
+    return head[0], tail[0], text[head[2] : tail[1]]
 
 
 def encode_heads(
