@@ -76,3 +76,51 @@ def test_a_huge_prompt_read_from_its_head_is_refused_at_its_least_size(task, smo
         _build(task, path, smollm2_tokenizer)
     assert str(whole.value).startswith(f"{path}:2: the prompt is ") and "at least" not in str(whole.value)
     assert int(str(whole.value).split("prompt is ")[1].split()[0]) > 200_000 / 81
+
+
+MIXED = ("Grüße, 世界! 🙂  don't\\t we'll\n\n   ferry 9:40; " + "x" * 90 + " ") * 6000  # 800 kB
+
+
+def _head_rows(task: str) -> list[dict]:
+    """Six classify rows, three of them huge: a text, a chat ending with the user's turn and a text ending inside a
+    long word; or six reward pairs, two of them whole texts with a huge side (a chat's side ends with its answer,
+    whose cue a cut keeps: it is tokenized whole)."""
+    rows = _rows(task)
+    if task == "classify":
+        rows[1]["text"], rows[3]["text"] = MIXED, "Skerry " + HUGE + "y" * 300
+        rows[4] = {"prompt": MIXED[::-1], "label": "late"}
+    else:
+        rows[1] = {"chosen": MIXED, "rejected": "No idea."}
+        rows[3] = {"chosen": "At 9:40.", "rejected": HUGE + "y" * 300}
+    return rows
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_a_huge_head_input_is_read_from_its_ends_with_the_rows_of_the_whole(
+    task, smollm2_tokenizer, tmp_path, monkeypatch
+):
+    """classify and reward keep an input's start and end: a huge one is tokenized only at its head and its tail,
+    and the rows and report are those of tokenizing it whole but for its length, counted at its least."""
+    from tunelab.tasks.classify import CLASSIFY
+    from tunelab.tasks.reward import REWARD
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in _head_rows(task)))
+    options = {"task": task, "data.train": [str(path)], "data.max_length": 64, "data.overlong": "truncate"}
+    cfg = load_config(None, options).config
+    build = (CLASSIFY if task == "classify" else REWARD).build_data
+    counting = Counting(smollm2_tokenizer)
+    data = build(cfg, counting, 0)
+    assert max(counting.sizes) < 10_000  # no huge input was tokenized whole
+    monkeypatch.setattr(leading, "cuttable", lambda tokenizer: False)  # every input tokenized whole
+    whole = build(cfg, smollm2_tokenizer, 0)
+    fields = ("input_ids", "label", "weight") if task == "classify" else ("chosen_ids", "rejected_ids")
+    for rows, expected in ((data.train, whole.train), (data.eval, whole.eval)):
+        assert [[getattr(r, f) for f in fields] for r in rows] == [[getattr(r, f) for f in fields] for r in expected]
+    huge = 3 if task == "classify" else 2
+    assert data.report.total_truncated == whole.report.total_truncated == huge
+    now, then = data.report.to_dict(), whole.report.to_dict()
+    assert {k: v for k, v in now.items() if k != "lengths"} == {k: v for k, v in then.items() if k != "lengths"}
+    assert data.report.lengths.at_least == huge and whole.report.lengths.at_least == 0
+    assert 200_000 / 81 < data.report.lengths.max <= whole.report.lengths.max
+    assert data.report.lengths.count == whole.report.lengths.count

@@ -338,8 +338,9 @@ def to_rows(
     index = {label: i for i, label in enumerate(labels)}
     spelled = {label_key(label): label for label in labels}
     wheres = [location(it.path, it.line) for it in items]
-    drop_over = max_length if overlong == "drop" else None  # dropped whatever their tokens: see render_within
-    encoded, over = render_within([it.input for it in items], tokenizer, template, wheres, text_format, drop_over)
+    # over max_length by size: dropped whatever their tokens, or read from their ends alone (see render_within)
+    limits = (max_length, None) if overlong == "drop" else (None, max_length)
+    encoded, over = render_within([it.input for it in items], tokenizer, template, wheres, text_format, *limits)
     report.add_lengths([over.get(n, len(ids)) for n, ids in enumerate(encoded)], at_least=len(over))
     inputs = [it.input for it in items]
     kept = starts(inputs, encoded, tokenizer, template, max_length, text_format) if overlong == "truncate" else None
@@ -353,7 +354,7 @@ def to_rows(
             respelt.append((item, near))
             item = dataclasses.replace(item, label=near)
         keep = kept[n] if kept else Keep()
-        fitted = None if n in over else fit(ids, max_length, overlong, keep)
+        fitted = None if n in over and overlong == "drop" else fit(ids, max_length, overlong, keep)
         if fitted is None:
             report.skip(overlong_reason(max_length, keep), item.path, item.line)
             continue

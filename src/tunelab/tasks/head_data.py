@@ -43,6 +43,7 @@ from tunelab.data.formats import (
     text_field,
 )
 from tunelab.data.hints import input_mapping, input_pair_hint, joined_inputs
+from tunelab.data.leading import ends
 from tunelab.data.loader import refuse_special_system, split_eval
 from tunelab.data.reasoning import CLOSE, answer_apart, prompt_opens_thought
 from tunelab.data.render import encode, special_text_in, special_texts
@@ -265,10 +266,15 @@ def render_within(
     wheres: list[str] | None = None,
     text_format: str | None = None,
     drop_over: int | None = None,
+    keep_over: int | None = None,
 ) -> tuple[list[list[int]], dict[int, int]]:
     """`render`, but an input of more than `drop_over` tokens by its size alone (data/size_bound.py), which the
     caller drops whatever its tokens, is not tokenized: its ids are [] and it is in the dict returned, index -> the
-    fewest tokens it can have."""
+    fewest tokens it can have. An input over `keep_over` tokens by its size, which the caller cuts to `keep_over`
+    (data.overlong=truncate), and without an answer's cue to keep (`head_fit.Keep`: a text, or a chat ending with
+    the user's turn), is read from its head and its tail alone where that is proven (data/leading.py `ends`): its ids
+    are its first `keep_over` + 1 or more tokens then its last `keep_over` or more, all that `head_fit.fit` keeps of
+    it, and it is in the dict too."""
     bos = [tokenizer.bos_token_id] if default_bos(tokenizer) else []
     chats, plain, specials = {}, {}, special_texts(tokenizer)
     for i, item in enumerate(inputs):
@@ -291,11 +297,32 @@ def render_within(
             if surely_longer(text, drop_over - lead, bound):
                 over[i] = bound.least_tokens(text) + lead
     ids = dict.fromkeys(over, [])
+    if keep_over is not None:
+        ids |= _ends(tokenizer, inputs, chats, plain, keep_over, bos, over)
     for texts, is_plain in ((chats, False), (plain, True)):
-        texts = {i: text for i, text in texts.items() if i not in over}
+        texts = {i: text for i, text in texts.items() if i not in ids}
         encoded = encode(tokenizer, list(texts.values()), [[] for _ in texts], plain=is_plain)
         ids |= {i: (bos if is_plain else []) + row for i, (row, _) in zip(texts, encoded)}
     return [ids[i] for i in range(len(inputs))], over
+
+
+def _ends(
+    tokenizer, inputs: list[Input], chats: dict[int, str], plain: dict[int, str], limit: int, bos: list[int], over: dict
+) -> dict[int, list[int]]:
+    """The ids `render_within` gives the inputs over `limit` tokens by their size that it reads from their head and
+    tail (its docstring), each put into `over` with the fewest tokens it can have."""
+    bound, out = size_bound(tokenizer), {}
+    for i, text in (chats | plain).items():
+        lead = bos if i in plain else []  # BOS goes before a text input
+        cued = inputs[i].messages is not None and inputs[i].messages[-1]["role"] == "assistant"
+        if cued or not surely_longer(text, limit - len(lead), bound):
+            continue
+        found = ends(tokenizer, text, limit + 1, limit, plain=i in plain)
+        if found is not None:
+            head, tail, middle = found
+            out[i] = lead + head + tail
+            over[i] = len(out[i]) + bound.least_tokens(middle)
+    return out
 
 
 def thought_opener(tokenizer, template: Template) -> Opens:

@@ -41,7 +41,7 @@ from tunelab.models.untrained import repair_rows
 from tunelab.run_info import RunInfo
 from tunelab.rundir import HEAD_TASKS, federation_stopped, open_info, read_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, attach_head, load_head_model, run_labels
-from tunelab.tasks.head_data import Input, pad_rows, render, thought_opener, with_system
+from tunelab.tasks.head_data import Input, pad_rows, render_within, thought_opener, with_system
 from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
 from tunelab.tasks.pair_data import same_tokens
 from tunelab.training.build import build_model
@@ -204,8 +204,9 @@ def training_skips(
     indices are the pairs', skipped as well when their two sides are the same tokens once rendered (and cut), as
     reward training skips them (`pair_data.same_tokens`). `tunelab eval` skips them too, so it scores the rows
     training's eval scores."""
-    ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
     limit, overlong = run.data.max_length, run.data.overlong
+    ends = limit if overlong == "truncate" else None  # read from their ends alone where long (render_within)
+    ids = render_within(inputs, run.tokenizer, run.template, wheres, run.prompt_format, keep_over=ends)[0]
     kept = (
         starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format) if overlong == "truncate" else None
     )
@@ -235,8 +236,8 @@ def head_outputs(
 ) -> tuple[torch.Tensor, int]:
     """Logits (N, K) fp32 on the CPU for `inputs`, and how many inputs were cut to max_length. `progress`: the label
     of a progress bar on stderr over the batches (none by default: a grpo reward scores every step)."""
-    ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
-    limit = run.data.max_length
+    limit = run.data.max_length  # a long input is read from its ends alone (render_within)
+    ids = render_within(inputs, run.tokenizer, run.template, wheres, run.prompt_format, keep_over=limit)[0]
     kept = starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format)
     fitted = [fit(row, limit, "truncate", keep) for row, keep in zip(ids, kept)]
     for i, (row, keep) in enumerate(zip(fitted, kept)):

@@ -338,7 +338,8 @@ def to_rows(
         template,
         wheres + wheres,
         text_format,
-        max_length if overlong == "drop" else None,  # dropped whatever their tokens: see render_within
+        # over max_length by size: dropped whatever their tokens, or read from their ends alone (see render_within)
+        *((max_length, None) if overlong == "drop" else (None, max_length)),
     )
     report.add_lengths([over.get(n, len(ids)) for n, ids in enumerate(sides)], at_least=len(over))
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
@@ -348,7 +349,7 @@ def to_rows(
     for n, (pair, chosen, rejected) in enumerate(zip(pairs, sides[: len(pairs)], sides[len(pairs) :])):
         keep = max(kept[n], kept[n + len(pairs)], key=lambda k: k.fixed)
         c, r = fit(chosen, max_length, overlong, kept[n]), fit(rejected, max_length, overlong, kept[n + len(pairs)])
-        c, r = (None, None) if {n, n + len(pairs)} & over.keys() else (c, r)
+        c, r = (None, None) if {n, n + len(pairs)} & over.keys() and overlong == "drop" else (c, r)
         if c is None or r is None:
             report.skip(overlong_reason(max_length, keep), pair.path, pair.line)
             continue
