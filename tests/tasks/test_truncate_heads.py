@@ -124,3 +124,28 @@ def test_a_huge_head_input_is_read_from_its_ends_with_the_rows_of_the_whole(
     assert data.report.lengths.at_least == huge and whole.report.lengths.at_least == 0
     assert 200_000 / 81 < data.report.lengths.max <= whole.report.lengths.max
     assert data.report.lengths.count == whole.report.lengths.count
+
+
+def test_a_huge_grpo_prompt_is_refused_under_truncate_without_being_tokenized(smollm2_tokenizer, tmp_path):
+    """A grpo prompt is kept whole or not at all: one over max_length by its size alone is refused under truncate by
+    file, row and option, at the fewest tokens it can have, without tokenizing it (a multi-megabyte prompt took most
+    of a minute); one over it by its tokens alone is refused with its count, as before."""
+    from tunelab.errors import DataError
+    from tunelab.tasks.prompt_data import build_prompts
+
+    rows = [{"prompt": f"When does ferry {i} leave?"} for i in range(6)]
+    rows[1]["prompt"], rows[2]["prompt"] = HUGE * 20, "word " * 70  # 4 MB; 70 tokens in 350 bytes
+    path = tmp_path / "rows.jsonl"
+    options = {"task": "grpo", "data.max_length": 64, "data.overlong": "truncate"}
+    for shown, line in ((rows, 2), (rows[:1] + rows[2:], 2)):
+        path.write_text("".join(json.dumps(row) + "\n" for row in shown))
+        counting = Counting(smollm2_tokenizer)
+        with pytest.raises(DataError) as refused:
+            build_prompts(load_config(None, options | {"data.train": [str(path)]}).config, counting, 0, [])
+        said = str(refused.value)
+        assert said.startswith(f"{path}:{line}: the prompt is ") and "data.max_length (64)" in said
+        assert "data.overlong" in said and max(counting.sizes) < 1000
+        if len(shown) == 6:
+            assert int(said.split("at least ")[1].split()[0]) > 4_000_000 / 81
+        else:
+            assert "at least" not in said and int(said.split("prompt is ")[1].split()[0]) > 64

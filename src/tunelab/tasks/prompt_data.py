@@ -17,7 +17,7 @@ as in every chat).
 A row without a prompt is an error naming its file and line. A prompt that leaves no room for an answer within
 data.max_length is skipped and counted (data.overlong=drop, as dpo drops a pair whose prompt fills it: one long
 prompt among thousands no longer stops the run), or, with truncate, an error naming it (a cut prompt would ask
-another question). The rewards' columns (e.g. `expected`) must be in every row that trains.
+another question); one too long by its size alone (data/size_bound.py) is either without being tokenized. The rewards' columns (e.g. `expected`) must be in every row that trains.
 """
 
 from __future__ import annotations
@@ -140,10 +140,9 @@ def to_rows(
     (data.overlong=drop, as dpo drops a pair whose prompt fills it) or an error naming it (truncate: a cut prompt
     would ask another question)."""
     wheres = [location(p.path, p.line) for p in prompts]
-    # dropped whatever their tokens when they have max_length or more (see render_within)
-    drop_over = max_length - 1 if overlong == "drop" else None
+    # dropped or refused whatever their tokens when they have max_length or more, untokenized (see render_within)
     ids, over = render_within(
-        [Input(messages=p.messages) for p in prompts], tokenizer, template, wheres, drop_over=drop_over
+        [Input(messages=p.messages) for p in prompts], tokenizer, template, wheres, drop_over=max_length - 1
     )
     report.add_lengths([over.get(n, len(i)) for n, i in enumerate(ids)], at_least=len(over))
     rows = []
@@ -155,9 +154,9 @@ def to_rows(
                 p.line,
             )
             continue
-        if len(prompt_ids) >= max_length:
+        if n in over or len(prompt_ids) >= max_length:
             raise DataError(
-                f"{where}: the prompt is {len(prompt_ids)} tokens, which leaves no room for an answer within "
+                f"{where}: the prompt is {f'at least {over[n]}' if n in over else len(prompt_ids)} tokens, which leaves no room for an answer within "
                 f"data.max_length ({max_length}) (data.overlong=truncate). Raise data.max_length, shorten or remove "
                 "this row, or set data.overlong: drop to skip such prompts."
             )
