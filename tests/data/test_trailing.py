@@ -43,8 +43,8 @@ def test_the_tails_tokens_are_the_whole_texts_last_tokens(name, tokenizers):  # 
                 checked += 1
             both = ends(tokenizer, text, count, count, plain)
             if both is not None:
-                head, tail, middle = both
-                [(inner, _)] = encode(tokenizer, [middle], [[]], plain)
+                head, tail, end, start = both
+                [(inner, _)] = encode(tokenizer, [text[end:start]], [[]], plain)
                 assert head + inner + tail == ids, (name, i, count)
                 checked += 1
     assert checked > 400
@@ -62,8 +62,8 @@ def test_a_huge_texts_ends_are_read_without_tokenizing_it(smollm2_tokenizer):
     """A 6 MB text's first and last 64 tokens come from a few thousand characters of it."""
     text = "Grüße, 世界! The ferry to Skerry leaves at 9:40; bikes ride free. " * 100_000
     counting = Counting(smollm2_tokenizer)
-    head, tail, middle = ends(counting, text, 65, 64, plain=True)
-    assert len(text) > 6_000_000 and max(counting.sizes) < 10_000 and len(middle) > len(text) - 10_000
+    head, tail, end, start = ends(counting, text, 65, 64, plain=True)
+    assert len(text) > 6_000_000 and max(counting.sizes) < 10_000 and start - end > len(text) - 10_000
     [(ids, _)] = encode(smollm2_tokenizer, [text[:20_000]], [[]], True)
     assert head == ids[: len(head)] and len(head) >= 65 and len(tail) >= 64
     [(ids, _)] = encode(smollm2_tokenizer, [text[text.index(" The", len(text) - 20_000) :]], [[]], True)

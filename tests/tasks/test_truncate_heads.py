@@ -82,16 +82,19 @@ MIXED = ("Grüße, 世界! 🙂  don't\\t we'll\n\n   ferry 9:40; " + "x" * 90 +
 
 
 def _head_rows(task: str) -> list[dict]:
-    """Six classify rows, three of them huge: a text, a chat ending with the user's turn and a text ending inside a
-    long word; or six reward pairs, two of them whole texts with a huge side (a chat's side ends with its answer,
-    whose cue a cut keeps: it is tokenized whole)."""
+    """Six classify rows, four of them huge: a text, a text ending inside a long word, a chat ending with the user's
+    turn and one ending with an answer after a huge prompt; or six reward pairs, three of them huge: two of whole
+    texts, and a chat whose prompt is huge."""
     rows = _rows(task)
     if task == "classify":
         rows[1]["text"], rows[3]["text"] = MIXED, "Skerry " + HUGE + "y" * 300
         rows[4] = {"prompt": MIXED[::-1], "label": "late"}
+        rows[5] = {"messages": [{"role": "user", "content": HUGE}, {"role": "assistant", "content": "Late."}]}
+        rows[5]["label"] = "on time"
     else:
         rows[1] = {"chosen": MIXED, "rejected": "No idea."}
         rows[3] = {"chosen": "At 9:40.", "rejected": HUGE + "y" * 300}
+        rows[4]["prompt"] = MIXED[::-1]
     return rows
 
 
@@ -117,11 +120,11 @@ def test_a_huge_head_input_is_read_from_its_ends_with_the_rows_of_the_whole(
     fields = ("input_ids", "label", "weight") if task == "classify" else ("chosen_ids", "rejected_ids")
     for rows, expected in ((data.train, whole.train), (data.eval, whole.eval)):
         assert [[getattr(r, f) for f in fields] for r in rows] == [[getattr(r, f) for f in fields] for r in expected]
-    huge = 3 if task == "classify" else 2
+    huge = 4 if task == "classify" else 3  # rows; reward's lengths are its 4 huge sides
     assert data.report.total_truncated == whole.report.total_truncated == huge
     now, then = data.report.to_dict(), whole.report.to_dict()
     assert {k: v for k, v in now.items() if k != "lengths"} == {k: v for k, v in then.items() if k != "lengths"}
-    assert data.report.lengths.at_least == huge and whole.report.lengths.at_least == 0
+    assert data.report.lengths.at_least == 4 and whole.report.lengths.at_least == 0
     assert 200_000 / 81 < data.report.lengths.max <= whole.report.lengths.max
     assert data.report.lengths.count == whole.report.lengths.count
 

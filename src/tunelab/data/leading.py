@@ -141,15 +141,18 @@ def trailing(tokenizer, text: str, count: int, plain: bool = False) -> tuple[lis
     return None
 
 
-def ends(tokenizer, text: str, first: int, last: int, plain: bool = False) -> tuple[list[int], list[int], str] | None:
+def ends(
+    tokenizer, text: str, first: int, last: int, plain: bool = False
+) -> tuple[list[int], list[int], int, int] | None:
     """At least `first` first tokens and `last` last tokens of `text`, as `encode` gives them for the whole text, and
-    the middle left untokenized between them: the head and the tail of `leading` and `trailing`, each within its half
-    of the text, so none of their tokens is the other's. None where either is not proven."""
+    where the head ends and the tail starts in characters (the middle between them is left untokenized): the head
+    and the tail of `leading` and `trailing`, each within its half of the text, so none of their tokens is the
+    other's. None where either is not proven."""
     head = leading(tokenizer, text, first, (), plain)
     tail = trailing(tokenizer, text, last, plain) if head is not None else None
     if tail is None:
         return None
-    return head[0], tail[0], text[head[2] : tail[1]]
+    return head[0], tail[0], head[2], tail[1]
 
 
 def encode_heads(

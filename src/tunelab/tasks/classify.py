@@ -340,10 +340,12 @@ def to_rows(
     wheres = [location(it.path, it.line) for it in items]
     # over max_length by size: dropped whatever their tokens, or read from their ends alone (see render_within)
     limits = (max_length, None) if overlong == "drop" else (None, max_length)
-    encoded, over = render_within([it.input for it in items], tokenizer, template, wheres, text_format, *limits)
+    encoded, over, tails = render_within([it.input for it in items], tokenizer, template, wheres, text_format, *limits)
     report.add_lengths([over.get(n, len(ids)) for n, ids in enumerate(encoded)], at_least=len(over))
     inputs = [it.input for it in items]
-    kept = starts(inputs, encoded, tokenizer, template, max_length, text_format) if overlong == "truncate" else None
+    kept = (
+        starts(inputs, encoded, tokenizer, template, max_length, text_format, tails) if overlong == "truncate" else None
+    )
     rows, respelt = [], []  # respelt: (item, the run's label) of rows that write a training label otherwise
     for n, (item, ids) in enumerate(zip(items, encoded)):
         if item.label is not None and item.label not in index and skip_unseen:

@@ -267,14 +267,16 @@ def render_within(
     text_format: str | None = None,
     drop_over: int | None = None,
     keep_over: int | None = None,
-) -> tuple[list[list[int]], dict[int, int]]:
+) -> tuple[list[list[int]], dict[int, int], dict[int, tuple[int, int]]]:
     """`render`, but an input of more than `drop_over` tokens by its size alone (data/size_bound.py), which the
-    caller drops whatever its tokens, is not tokenized: its ids are [] and it is in the dict returned, index -> the
-    fewest tokens it can have. An input over `keep_over` tokens by its size, which the caller cuts to `keep_over`
-    (data.overlong=truncate), and without an answer's cue to keep (`head_fit.Keep`: a text, or a chat ending with
-    the user's turn), is read from its head and its tail alone where that is proven (data/leading.py `ends`): its ids
-    are its first `keep_over` + 1 or more tokens then its last `keep_over` or more, all that `head_fit.fit` keeps of
-    it, and it is in the dict too."""
+    caller drops whatever its tokens, is not tokenized: its ids are [] and it is in the first dict returned, index ->
+    the fewest tokens it can have. An input over `keep_over` tokens by its size, which the caller cuts to `keep_over`
+    (data.overlong=truncate), is read from its head and its tail alone where that is proven (data/leading.py `ends`):
+    its ids are its first `keep_over` + 1 or more tokens then its last `keep_over` or more, all that `head_fit.fit`
+    keeps of it; it is in the first dict too, and in the second, index -> (where its tail starts in its ids, in its
+    rendered text), which `head_fit.starts` reads the answer's cue by. A chat ending with an answer is read so only
+    where its tail starts before the place its text and the text of its prompt alone part (the tail then holds the
+    cue); else it is tokenized whole."""
     bos = [tokenizer.bos_token_id] if default_bos(tokenizer) else []
     chats, plain, specials = {}, {}, special_texts(tokenizer)
     for i, item in enumerate(inputs):
@@ -296,33 +298,43 @@ def render_within(
             lead = len(bos) if i in plain else 0  # BOS goes before a text input
             if surely_longer(text, drop_over - lead, bound):
                 over[i] = bound.least_tokens(text) + lead
-    ids = dict.fromkeys(over, [])
+    ids, tails = dict.fromkeys(over, []), {}
     if keep_over is not None:
-        ids |= _ends(tokenizer, inputs, chats, plain, keep_over, bos, over)
+        ids |= _ends(tokenizer, (inputs, template), chats, plain, keep_over, bos, (over, tails))
     for texts, is_plain in ((chats, False), (plain, True)):
         texts = {i: text for i, text in texts.items() if i not in ids}
         encoded = encode(tokenizer, list(texts.values()), [[] for _ in texts], plain=is_plain)
         ids |= {i: (bos if is_plain else []) + row for i, (row, _) in zip(texts, encoded)}
-    return [ids[i] for i in range(len(inputs))], over
+    return [ids[i] for i in range(len(inputs))], over, tails
 
 
-def _ends(
-    tokenizer, inputs: list[Input], chats: dict[int, str], plain: dict[int, str], limit: int, bos: list[int], over: dict
-) -> dict[int, list[int]]:
+def _ends(tokenizer, read: tuple, chats: dict, plain: dict, limit: int, bos: list[int], found: tuple) -> dict:
     """The ids `render_within` gives the inputs over `limit` tokens by their size that it reads from their head and
-    tail (its docstring), each put into `over` with the fewest tokens it can have."""
+    tail (its docstring; `read`: the inputs and the template), each put into `found`'s dicts (over, tails)."""
+    (inputs, template), (over, tails) = read, found
     bound, out = size_bound(tokenizer), {}
     for i, text in (chats | plain).items():
         lead = bos if i in plain else []  # BOS goes before a text input
-        cued = inputs[i].messages is not None and inputs[i].messages[-1]["role"] == "assistant"
-        if cued or not surely_longer(text, limit - len(lead), bound):
+        if not surely_longer(text, limit - len(lead), bound):
             continue
-        found = ends(tokenizer, text, limit + 1, limit, plain=i in plain)
-        if found is not None:
-            head, tail, middle = found
-            out[i] = lead + head + tail
-            over[i] = len(out[i]) + bound.least_tokens(middle)
+        cut = ends(tokenizer, text, limit + 1, limit, plain=i in plain)
+        if cut is None or (i in chats and not _cue_in_tail(inputs[i].messages, template, text, cut[3])):
+            continue
+        head, tail, end, start = cut
+        out[i] = lead + head + tail
+        over[i] = len(out[i]) + bound.least_tokens(text[end:start])
+        tails[i] = (len(lead) + len(head), start)
     return out
+
+
+def _cue_in_tail(messages: list[dict], template: Template, text: str, start: int) -> bool:
+    """Whether the tail of a chat's rendered `text` from `start` (a break) holds what `head_fit.starts` reads its
+    answer's cue by: true of a chat ending with the user's turn (no cue), and of one ending with an answer where the
+    texts of its prompt alone, with and without the assistant cue, are the chat's text up to and past `start`."""
+    if messages[-1]["role"] != "assistant":
+        return True
+    prompts = [template.render(messages[:-1], add_generation_prompt=cue)[0] for cue in (False, True)]
+    return all(len(p) > start and p[: start + 1] == text[: start + 1] for p in prompts)
 
 
 def thought_opener(tokenizer, template: Template) -> Opens:

@@ -4,7 +4,9 @@ Inputs longer than data.max_length are dropped (data.overlong=drop, counted in t
 too): their start (BOS, system prompt, template header) is kept and the text after it is cut from its beginning, so
 the pooled token still reads the end of the input, where a chat's answer is; a chat that ends with an answer keeps
 that answer's assistant cue too, and the answer loses its first tokens only where the cue and it alone pass
-max_length (`Keep`, `fit`, `starts`). One whose start and cue fill max_length is skipped and counted.
+max_length (`Keep`, `fit`, `starts`). One whose start and cue fill max_length is skipped and counted. A huge input
+is read from its head and tail alone where that is proven (`head_data.render_within`): `fit` and `starts` read its
+start in the head and its end, and the cue of an answer, in the tail.
 """
 
 from __future__ import annotations
@@ -58,13 +60,15 @@ def starts(
     template: Template,
     max_length: int,
     text_format: str | None = None,
+    tails: dict[int, tuple[int, int]] | None = None,
 ) -> list[Keep]:
     """For each input longer than max_length (`ids` as `render` gave them), what a cut keeps (`Keep`): how many of
     its first tokens come before its first user text (BOS, the system prompt and the template's header; a text's BOS
     and the part of classify.prompt_format before {text}), and, of a chat ending with an answer, where that answer's
     cue and first token are; Keep() for the others. The start is what both renderings share when that user text is
     "a" and when it is "b", so a token that joins the header to the text is left to the cut; the cue is what the
-    chat without its answer shares with the whole chat, rendered without and with the assistant cue."""
+    chat without its answer shares with the whole chat, rendered without and with the assistant cue. `tails`
+    (`head_data.render_within`'s): the inputs read from their head and tail alone, whose cue is read in the tail."""
     long = [i for i, row in enumerate(ids) if len(row) > max_length]
     variants = {"a": [], "b": []}
     for i in long:
@@ -79,10 +83,17 @@ def starts(
             )
     a, b = (render(v, tokenizer, template, text_format=text_format) for v in variants.values())
     answered = [i for i in long if inputs[i].messages is not None and inputs[i].messages[-1]["role"] == "assistant"]
-    before = [inputs[i].messages[:-1] for i in answered]  # ends with a user turn: rendered with the assistant cue
+    tails = tails or {}
+    whole = [i for i in answered if i not in tails]
+    before = [inputs[i].messages[:-1] for i in whole]  # ends with a user turn: rendered with the assistant cue
     cued = _chat_ids(before, tokenizer, template, True)
     bare = _chat_ids(before, tokenizer, template, False)
-    cues = {i: (shared_start(ids[i], p), shared_start(ids[i], c)) for i, p, c in zip(answered, bare, cued)}
+    cues = {i: (shared_start(ids[i], p), shared_start(ids[i], c)) for i, p, c in zip(whole, bare, cued)}
+    for i in (i for i in answered if i in tails):
+        # the chat and its prompt alone are the same text up to the tail's start, a break: the same tokens up to it
+        at, start = tails[i]
+        bare, cued = (_chat_ids([inputs[i].messages[:-1]], tokenizer, template, cue, start)[0] for cue in (False, True))
+        cues[i] = (at + shared_start(ids[i][at:], bare), at + shared_start(ids[i][at:], cued))
     found = [Keep()] * len(ids)
     for i, x, y in zip(long, a, b):
         start = shared_start(ids[i], x[: shared_start(x, y)])
@@ -91,9 +102,12 @@ def starts(
     return found
 
 
-def _chat_ids(chats: list[list[dict]], tokenizer, template: Template, add_generation_prompt: bool) -> list[list[int]]:
-    """Token ids of chats rendered as `render` renders them, with or without the assistant cue at the end."""
-    texts = [template.render(m, add_generation_prompt=add_generation_prompt)[0] for m in chats]
+def _chat_ids(
+    chats: list[list[dict]], tokenizer, template: Template, add_generation_prompt: bool, start: int = 0
+) -> list[list[int]]:
+    """Token ids of chats rendered as `render` renders them, with or without the assistant cue at the end; from
+    character `start` of each on (a break: data/leading.py)."""
+    texts = [template.render(m, add_generation_prompt=add_generation_prompt)[0][start:] for m in chats]
     return [row for row, _ in encode(tokenizer, texts, [[] for _ in texts], plain=False)]
 
 

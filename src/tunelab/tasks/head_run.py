@@ -206,9 +206,11 @@ def training_skips(
     training's eval scores."""
     limit, overlong = run.data.max_length, run.data.overlong
     ends = limit if overlong == "truncate" else None  # read from their ends alone where long (render_within)
-    ids = render_within(inputs, run.tokenizer, run.template, wheres, run.prompt_format, keep_over=ends)[0]
+    ids, _, tails = render_within(inputs, run.tokenizer, run.template, wheres, run.prompt_format, keep_over=ends)
     kept = (
-        starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format) if overlong == "truncate" else None
+        starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format, tails)
+        if overlong == "truncate"
+        else None
     )
     kept = kept or [Keep()] * len(ids)
     fitted = [fit(row, limit, overlong, keep) for row, keep in zip(ids, kept)]
@@ -237,8 +239,8 @@ def head_outputs(
     """Logits (N, K) fp32 on the CPU for `inputs`, and how many inputs were cut to max_length. `progress`: the label
     of a progress bar on stderr over the batches (none by default: a grpo reward scores every step)."""
     limit = run.data.max_length  # a long input is read from its ends alone (render_within)
-    ids = render_within(inputs, run.tokenizer, run.template, wheres, run.prompt_format, keep_over=limit)[0]
-    kept = starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format)
+    ids, _, tails = render_within(inputs, run.tokenizer, run.template, wheres, run.prompt_format, keep_over=limit)
+    kept = starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format, tails)
     fitted = [fit(row, limit, "truncate", keep) for row, keep in zip(ids, kept)]
     for i, (row, keep) in enumerate(zip(fitted, kept)):
         if row is None:  # training skips it: its last tokens alone are a form the head never read

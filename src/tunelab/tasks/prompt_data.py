@@ -141,7 +141,7 @@ def to_rows(
     would ask another question)."""
     wheres = [location(p.path, p.line) for p in prompts]
     # dropped or refused whatever their tokens when they have max_length or more, untokenized (see render_within)
-    ids, over = render_within(
+    ids, over, _ = render_within(
         [Input(messages=p.messages) for p in prompts], tokenizer, template, wheres, drop_over=max_length - 1
     )
     report.add_lengths([over.get(n, len(i)) for n, i in enumerate(ids)], at_least=len(over))

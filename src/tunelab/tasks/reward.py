@@ -332,7 +332,7 @@ def to_rows(
     text_format: str | None = None,
 ) -> list[PairRow]:
     wheres = [location(p.path, p.line) for p in pairs]
-    sides, over = render_within(
+    sides, over, tails = render_within(
         [p.chosen for p in pairs] + [p.rejected for p in pairs],
         tokenizer,
         template,
@@ -343,7 +343,9 @@ def to_rows(
     )
     report.add_lengths([over.get(n, len(ids)) for n, ids in enumerate(sides)], at_least=len(over))
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    kept = starts(inputs, sides, tokenizer, template, max_length, text_format) if overlong == "truncate" else None
+    kept = (
+        starts(inputs, sides, tokenizer, template, max_length, text_format, tails) if overlong == "truncate" else None
+    )
     kept = kept or [Keep()] * len(sides)
     rows = []
     for n, (pair, chosen, rejected) in enumerate(zip(pairs, sides[: len(pairs)], sides[len(pairs) :])):
