@@ -9,7 +9,7 @@ from tunelab.config import DataConfig
 from tunelab.data.checks import render_parity
 from tunelab.data.formats import Example
 from tunelab.data.loader import build_datasets
-from tunelab.data.render import CUT_ANSWERS, answer_lost, render_examples
+from tunelab.data.render import CUT_ANSWERS, answer_lost, pair_text, render_examples
 from tunelab.data.report import DataReport
 from tunelab.data.templates import resolve_template
 
@@ -302,3 +302,18 @@ def test_a_weight_of_0_with_train_on_prompt_is_refused(smollm2_tokenizer):
         render_examples(examples, smollm2_tokenizer, template, cfg, DataReport())
     (row,) = render_examples([Example(turns[2:], None, "d.jsonl", 5)], smollm2_tokenizer, template, cfg, DataReport())
     assert row.labels == row.input_ids
+
+
+@pytest.mark.parametrize("size", [0, 3, 65_535, 65_536, 65_537, 300_000])
+def test_a_pairs_text_holds_the_shared_prompt_once(size):
+    """pair_text joins the chosen side and what the rejected one adds past the start both share, wherever they part
+    (block edges of its search included), and where one side is the other's start or both are the same."""
+    prompt = ("ab" * size)[:size]
+    for chosen, rejected, rest in (
+        (prompt + "Yes.", prompt + "No.", "No."),
+        (prompt, prompt + " more", " more"),
+        (prompt + " more", prompt, ""),
+        (prompt, prompt, ""),
+        ("x" + prompt, "y" + prompt, "y" + prompt),
+    ):
+        assert pair_text(chosen, rejected) == chosen + "\n" + rest

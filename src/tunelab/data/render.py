@@ -309,10 +309,11 @@ def row_text(*parts) -> str:
 
 def pair_text(chosen: str, rejected: str) -> str:
     """A pair's characters for `note_unreadable`, the part both sides share (their prompt) once."""
-    shared = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
+    shared, most, block = 0, min(len(chosen), len(rejected)), 1 << 16
+    # blocks compared in C first: a multi-megabyte prompt took seconds character by character
+    while shared + block <= most and chosen[shared : shared + block] == rejected[shared : shared + block]:
+        shared += block
+    while shared < most and chosen[shared] == rejected[shared]:
         shared += 1
     return chosen + "\n" + rejected[shared:]
 
