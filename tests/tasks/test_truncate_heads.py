@@ -152,3 +152,45 @@ def test_a_huge_grpo_prompt_is_refused_under_truncate_without_being_tokenized(sm
             assert int(said.split("at least ")[1].split()[0]) > 4_000_000 / 81
         else:
             assert "at least" not in said and int(said.split("prompt is ")[1].split()[0]) > 64
+
+
+def test_scoring_a_huge_input_reads_its_ends_and_feeds_the_head_the_tokens_of_the_whole(smollm2_tokenizer, monkeypatch):
+    """predict, eval and grpo's reward model score inputs cut as training cuts them (head_run.head_outputs): a huge
+    text or chat is read from its head and tail alone, and the head is fed the ids of tokenizing it whole."""
+    import torch
+
+    from tunelab.config import DataConfig
+    from tunelab.data.templates import resolve_template
+    from tunelab.tasks.head_data import Input
+    from tunelab.tasks.head_run import HeadRun, head_outputs
+
+    class Recording(torch.nn.Module):
+        """A stand-in head that records the rows it is fed and scores each by its length."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight, self.fed = torch.nn.Parameter(torch.zeros(1)), []
+
+        def forward(self, input_ids, attention_mask, position_ids):
+            self.fed += [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask)]
+            return attention_mask.sum(1, keepdim=True).float()
+
+    inputs = [
+        Input(text=MIXED),
+        Input(messages=[{"role": "user", "content": HUGE}, {"role": "assistant", "content": "At 9:40."}]),
+        Input(messages=[{"role": "user", "content": MIXED[::-1]}]),
+        Input(text="Ferry 3 was late."),
+    ]
+
+    def score(tokenizer):
+        model = Recording()
+        template = resolve_template("chatml", smollm2_tokenizer)
+        run = HeadRun(None, None, model, tokenizer, template, ["reward"], DataConfig(max_length=64), 0)
+        _, cut = head_outputs(model, run, inputs, batch_size=2)
+        return model.fed, cut
+
+    counting = Counting(smollm2_tokenizer)
+    fed, cut = score(counting)
+    assert max(counting.sizes) < 10_000 and cut == 3 and all(len(row) <= 64 for row in fed)
+    monkeypatch.setattr(leading, "cuttable", lambda tokenizer: False)  # every input tokenized whole
+    assert score(smollm2_tokenizer) == (fed, cut)
