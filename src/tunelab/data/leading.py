@@ -24,7 +24,8 @@ giant word) or any other tokenizer, None: the caller tokenizes the text whole, a
 The last tokens of a text come the same way from a tail `text[b:]` cut at a break (`trailing`), for texts without
 spans: b is a word boundary of the whole text (above), and each stage reads the text from b on as it reads the tail.
 The regexes have no lookbehind and no anchor, so a search that restarts at b, where the match of b - 1 ended, finds
-the same words in both; Digits, Punctuation and ByteLevel split by the characters either side of a place alone; an
+the same words in both; Digits, Punctuation and ByteLevel split by the characters either side of a place alone (a
+piece one of them runs across b, a mark merged with what follows, the regex stage splits at b again); an
 added token matched in the whole text lies before b or after it, none holding the space at b, and the leftmost-longest
 matches after b are those of the tail, a search from b finding them first (a single_word token reads the one
 character before it, which the tail holds from b + 1 on); a ByteLevel prefix space is never added to a tail, which
