@@ -210,7 +210,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype, show=True, spelling=CLI))
         return 0
     if args.command == "export":
-        path = api.export_gguf(
+        exported = api.export_gguf(
             args.run_dir,
             args.out,
             qtype=args.qtype,
@@ -220,14 +220,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             show=True,
             spelling=CLI,  # errors name the flags typed
         )
-        from tunelab.export.card import gguf_card_path
-        from tunelab.export.check import saved_verdict
-        from tunelab.export.modelfile import modelfile_path, ollama_name
-
-        print(f"{path}\nOllama: ollama create {ollama_name(path)} -f {shlex.quote(str(modelfile_path(path)))}")
-        print(f"model card: {gguf_card_path(path)}")
-
-        return 1 if saved_verdict(path) == "fail" else 0  # the files stay, for inspection
+        print(f"{exported.path}\nOllama: {exported.ollama_command}\nmodel card: {exported.card}")
+        return 1 if exported.verdict == "fail" else 0  # the files stay, for inspection
     if args.command == "push":
         result = api.push(
             args.path, args.repo, private=args.private, revision=args.revision, message=args.message, spelling=CLI

@@ -45,7 +45,7 @@ def test_a_dora_run_merges_and_exports_with_its_logits(small_tokenizer, tiny_lla
     with torch.no_grad():
         # fp32: the fold re-associates g (x W^T + s x A^T B^T) into x (g (W + s B A))^T
         torch.testing.assert_close(plain(IDS).logits, tuned, rtol=1e-4, atol=1e-5)
-    out = export_gguf(run, tmp_path / "gguf" / "dora.gguf", "f32", check=False)
+    out = export_gguf(run, tmp_path / "gguf" / "dora.gguf", "f32", check=False).path
     loaded = AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name, dtype=torch.float32).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(IDS).logits, tuned, rtol=1e-4, atol=1e-4)

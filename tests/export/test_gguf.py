@@ -31,7 +31,7 @@ def test_permutation_interleaves_each_heads_halves(gguf_kit):
 @pytest.mark.parametrize("qtype", ["f16", "q8_0"])
 def test_transformers_reads_back_the_merged_model(gguf_kit, tiny_run, tiny_merged, tmp_path, qtype):
     merged, expected = tiny_merged
-    out = export_gguf(tiny_run, tmp_path / f"tiny-{qtype}.gguf", qtype, check=False)
+    out = export_gguf(tiny_run, tmp_path / f"tiny-{qtype}.gguf", qtype, check=False).path
     # transformers un-permutes q and k when it reads a llama GGUF, so this also checks the permutation's inverse
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -43,7 +43,7 @@ def test_transformers_reads_back_the_merged_model(gguf_kit, tiny_run, tiny_merge
 
 
 def test_an_upper_case_suffix_is_a_gguf_file_too(tiny_run, tmp_path):
-    out = export_gguf(tiny_run, tmp_path / "Tiny.GGUF", "f32", check=False)
+    out = export_gguf(tiny_run, tmp_path / "Tiny.GGUF", "f32", check=False).path
     assert out == tmp_path / "Tiny.GGUF" and out.read_bytes()[:4] == b"GGUF"
     assert resolve_source(str(out)).gguf_file == "Tiny.GGUF"  # tunelab reads it back as a model, as it reads .gguf
     assert "FROM ./Tiny.GGUF\n" in (tmp_path / "Tiny.Modelfile").read_text()
@@ -70,11 +70,11 @@ def test_overwrite_replaces_only_what_an_export_wrote(tiny_run, tmp_path):
     own beside the GGUF (names the user never typed), or a GGUF file that tunelab never wrote. It now replaces only
     the files of an earlier export (the Modelfile by its first line, the card by its front matter, the verdict by its
     keys, the GGUF by tunelab's Modelfile naming it) and refuses the rest, naming the file, before writing anything."""
-    first = export_gguf(tiny_run, tmp_path / "a.gguf", "f32", check=False)
+    first = export_gguf(tiny_run, tmp_path / "a.gguf", "f32", check=False).path
     (tmp_path / "a.check.json").write_text(json.dumps({"gguf": "a.gguf", "verdict": "pass"}))
     from gguf import GGUFReader
 
-    again = export_gguf(tiny_run, tmp_path / "a.gguf", "f16", overwrite=True, check=False)  # an export's files
+    again = export_gguf(tiny_run, tmp_path / "a.gguf", "f16", overwrite=True, check=False).path  # an export's files
     assert again == first and GGUFReader(again).fields["general.file_type"].contents() == 1
     assert not (tmp_path / "a.check.json").exists()  # the verdict about the file replaced
 
@@ -102,7 +102,7 @@ def test_overwrite_replaces_only_what_an_export_wrote(tiny_run, tmp_path):
 def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer, sharp_base):
     from gguf import GGUFReader
 
-    out = export_gguf(tiny_run, tmp_path / "tiny.gguf", "f16", check=False)
+    out = export_gguf(tiny_run, tmp_path / "tiny.gguf", "f16", check=False).path
     reader = GGUFReader(out)
     f = {k: v.contents() for k, v in reader.fields.items() if not k.startswith("GGUF.")}
     assert f["general.architecture"] == "llama" and f["general.file_type"] == 1
@@ -161,7 +161,7 @@ def test_the_files_chat_template_writes_the_runs_system_prompt(gguf_kit, sharp_b
 
     prompt = 'You answer box questions, "briefly".'
     run = gguf_kit.lora_run(sharp_base, small_tokenizer, tmp_path / "run", std=0.05, system_prompt=prompt)
-    out = export_gguf(run, tmp_path / "run.gguf", "f16", check=False)
+    out = export_gguf(run, tmp_path / "run.gguf", "f16", check=False).path
     template = read_gguf_string(out, "tokenizer.chat_template")
     text = Template(template).render(messages=[{"role": "user", "content": "Hi"}], add_generation_prompt=True)
     assert text.startswith(f"<|im_start|>system\n{prompt}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
@@ -177,7 +177,7 @@ def test_a_tokenizer_with_templates_by_name_exports_each(gguf_kit, sharp_base, s
         run = gguf_kit.lora_run(sharp_base, small_tokenizer, tmp_path / "run", std=0.05)
     finally:
         small_tokenizer.chat_template = own
-    out = export_gguf(run, tmp_path / "run.gguf", "f16", check=False)
+    out = export_gguf(run, tmp_path / "run.gguf", "f16", check=False).path
     assert read_gguf_string(out, "tokenizer.chat_template") == with_system_default(own, None)
     named = read_gguf_string(out, "tokenizer.chat_template.tool_use")
     assert named == with_system_default("{{ messages[0]['content'] }}", None)
@@ -208,7 +208,7 @@ def test_a_blank_system_prompt_of_an_older_run_is_none_in_the_export(gguf_kit, s
 
     run = gguf_kit.lora_run(sharp_base, small_tokenizer, tmp_path / "run", std=0.05, system_prompt="  \n")
     assert merged_model(run).info.system_prompt is None  # what the export's self-check reads
-    out = export_gguf(run, tmp_path / "run.gguf", "f16", check=False)
+    out = export_gguf(run, tmp_path / "run.gguf", "f16", check=False).path
     chat = Template(read_gguf_string(out, "tokenizer.chat_template"))
     user = [{"role": "user", "content": "Hi"}]
     own = Template(small_tokenizer.chat_template).render(messages=user, add_generation_prompt=True)
@@ -277,12 +277,12 @@ def test_the_self_check_of_a_run_without_its_config_is_refused_by_name(tiny_run,
     with pytest.raises(RunDirError, match=r"config.yaml: the run's config.yaml is missing; .*--no-check"):
         export_gguf(run, tmp_path / "out" / "m.gguf", "f16")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    assert export_gguf(run, tmp_path / "out" / "m.gguf", "f16", check=False).is_file()
+    assert export_gguf(run, tmp_path / "out" / "m.gguf", "f16", check=False).path.is_file()
 
 
 def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
     tok = small_tokenizer
-    out = export_gguf(tiny_run, tmp_path / "m.gguf", "q8_0", check=False)
+    out = export_gguf(tiny_run, tmp_path / "m.gguf", "q8_0", check=False).path
     text = (tmp_path / "m.Modelfile").read_text()
     assert (
         "FROM ./m.gguf\n" in text and 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
@@ -402,7 +402,7 @@ def test_the_gguf_file_asks_llama_cpp_for_greedy_answers(tiny_run, tmp_path):
     which its tools take as their defaults: temperature 0, no repetition penalty."""
     from gguf import GGUFReader
 
-    out = export_gguf(tiny_run, tmp_path / "greedy.gguf", "q8_0", check=False)
+    out = export_gguf(tiny_run, tmp_path / "greedy.gguf", "q8_0", check=False).path
     fields = GGUFReader(out).fields
     assert fields["general.sampling.temp"].contents() == 0.0
     assert fields["general.sampling.penalty_repeat"].contents() == 1.0
@@ -416,7 +416,7 @@ def test_the_sampling_keys_are_written_with_any_gguf_package(tiny_run, tmp_path,
 
     monkeypatch.delattr(GGUFWriter, "add_sampling_temp")
     monkeypatch.delattr(GGUFWriter, "add_sampling_penalty_repeat")
-    out = export_gguf(tiny_run, tmp_path / "old-gguf.gguf", "f16", check=False)
+    out = export_gguf(tiny_run, tmp_path / "old-gguf.gguf", "f16", check=False).path
     fields = GGUFReader(out).fields
     for key, value in {"general.sampling.temp": 0.0, "general.sampling.penalty_repeat": 1.0}.items():
         assert fields[key].types == [GGUFValueType.FLOAT32] and fields[key].contents() == value
@@ -451,7 +451,7 @@ def test_an_export_that_cannot_fit_its_disk_is_refused_before_it_writes(tiny_run
     merged = merged_model(tiny_run)
     shape = gguf_shape(merged.model.config)
     for qtype in ("f16", "q8_0", "q4_0"):  # the estimate covers the file, and not by a disk's worth
-        size = export_gguf(tiny_run, tmp_path / f"{qtype}.gguf", qtype, check=False).stat().st_size
+        size = export_gguf(tiny_run, tmp_path / f"{qtype}.gguf", qtype, check=False).path.stat().st_size
         assert size <= written_bytes(merged.model, shape, qtype) <= size + 128 * shape.vocab_size + 2**20, qtype
     assert written_bytes(merged.model, shape, "q4_k_m") > written_bytes(merged.model, shape, "f16")  # its f16 too
 
@@ -490,3 +490,35 @@ def test_a_file_name_the_modelfile_cannot_carry_is_refused(tiny_run, tmp_path):
         with pytest.raises(ConfigError, match=r"^argument 'out': the file name .* Modelfile's FROM line"):
             export_gguf(tiny_run, tmp_path / name, "f16", check=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_export_returns_its_self_checks_verdict_and_stands_for_the_file(tiny_run, tmp_path, monkeypatch, capsys):
+    """tunelab.export_gguf returned the GGUF path alone: a script learned of a FAIL only by reading NAME.check.json.
+    Its result holds the check (verdict and numbers) and the `ollama create` line `tunelab export` prints, and it is
+    the file's path where a path is taken; the command's exit code and lines come from the same result."""
+    import os
+
+    import tunelab
+    import tunelab.export.gguf as gguf_module
+    import tunelab.export.llama_cpp as llama_cpp_module
+    from tunelab.cli import main
+    from tunelab.export.check import GGUFCheck
+
+    monkeypatch.setattr(llama_cpp_module, "available", lambda: True)
+    monkeypatch.setattr(gguf_module, "asked_questions", lambda run_dir, limit: ([], "probes"))
+    failed = GGUFCheck("Box M.gguf", "f32", "fail", ["differs"], tokens={"texts": 3, "mismatched": [2]})
+    monkeypatch.setattr(gguf_module, "check_export", lambda *a: failed)
+    out = tmp_path / "Box M.gguf"
+    result = tunelab.export_gguf(tiny_run, out, qtype="f32")
+    assert result.verdict == "fail" and result.check.problems == ["differs"] and result.unchecked is None
+    assert result.check.tokens["mismatched"] == [2]
+    assert isinstance(result, os.PathLike) and os.fspath(result) == str(result) == str(out) and Path(result) == out
+    with open(result, "rb") as f:
+        assert f.read(4) == b"GGUF"
+    assert result.modelfile == tmp_path / "Box M.Modelfile" and result.card == tmp_path / "Box M.README.md"
+    assert result.ollama_command == f"ollama create box-m -f '{tmp_path / 'Box M.Modelfile'}'"
+    capsys.readouterr()
+    assert main(["export", str(tiny_run), "--gguf", str(out), "--type", "f32", "--overwrite"]) == 1
+    assert f"{out}\nOllama: {result.ollama_command}\nmodel card: {result.card}\n" in capsys.readouterr().out
+    skipped = tunelab.export_gguf(tiny_run, out, qtype="f32", overwrite=True, check=False)
+    assert skipped.verdict is None and skipped.check is None and "check=False" in skipped.unchecked

@@ -125,7 +125,7 @@ def test_qwen_families_compute_alike_in_llama_cpp_and_pass_the_self_check(family
     torch.testing.assert_close(_llama_logits(tmp_path / "f32.gguf", ids), expected, rtol=0, atol=2e-3)
     assert (plain - expected).abs().max() > 0.1  # the biases / norms matter, so llama.cpp must have used them
 
-    out = export_gguf(run, tmp_path / "m.gguf", "f16", check=True, check_questions=3)
+    out = export_gguf(run, tmp_path / "m.gguf", "f16", check=True, check_questions=3).path
     reader = GGUFReader(out)
     fields = {k: v.contents() for k, v in reader.fields.items() if k.startswith(("general.", "tokenizer.ggml.pre"))}
     assert fields["general.architecture"] == family and fields["tokenizer.ggml.pre"] == "qwen2"
@@ -147,12 +147,12 @@ def test_qwen_families_compute_alike_in_llama_cpp_and_pass_the_self_check(family
 @pytest.mark.parametrize("qtype, ktype", [("q4_k_m", "Q4_K"), ("q5_k_m", "Q5_K"), ("q6_k", "Q6_K")])
 def test_k_quants_come_from_llama_cpp_and_load(qwen2_run, qtype, ktype, tmp_path, one_thread):
     run = qwen2_run
-    out = export_gguf(run, tmp_path / f"{qtype}.gguf", qtype, check=True, check_questions=2)
+    out = export_gguf(run, tmp_path / f"{qtype}.gguf", qtype, check=True, check_questions=2).path
     types = {t.name: t.tensor_type.name for t in GGUFReader(out).tensors}
     assert types["blk.0.ffn_gate.weight"] == ktype and types["blk.0.attn_norm.weight"] == "F32"
     report = json.loads((tmp_path / f"{qtype}.check.json").read_text())
     assert report["problems"] == [] and report["qtype"] == qtype  # loaded, stops, template, tokens all fine
-    f16 = export_gguf(run, tmp_path / "f16" / "f16.gguf", "f16", check=False)
+    f16 = export_gguf(run, tmp_path / "f16" / "f16.gguf", "f16", check=False).path
     assert out.stat().st_size < 0.6 * f16.stat().st_size
     # the room the export asked for held the k-quant beside the f16 file it was made from
     merged = merged_model(run)
@@ -270,7 +270,7 @@ def test_a_failed_self_check_is_said_from_python_without_show(tiny_run_dir, tmp_
     monkeypatch.setattr(llama_cpp_module, "available", lambda: True)
     monkeypatch.setattr(gguf_module, "asked_questions", lambda run_dir, limit: ([], "probes"))
     monkeypatch.setattr(gguf_module, "check_export", lambda *a: GGUFCheck(str(a[1]), a[2], "fail", ["differs"]))
-    out = export_gguf(tiny_run_dir, tmp_path / "m.gguf", qtype="f32")
+    out = export_gguf(tiny_run_dir, tmp_path / "m.gguf", qtype="f32").path
     assert out.is_file() and f"export: the self-check of {out} FAILED; see " in capsys.readouterr().err
 
 
@@ -278,7 +278,7 @@ def test_k_quant_fallbacks_are_one_line_not_one_per_tensor(tiny_run, tmp_path, c
     """A q4_k_m export of a model whose rows are not a multiple of 256 (SmolLM2-135M's 576) printed 181 lines of
     llama.cpp warnings, one per tensor, before the result: they are one line now, with the types used instead."""
     pytest.importorskip("llama_cpp")
-    out = export_gguf(tiny_run, tmp_path / "k.gguf", "q4_k_m", check=False)
+    out = export_gguf(tiny_run, tmp_path / "k.gguf", "q4_k_m", check=False).path
     captured = capfd.readouterr()
     assert "falling back" not in captured.err + captured.out and "warning:" not in captured.err
     assert re.search(r"q4_k_m: llama.cpp stored \d+ of \d+ tensors in other types \(q\w+ \d+", captured.out)

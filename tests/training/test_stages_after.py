@@ -56,7 +56,7 @@ def test_the_modelfile_of_a_staged_run_covers_its_longest_stage(staged, tmp_path
 
     staged["stages"][0]["data"]["max_length"] = 96  # the second stage keeps the run's 64
     run = train(None, staged).run_dir
-    text = modelfile_path(export_gguf(run, tmp_path / "out" / "m.gguf", "f16", check=False)).read_text()
+    text = modelfile_path(export_gguf(run, tmp_path / "out" / "m.gguf", "f16", check=False).path).read_text()
     assert "trained on sequences of up to 96 tokens (data.max_length of stage-1)" in text
 
 

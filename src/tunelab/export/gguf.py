@@ -38,7 +38,7 @@ from tunelab.config.flags import PYTHON, Spelling
 from tunelab.config.run import RunConfig
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.card import card_head, gguf_card, gguf_card_path, shared_name
-from tunelab.export.check import check_export, check_path, format_check
+from tunelab.export.check import GGUFCheck, check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_package, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model, shapes_only
@@ -49,6 +49,7 @@ from tunelab.export.modelfile import (
     left_out,
     modelfile_path,
     modelfile_text,
+    ollama_command,
     sampling_parameters,
 )
 from tunelab.rundir import read_config, saved_config, stage_dirs
@@ -424,6 +425,35 @@ def unchecked_reason(check: bool | None, spelling: Spelling) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_gguf` wrote and what its self-check found. It is os.PathLike, the GGUF file's path: open(),
+    Path(), os.fspath() and shutil take it as that path, and str() is the path."""
+
+    path: Path  # the GGUF file
+    qtype: str
+    modelfile: Path  # NAME.Modelfile beside it (modelfile_path)
+    card: Path  # NAME.README.md, the model card
+    check: GGUFCheck | None  # the self-check, as NAME.check.json holds it; None: it did not run
+    unchecked: str | None = None  # why it did not run (skipped on request, or llama.cpp does not import)
+
+    @property
+    def verdict(self) -> str | None:
+        """The self-check's verdict: pass, warn or fail; None when it did not run."""
+        return self.check.verdict if self.check else None
+
+    @property
+    def ollama_command(self) -> str:
+        """`ollama create NAME -f NAME.Modelfile`, as `tunelab export` prints it."""
+        return ollama_command(self.path)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
 def export_gguf(
     run: str | Path,
     out: str | Path,
@@ -434,10 +464,11 @@ def export_gguf(
     show: bool = False,
     *,
     spelling: Spelling = PYTHON,
-) -> Path:
+) -> ExportResult:
     """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k: QTYPES) and an Ollama
     `NAME.Modelfile` beside it (modelfile_path); both are written under temporary names and renamed into place. Then
-    the model card `NAME.README.md` (export/card.py), with the self-check's verdict. Returns the GGUF path.
+    the model card `NAME.README.md` (export/card.py), with the self-check's verdict. Returns an ExportResult: the
+    files, the self-check and its verdict; it is the GGUF path where a path is taken (os.PathLike).
 
     check: None runs the self-check (export/check.py) when llama.cpp imports, True requires it, False skips it; its
     verdict is written to NAME.check.json beside the file (and printed when `show`; a FAIL is said on stderr even
@@ -547,4 +578,4 @@ def export_gguf(
         )
     elif result and result.verdict == "fail":  # the CLI exits 1 on it; a script that asked for quiet still hears of it
         print(f"export: the self-check of {out} FAILED; see {check_path(out)}.", file=sys.stderr, flush=True)
-    return out
+    return ExportResult(out, qtype, modelfile, card, result, None if run_check else unchecked_reason(check, spelling))

@@ -51,6 +51,13 @@ def ollama_name(gguf: Path) -> str:
 OLLAMA_NAME_MAX = 80
 
 
+def ollama_command(gguf: str | Path) -> str:
+    """The command that makes an Ollama model of the export `gguf` from the Modelfile beside it, as `tunelab export`
+    prints it: `ollama create NAME -f PATH/NAME.Modelfile`, the path quoted for a POSIX shell."""
+    gguf = Path(gguf)
+    return f"ollama create {ollama_name(gguf)} -f {shlex.quote(str(modelfile_path(gguf)))}"
+
+
 # Marker texts: plain words that no template rewrites and that do not occur in template text.
 _S, _Q1, _A1, _Q2, _A2 = "SYSTEMMARKER", "QUESTIONONE", "ANSWERONE", "QUESTIONTWO", "ANSWERTWO"
 
