@@ -531,3 +531,26 @@ def test_a_run_opened_once_is_taken_in_place_of_its_path(tiny_run_dir, tmp_path)
     scored = [tunelab.evaluate(r, data, settings=settings, save=False) for r in (run, tiny_run_dir)]
     assert scored[0].rows == scored[1].rows
     assert scored[0].tuned.eval_loss == pytest.approx(scored[1].tuned.eval_loss)
+
+
+def test_every_type_an_api_function_returns_is_importable_from_the_package():
+    """tunelab.evaluate returned an EvalResult, predict Predictions and push a PushResult, none of which the package
+    exported: a script annotating its variables imported them from modules the README never names. Each name in a
+    function's return annotation is a type the package exports, and `from tunelab import ...` takes them all."""
+    import inspect
+    import re
+
+    plain = {"None", "str", "list", "dict", "Path"}
+    unannotated, missing = [], []
+    for name in [*tunelab._API, "load_config"]:
+        returned = inspect.signature(getattr(tunelab, name)).return_annotation
+        if returned is inspect.Signature.empty:
+            unannotated.append(name)
+            continue
+        for type_name in set(re.findall(r"[A-Za-z_]\w*", str(returned))) - plain:
+            if not isinstance(getattr(tunelab, type_name, None), type):
+                missing.append(f"{name} -> {type_name}")
+    assert not unannotated and not missing, (unannotated, missing)
+    code = f"from tunelab import {', '.join(tunelab._TYPES)}; print(ExportResult.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "tunelab.export.gguf", out.stderr

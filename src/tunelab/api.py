@@ -19,6 +19,7 @@ import sys
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunelab import _API
 from tunelab.api_args import at_least as _at_least
@@ -62,8 +63,18 @@ from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.server.serve import serve as _serve
 from tunelab.server.serve import start_server as _start_server
 from tunelab.training.plan_config import plan_config
-from tunelab.training.recipe import TrainResult as TrainResult  # the API names the type train returns
 from tunelab.training.recipe import resolve
+
+if TYPE_CHECKING:  # the types the functions return, which their modules import when called
+    from tunelab.conversion_cache import CacheEntry
+    from tunelab.data.checks import CheckResult
+    from tunelab.eval.evaluate import EvalResult
+    from tunelab.eval.heads import HeadEvalResult
+    from tunelab.federated.run import FederateResult
+    from tunelab.infer.predict import Prediction
+    from tunelab.tasks.head_run import RewardModel
+    from tunelab.training.plan_config import StagesPlanReport
+    from tunelab.training.plan_report import PlanReport
 
 __all__ = list(_API)
 
@@ -77,7 +88,9 @@ open_run = _checked(_open_run)
 
 
 @_checked
-def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None = None, nproc: int = 1):
+def plan(
+    config=None, overrides: dict | None = None, *, gpu_memory: str | None = None, nproc: int = 1
+) -> PlanReport | StagesPlanReport:
     """The memory planner for a config (`tunelab plan`): a PlanReport whose .memory holds the candidates with their
     predicted peak and speed, the chosen one and why; .text() is what the CLI prints. A staged config gives a
     StagesPlanReport: .stages, each stage's (name, PlanReport). Loads the data and the model's config, not its
@@ -110,7 +123,7 @@ def check(
     examples: int = 3,
     model: bool = True,
     show: bool = False,
-):
+) -> CheckResult:
     """Everything `tunelab check` checks, for the same arguments as `train`; returns a CheckResult (.passed, .items,
     .html: where the page was written). Writes nothing into output_dir. model=False skips the checks that load it."""
     from tunelab.checks.run import run_check
@@ -281,7 +294,7 @@ def evaluate(
     seed: int | None = None,
     *,
     spelling: Spelling = PYTHON,
-):
+) -> EvalResult | HeadEvalResult:
     """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned.
     `settings` default to greedy answers of the run's eval.max_new_tokens. `show` prints the table (and the answers
     with `show_answers`); eval.json holds everything. For a classify run: accuracy, macro-F1, per-class P/R/F1 and
@@ -368,7 +381,7 @@ def merge(
     return merge_run(run, out, overwrite=overwrite, dtype=dtype, show=show, spelling=spelling)
 
 
-def cache_entries():
+def cache_entries() -> list[CacheEntry]:
     """The converted GGUF models in tunelab's cache (name, path, size_bytes, modified, complete, stale), largest
     first."""
     from tunelab.conversion_cache import cache_entries as _entries
@@ -384,7 +397,7 @@ def cache_path() -> Path:
 
 
 @_checked
-def clear_cache(names: str | list[str] | None = None):
+def clear_cache(names: str | list[str] | None = None) -> list[CacheEntry]:
     """Remove converted models from the cache (all when names is None; one name given alone is a list of one, and an
     empty list removes nothing); returns the removed entries."""
     from tunelab.conversion_cache import clear_cache as _clear
@@ -393,7 +406,7 @@ def clear_cache(names: str | list[str] | None = None):
 
 
 @_checked
-def prune_cache():
+def prune_cache() -> list[CacheEntry]:
     """Remove the stale converted models alone (their GGUF file is gone or changed since); returns them."""
     from tunelab.conversion_cache import prune_cache as _prune
 
@@ -407,7 +420,7 @@ def federate(
     *,
     resume: bool = False,
     app_dir: str | Path | None = None,
-):
+) -> FederateResult | Path:
     """Federated fine-tuning on Flower: the clients of `federated.clients` (or the shards of federated.split_file)
     train the LoRA adapter on their own data, the server averages it every round and keeps it in output_dir.
     Runs in Flower's simulation engine; with `app_dir`, writes a Flower App for its deployment engine instead.
@@ -435,7 +448,7 @@ def predict(
     texts_first: bool = False,
     *,
     spelling: Spelling = PYTHON,
-):
+) -> list[Prediction]:
     """A classify run's label and label probabilities, or a reward run's score, for the rows of `data`, for `texts`,
     or (reward) for `answers` to `prompt`: the rows of `data` first, then `texts` (`texts_first`: the texts first).
     With `out` (.csv or .jsonl) the predictions are also written there. `spelling`: how errors name the arguments
@@ -474,7 +487,7 @@ def predict(
 
 
 @_checked
-def load_reward_model(run: str | Path, device: str = "auto", batch_size: int = 16):
+def load_reward_model(run: str | Path, device: str = "auto", batch_size: int = 16) -> RewardModel:
     """A finished reward run as a function (prompts, completions) -> list[float] (see tunelab/infer/predict.py)."""
     from tunelab.infer.predict import load_reward_model as _load
 
