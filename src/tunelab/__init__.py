@@ -31,6 +31,7 @@ _API = (
     "predict",
     "load_reward_model",
     "open_run",
+    "open_head_run",
 )
 
 # The types the API's functions return or take, by the module that defines each: imported on first use, so that
@@ -46,6 +47,7 @@ _TYPES = {
     "HeadEvalResult": "tunelab.eval.heads",
     "Prediction": "tunelab.infer.predict",
     "RewardModel": "tunelab.tasks.head_run",
+    "HeadRun": "tunelab.tasks.head_run",
     "ExportResult": "tunelab.export.gguf",
     "PushResult": "tunelab.export.push",
     "RunningServer": "tunelab.server.serve",

@@ -34,7 +34,7 @@ from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.config.overrides import FlagValues
 from tunelab.data.report import DataReport
 from tunelab.data.sources import refuse_missing_file
-from tunelab.errors import ConfigError, DataError, counted
+from tunelab.errors import ConfigError, DataError, RunDirError, counted
 from tunelab.eval.compare import (
     Comparison,
     check_writable,
@@ -56,12 +56,13 @@ from tunelab.infer.generate import (
     longer_answers,
     say_config_notice,
 )
-from tunelab.infer.run import LoadedRun, opened
+from tunelab.infer.run import LoadedRun, check_opened_on, opened
 from tunelab.infer.run import open_run as _open_run
 from tunelab.run_stamp import check_same_run, run_stamp
 from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.server.serve import serve as _serve
 from tunelab.server.serve import start_server as _start_server
+from tunelab.tasks.head_run import HeadRun
 from tunelab.training.plan_config import plan_config
 from tunelab.training.recipe import resolve
 
@@ -434,8 +435,18 @@ def federate(
 
 
 @_checked
+def open_head_run(run: str | Path, device: str = "auto") -> HeadRun:
+    """A classify or reward run's model loaded once, to pass as `run` to `predict` and `load_reward_model`, so many
+    calls share one load (as `open_run` for generate, compare, chat and evaluate). A run that did not finish is opened
+    from its newest checkpoint, as predict opens it, saying so on stderr."""
+    from tunelab.tasks.head_run import open_head_run as _open_head_run
+
+    return _open_head_run(run, device, from_checkpoint=True)
+
+
+@_checked
 def predict(
-    run: str | Path,
+    run: str | Path | HeadRun,
     data: str | Path | None = None,
     texts: str | list[str] | None = None,
     prompt: str | None = None,
@@ -451,19 +462,23 @@ def predict(
 ) -> list[Prediction]:
     """A classify run's label and label probabilities, or a reward run's score, for the rows of `data`, for `texts`,
     or (reward) for `answers` to `prompt`: the rows of `data` first, then `texts` (`texts_first`: the texts first).
-    With `out` (.csv or .jsonl) the predictions are also written there. `spelling`: how errors name the arguments
-    (these, or `tunelab predict`'s flags)."""
+    `run`: the run's folder, or the run loaded by `open_head_run`, which calls after the first take without loading
+    it again. With `out` (.csv or .jsonl) the predictions are also written there. `spelling`: how errors name the
+    arguments (these, or `tunelab predict`'s flags)."""
     from tunelab.infer.predict import check_out, format_predictions, save_predictions
     from tunelab.infer.predict import predict as _predict
 
     _at_least(batch_size, "batch_size", 1)
+    if isinstance(run, HeadRun):
+        check_opened_on(device, run.device, "open_head_run")
+    run_dir = run.run_dir if isinstance(run, HeadRun) else run
     if overwrite and out is None:  # it replaces the --out file; without one, it would be dropped without a word
         given, out_ = ("--overwrite", "--out") if spelling.flags else ("overwrite=True", "out=")
         raise ConfigError(
             f"{given} replaces an existing {out_} file, and no {out_} is given; drop {given}, or give {out_}."
         )
     if out is not None:
-        check_out(out, overwrite, run, data, spelling)
+        check_out(out, overwrite, run_dir, data, spelling)
     text_, answer_ = ("TEXT or --text", "--answer") if spelling.flags else (None, None)  # the CLI's names, to it alone
     texts = _texts(texts, "texts", blank=False, flag=text_) if texts is not None else None
     answers = _texts(answers, "answers", blank=False, flag=answer_) if answers is not None else None
@@ -482,14 +497,24 @@ def predict(
     if show:
         print(format_predictions(predictions))
     if out is not None:
-        save_predictions(predictions, out, run, overwrite=overwrite, data=data)
+        save_predictions(predictions, out, run_dir, overwrite=overwrite, data=data)
     return predictions
 
 
 @_checked
-def load_reward_model(run: str | Path, device: str = "auto", batch_size: int = 16) -> RewardModel:
-    """A finished reward run as a function (prompts, completions) -> list[float] (see tunelab/infer/predict.py)."""
+def load_reward_model(run: str | Path | HeadRun, device: str = "auto", batch_size: int = 16) -> RewardModel:
+    """A finished reward run as a function (prompts, completions) -> list[float] (see tunelab/infer/predict.py);
+    `run` may be the run `open_head_run` loaded, which it then scores with, not loading it again."""
+    from tunelab.infer.predict import RewardModel as _RewardModel
     from tunelab.infer.predict import load_reward_model as _load
 
     _at_least(batch_size, "batch_size", 1)
+    if isinstance(run, HeadRun):
+        check_opened_on(device, run.device, "open_head_run")
+        if run.checkpoint is not None:  # as load_reward_model(run_dir) refuses a run that did not finish
+            raise RunDirError(
+                f"{run.run_dir}: the run did not finish (opened from {run.checkpoint}); a reward function is a "
+                "finished run of task: reward."
+            )
+        return _RewardModel(run, batch_size)
     return _load(run, device, batch_size)

@@ -16,6 +16,7 @@ from tunelab.config.flags import PYTHON, Spelling
 from tunelab.errors import ConfigError, article, not_text
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import LoadedRun
+from tunelab.tasks.head_run import HeadRun
 
 
 def a(value) -> str:
@@ -31,6 +32,7 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "None": (type(None),),
     "int": (int,),
     "LoadedRun": (LoadedRun,),
+    "HeadRun": (HeadRun,),
     "GenerationSettings": (GenerationSettings,),
     "RunConfig": (RunConfig,),
     "ResolvedConfig": (ResolvedConfig,),

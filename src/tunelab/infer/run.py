@@ -176,10 +176,16 @@ def opened(
             f"argument 'base_precision' is {base_precision}, but the run given was opened with {run.base_precision}; "
             f"open it with open_run(run_dir, base_precision={base_precision!r}), or drop the argument."
         )
-    wanted = pick_device(device, "argument 'device'") if device != "auto" else run.device
-    if wanted.type != run.device.type or wanted.index not in (None, run.device.index or 0):
-        raise ConfigError(
-            f"argument 'device' is {device}, but the run given was opened on {run.device}; open it with "
-            f"open_run(run_dir, device={device!r}), or drop the argument."
-        )
+    check_opened_on(device, run.device, "open_run")
     return run
+
+
+def check_opened_on(device: str, opened_on: torch.device, opener: str) -> None:
+    """ConfigError for a `device` other than the one a run given loaded was opened on (by `opener`, open_run or
+    open_head_run): the argument would be dropped without a word."""
+    wanted = pick_device(device, "argument 'device'") if device != "auto" else opened_on
+    if wanted.type != opened_on.type or wanted.index not in (None, opened_on.index or 0):
+        raise ConfigError(
+            f"argument 'device' is {device}, but the run given was opened on {opened_on}; open it with "
+            f"{opener}(run_dir, device={device!r}), or drop the argument."
+        )
