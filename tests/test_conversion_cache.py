@@ -156,3 +156,20 @@ def test_a_name_given_twice_is_removed_once_and_a_folder_that_cannot_go_is_named
     err = capsys.readouterr().err
     assert f"{cache / '.tmp-abc'} could not be removed (Permission denied); removed before it: big-1111" in err
     assert "Traceback" not in err
+
+
+def test_the_api_prints_what_the_command_prints(cache, capsys):
+    """The listing `tunelab cache` prints, and what `clear` and `prune` say they removed, had no Python form: a script
+    got the entries and had to format them itself. show=True prints each as the command does."""
+    assert main(["cache"]) == 0
+    listed = capsys.readouterr().out
+    assert [e.name for e in tunelab.cache_entries(show=True)] == ["big-1111", "small-2222", ".tmp-abc"]
+    assert capsys.readouterr().out == listed and "3 entries" in listed
+    assert tunelab.cache_entries() and capsys.readouterr().out == ""  # quiet unless asked
+    assert tunelab.prune_cache(show=True) == []
+    assert capsys.readouterr().out == "removed 0 entries (0.0 MB): nothing stale\n"
+    assert main(["cache", "prune"]) == 0 and capsys.readouterr().out == "removed 0 entries (0.0 MB): nothing stale\n"
+    assert [e.name for e in tunelab.clear_cache(["small-2222"], show=True)] == ["small-2222"]
+    assert capsys.readouterr().out.startswith("removed 1 entry (0.0 MB): small-2222\n")
+    assert main(["cache", "clear", "big-1111"]) == 0
+    assert capsys.readouterr().out.startswith("removed 1 entry (0.0 MB): big-1111\n")

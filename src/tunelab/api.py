@@ -382,12 +382,17 @@ def merge(
     return merge_run(run, out, overwrite=overwrite, dtype=dtype, show=show, spelling=spelling)
 
 
-def cache_entries() -> list[CacheEntry]:
+@_checked
+def cache_entries(show: bool = False) -> list[CacheEntry]:
     """The converted GGUF models in tunelab's cache (name, path, size_bytes, modified, complete, stale), largest
-    first."""
+    first; `show` prints them as `tunelab cache` lists them."""
     from tunelab.conversion_cache import cache_entries as _entries
+    from tunelab.conversion_cache import format_entries
 
-    return _entries()
+    entries = _entries()
+    if show:
+        print(format_entries(entries))
+    return entries
 
 
 def cache_path() -> Path:
@@ -398,20 +403,32 @@ def cache_path() -> Path:
 
 
 @_checked
-def clear_cache(names: str | list[str] | None = None) -> list[CacheEntry]:
+def clear_cache(names: str | list[str] | None = None, show: bool = False) -> list[CacheEntry]:
     """Remove converted models from the cache (all when names is None; one name given alone is a list of one, and an
-    empty list removes nothing); returns the removed entries."""
+    empty list removes nothing); returns the removed entries. `show` prints them and the space freed, as `tunelab
+    cache clear` does."""
     from tunelab.conversion_cache import clear_cache as _clear
+    from tunelab.conversion_cache import format_removed
 
-    return _clear(None if names is None else _texts(names, "names", blank=False))
+    removed = _clear(None if names is None else _texts(names, "names", blank=False))
+    if show:
+        print(format_removed(removed))
+    return removed
 
 
 @_checked
-def prune_cache() -> list[CacheEntry]:
-    """Remove the stale converted models alone (their GGUF file is gone or changed since); returns them."""
+def prune_cache(show: bool = False) -> list[CacheEntry]:
+    """Remove the stale converted models alone (their GGUF file is gone or changed since) that no recorded adapter
+    still names; returns them. `show` prints them, the space freed and the stale ones kept, as `tunelab cache prune`
+    does."""
+    from tunelab.conversion_cache import cache_entries as _entries
+    from tunelab.conversion_cache import format_removed
     from tunelab.conversion_cache import prune_cache as _prune
 
-    return _prune()
+    removed = _prune()
+    if show:
+        print(format_removed(removed, pruned=True, kept=[e for e in _entries() if e.stale]))
+    return removed
 
 
 @_checked

@@ -135,25 +135,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             raise TunelabError("entry names go with 'clear' only (tunelab cache clear NAME...).")
         if args.action == "path":
             print(api.cache_path())
-        elif args.action in ("clear", "prune"):
-            removed = api.clear_cache(args.names or None) if args.action == "clear" else api.prune_cache()
-            freed = sum(e.size_bytes for e in removed) / 1e6
-            print(
-                f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed:.1f} MB): "
-                + (
-                    ", ".join(e.name for e in removed)
-                    or ("nothing to remove" if args.action == "clear" else "nothing stale")
-                )
-            )
-            from tunelab.conversion_cache import removal_note
-
-            kept = [e for e in api.cache_entries() if e.stale] if args.action == "prune" else []
-            if note := removal_note(removed, kept):
-                print(note)
+        elif args.action == "clear":
+            api.clear_cache(args.names or None, show=True)
+        elif args.action == "prune":
+            api.prune_cache(show=True)
         else:
-            from tunelab.conversion_cache import format_entries
-
-            print(format_entries(api.cache_entries()))
+            api.cache_entries(show=True)
         return 0
     if args.command == "check":
         result = api.check(

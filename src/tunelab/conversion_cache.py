@@ -178,6 +178,16 @@ def removal_note(removed: list[CacheEntry], kept: list[CacheEntry] = ()) -> str:
     return "\n".join(lines)
 
 
+def format_removed(removed: list[CacheEntry], pruned: bool = False, kept: list[CacheEntry] = ()) -> str:
+    """What `tunelab cache clear` (or `prune`, `pruned`) prints: the entries removed and the space freed, then the
+    `removal_note` of those removed and the stale ones `kept`."""
+    freed = sum(e.size_bytes for e in removed) / 1e6
+    names = ", ".join(e.name for e in removed) or ("nothing stale" if pruned else "nothing to remove")
+    line = f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed:.1f} MB): {names}"
+    note = removal_note(removed, kept)
+    return f"{line}\n{note}" if note else line
+
+
 def _human(size: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1000 or unit == "GB":
@@ -187,6 +197,7 @@ def _human(size: int) -> str:
 
 
 def format_entries(entries: list[CacheEntry]) -> str:
+    """What `tunelab cache` prints: where the cache is, then each entry's size, date, name and state."""
     lines = [f"GGUF conversion cache: {gguf_cache_dir()}  (moved by $TUNELAB_CACHE)"]
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified))
