@@ -280,7 +280,7 @@ def chat(
 
 @_checked
 def evaluate(
-    run: str | Path | LoadedRun,
+    run: str | Path | LoadedRun | HeadRun,
     data: str | Path,
     settings: GenerationSettings | None = None,
     refusal: str | None = None,
@@ -314,10 +314,17 @@ def evaluate(
     _refuse_overwrite_unsaved(save, overwrite, "results file", spelling)
     if refusal is not None:
         refusal = _text(refusal, "refusal", blank=False, flag=spelling.given("refusal") if spelling.flags else None)
-    if not isinstance(run, LoadedRun) and (task := read_info(run, require_finished=False).task) in HEAD_TASKS:
+    if isinstance(run, HeadRun | LoadedRun):
+        task = run.info.task
+    else:
+        task = read_info(run, require_finished=False).task
+    if task in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options
 
-        refuse_text_options(run, task, settings, refusal, base_precision, show_answers, spelling, seed)
+        run_dir = run.run_dir if isinstance(run, HeadRun) else run
+        refuse_text_options(run_dir, task, settings, refusal, base_precision, show_answers, spelling, seed)
+        if isinstance(run, HeadRun):
+            check_opened_on(device, run.device, "open_head_run")
         result = evaluate_head_run(
             run,
             data,
@@ -331,7 +338,7 @@ def evaluate(
         if show:
             print(format_head_eval(result))
             if save:
-                print(saved_line(run, out))
+                print(saved_line(run_dir, out))
         return result
 
     result = evaluate_run(
@@ -453,8 +460,8 @@ def federate(
 
 @_checked
 def open_head_run(run: str | Path, device: str = "auto") -> HeadRun:
-    """A classify or reward run's model loaded once, to pass as `run` to `predict` and `load_reward_model`, so many
-    calls share one load (as `open_run` for generate, compare, chat and evaluate). A run that did not finish is opened
+    """A classify or reward run's model loaded once, to pass as `run` to `predict`, `evaluate` and `load_reward_model`,
+    so many calls share one load (as `open_run` for generate, compare, chat and evaluate). A run that did not finish is opened
     from its newest checkpoint, as predict opens it, saying so on stderr."""
     from tunelab.tasks.head_run import open_head_run as _open_head_run
 

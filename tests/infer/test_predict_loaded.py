@@ -1,5 +1,5 @@
-"""A classify or reward run loaded once (`tunelab.open_head_run`) and passed as `run`: predict and load_reward_model
-score with it, not loading the model again."""
+"""A classify or reward run loaded once (`tunelab.open_head_run`) and passed as `run`: predict, evaluate and
+load_reward_model score with it, not loading the model again."""
 
 import json
 
@@ -33,8 +33,18 @@ def test_predictions_of_a_run_opened_once_share_one_load(classify_run, tmp_path,
     second = tunelab.predict(run, texts=["awful news", "great"], out=tmp_path / "p.jsonl")
     assert len(loads) == 1 and [p.where for p in first + second] == ["text 1", "text 1", "text 2"]
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
+    held = tmp_path / "held.jsonl"
+    held.write_text(
+        "".join(
+            json.dumps({"prompt": f"{w} {i}", "label": lab}) + "\n"
+            for i, (w, lab) in enumerate([("great", "pos"), ("awful", "neg"), ("great", "pos")])
+        )
+    )
+    scored = tunelab.evaluate(run, held, save=False)
+    assert len(loads) == 1 and scored.rows_read == 3 and scored.run_dir == str(classify_run)
+    assert scored.tuned == tunelab.evaluate(classify_run, held, save=False, device="cpu").tuned
     again = tunelab.predict(classify_run, texts=["awful news", "great"], device="cpu")
-    assert len(loads) == 2
+    assert len(loads) == 3
     for ours, theirs in zip(second, again, strict=True):
         assert ours.label == theirs.label and ours.probabilities == pytest.approx(theirs.probabilities)
     with pytest.raises(TunelabError, match=r"^argument 'device' is cuda:1, but "):  # no such GPU, or not the run's
@@ -43,4 +53,4 @@ def test_predictions_of_a_run_opened_once_share_one_load(classify_run, tmp_path,
         tunelab.generate(run, "hi")
     with pytest.raises(RunDirError, match="classify run, not a reward model"):
         tunelab.load_reward_model(run)
-    assert len(loads) == 2
+    assert len(loads) == 3

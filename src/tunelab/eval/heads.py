@@ -329,7 +329,7 @@ def refuse_text_options(
 
 
 def evaluate_head_run(
-    run_dir: str | Path,
+    run: str | Path | HeadRun,
     data_file: str | Path,
     device: str = "auto",
     *,
@@ -339,14 +339,16 @@ def evaluate_head_run(
     overwrite: bool = False,
     spelling: Spelling = PYTHON,
 ) -> HeadEvalResult:
-    """Scores of a classify or reward run on `data_file`; with `save`, written to `out` (default RUN_DIR/eval.json)."""
-    run_dir = Path(run_dir)
+    """Scores of a classify or reward run (its folder, or the run opened already) on `data_file`; with `save`, written
+    to `out` (default RUN_DIR/eval.json)."""
+    opened = run if isinstance(run, HeadRun) else None
+    run_dir = Path(opened.run_dir if opened else run)
     stamp = run_stamp(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     refuse_missing_file(data_file, "eval", flags=spelling.flags)
     if save:
         check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json", spelling=spelling)
-    run = open_head_run(run_dir, device, from_checkpoint=True, spelling=spelling)
+    run = opened or open_head_run(run_dir, device, from_checkpoint=True, spelling=spelling)
     if run.info.task == "reward" and not run.info.is_adapter:  # the untrained-head baseline loads the base last
         check_trained_base(run.info)
     if run.info.task == "classify":
