@@ -5,8 +5,10 @@ result = tunelab.train("examples/company_faq/config.yaml", {"train.max_steps": 2
 comparison = tunelab.compare(result.run_dir, questions="examples/company_faq/heldout.jsonl", save=False)
 print(tunelab.generate(result.run_dir, "Where is your office?"))
 
-A classify or reward run (`task: classify | reward`) is read by `tunelab.predict` and `tunelab.evaluate`; a reward
-run also serves as a reward function: `tunelab.load_reward_model(run_dir)(prompts, completions) -> list[float]`.
+A classify or reward run (`task: classify | reward`) is read by `tunelab.predict` and `tunelab.evaluate`, from its
+folder or from the run `tunelab.open_head_run` loaded once; a reward run also serves as a reward function:
+`tunelab.load_reward_model(run_dir)(prompts, completions) -> list[float]`. The types the functions return are the
+package's too (tunelab/__init__.py `_TYPES`).
 
 Where a module's function takes exactly the API's arguments it is the API's, with only its argument types checked
 here: `export_gguf` (export/gguf.py), `push` (export/push.py), `serve` and `start_server` (server/serve.py), `open_run` (infer/run.py).
