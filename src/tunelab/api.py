@@ -462,9 +462,9 @@ def federate(
 
 @_checked
 def open_head_run(run: str | Path, device: str = "auto") -> HeadRun:
-    """A classify or reward run's model loaded once, to pass as `run` to `predict`, `evaluate` and `load_reward_model`,
-    so many calls share one load (as `open_run` for generate, compare, chat and evaluate). A run that did not finish is opened
-    from its newest checkpoint, as predict opens it, saying so on stderr."""
+    """A classify or reward run's model loaded once, to pass as `run` to `predict`, `evaluate` and
+    `load_reward_model`, so many calls share one load (as `open_run` for generate, compare, chat and evaluate). A run
+    that did not finish is opened from its newest checkpoint, as predict opens it, saying so on stderr."""
     from tunelab.tasks.head_run import open_head_run as _open_head_run
 
     return _open_head_run(run, device, from_checkpoint=True)
