@@ -71,3 +71,39 @@ def test_every_write_of_either_file_keeps_the_digest_in_step(tmp_path):
     (tmp_path / CONFIG_FILE).write_text("task: sft\n")
     with pytest.raises(RunDirError, match="bytes of the 29 recorded: it was cut short"):
         read_config(tmp_path)
+
+
+def _kept(overrides, steps):
+    return overrides | {"train.max_steps": steps, "train.save_every": 1, "train.keep_checkpoints_after_finish": True}
+
+
+def test_resume_refuses_an_edited_config_and_resumes_once_the_edit_is_accepted(tiny_overrides, cli_flags, capsys):
+    """--resume read the run's config.yaml unchecked: an edit (or a cut) went into the comparison as the run's own
+    options, and the resume went on from it."""
+    from tunelab.training.recipe import train
+
+    run = train(None, _kept(tiny_overrides, 2)).run_dir
+    config = (run / CONFIG_FILE).read_text()
+    (run / CONFIG_FILE).write_text(re.sub(r"(?m)^  log_every: .*$", "  log_every: 7", config))
+    steps = json.loads((run / RUN_FILE).read_text())["steps"]
+    assert main(["train", *cli_flags(_kept(tiny_overrides, 3)), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / CONFIG_FILE}: not the config.yaml the run wrote" in err and "Traceback" not in err
+    assert f"{run / RUN_FILE} records its digest" in err and '"config_digest"' in err
+    assert json.loads((run / RUN_FILE).read_text())["steps"] == steps  # nothing trained
+    digest = json.loads(re.search(r'"config_digest" in .* to (\{.*\})\.', err).group(1))
+    raw = json.loads((run / RUN_FILE).read_text())
+    (run / RUN_FILE).write_text(json.dumps(raw | {"config_digest": digest}))
+    assert main(["train", *cli_flags(_kept(tiny_overrides, 3)), "--resume"]) == 0
+    assert "train.log_every: 7 -> 1 (allowed" in capsys.readouterr().out
+
+
+def test_resume_of_a_run_written_before_the_digest_reads_its_config_unchecked(tiny_overrides):
+    from tunelab.training.recipe import train
+
+    run = train(None, _kept(tiny_overrides, 2)).run_dir
+    raw = json.loads((run / RUN_FILE).read_text())
+    del raw["config_digest"]
+    (run / RUN_FILE).write_text(json.dumps(raw))
+    (run / CONFIG_FILE).write_text((run / CONFIG_FILE).read_text() + "# my note\n")
+    assert train(None, _kept(tiny_overrides, 3), resume=True).steps == 3

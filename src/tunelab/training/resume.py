@@ -1,6 +1,7 @@
 """--resume: continue a run exactly where it stopped, or refuse and say what differs.
 
-The config given to --resume is compared with the run's saved config.yaml, option by option:
+The config given to --resume is compared with the run's saved config.yaml, option by option, once that file is found
+to be the one run.json records (config_digest.py: one cut short or edited is refused, as every command refuses it):
 
 - options that only say how the run is watched, saved or held in memory (eval/save/log intervals, checkpoints kept,
   the experiment trackers, activation checkpointing, the questions asked at the end, ...) may change; the change is
@@ -39,13 +40,14 @@ from tunelab.config import ACTION_OPTIONS, AUTO, RunConfig, auto_options, iter_o
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.paths import PATH_OPTIONS
 from tunelab.config.validate import read_by, run_tasks
+from tunelab.config_digest import check_config
 from tunelab.data.packing import Packed
 from tunelab.data.report import location_path
 from tunelab.errors import ConfigError, RunDirError, counted
 from tunelab.models.converted import CONVERSION
 from tunelab.models.gguf_split import SPLIT_SINCE_4, SPLITS, read_gguf_string
 from tunelab.run_info import RunInfo
-from tunelab.rundir import CONFIG_FILE, read_info
+from tunelab.rundir import CONFIG_FILE, read_info, run_file
 from tunelab.training.auto import Choice
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.distributed import Ranks
@@ -193,7 +195,10 @@ def config_changes(
 
 
 def _saved_config(run_dir: Path) -> dict:
+    """The run's config.yaml as saved; RunDirError when it is not the one run.json records (`check_config`): cut short
+    at a line end it still parses, and the options it lost would be compared (and kept) as their defaults."""
     path = Path(run_dir) / CONFIG_FILE
+    check_config(path, run_file(run_dir))
     try:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:

@@ -20,11 +20,12 @@ from tunelab.config import ResolvedConfig, as_trained, stage_where, trained_stag
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import STAGE_PREFIX
 from tunelab.config.overrides import is_override
+from tunelab.config_digest import check_config
 from tunelab.data.formats import eval_said_as
 from tunelab.errors import ConfigError
 from tunelab.models.base_record import recorded_commit
 from tunelab.run_info import RunInfo
-from tunelab.rundir import CONFIG_FILE, is_run_dir, read_info, write_config
+from tunelab.rundir import CONFIG_FILE, is_run_dir, read_info, run_file, write_config
 from tunelab.training.prepare import load_inputs
 from tunelab.training.resume import (
     CONTENT,
@@ -168,6 +169,8 @@ def refuse_nothing_to_train(run_dir: Path, count: int, spelling: Spelling = CLI)
 
 
 def saved_config(here: Path) -> dict:
+    """A stage's (or the staged run's) config.yaml as saved, checked against its run.json's digest (`check_config`)."""
+    check_config(here / CONFIG_FILE, run_file(here))
     return yaml.safe_load((here / CONFIG_FILE).read_text(encoding="utf-8"))
 
 
