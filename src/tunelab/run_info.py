@@ -89,6 +89,10 @@ class RunInfo:
     config_digest: dict[str, Any] = field(default_factory=dict)
     """{"sha256", "bytes"} of the run directory's config.yaml when this was written (config_digest.py): commands
     reading the config refuse one that differs. Empty in runs written before 2026-12-06."""
+    result_files: dict[str, Any] = field(default_factory=dict)
+    """{name: {"bytes", "mtime_ns"}} of the result's files at the run directory's top as its save left them
+    (training/result.py): a file of a result's name that differs is not the run's, and no save replaces it. Empty
+    before the first save, and in runs written before 2026-12-06 (a finished one takes the files there as its own)."""
     tunelab_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
     """Facts particular to a task or feature, saved and read back as they are (keys unknown to this version too)."""

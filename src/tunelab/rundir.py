@@ -67,6 +67,18 @@ def write_config(run_dir: str | Path, text: str) -> None:
         write_json(run_file(run_dir), raw)
 
 
+def record_result(run_dir: str | Path, files: dict[str, Any]) -> None:
+    """run.json with `files` recorded as the run's result (RunInfo.result_files), before a save moves them into place:
+    killed between the move and the run's next write_info, the run still knows them for its own. Nothing without a
+    readable run.json."""
+    try:
+        raw = json.loads(run_file(run_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(raw, dict):
+        write_json(run_file(run_dir), raw | {"result_files": files})
+
+
 def read_json_object(path: Path, consequence: str) -> dict:
     """A JSON file holding an object; RunDirError naming the file and `consequence` when it is damaged."""
     try:

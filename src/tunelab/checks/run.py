@@ -69,6 +69,7 @@ from tunelab.training.optim import rate_lines
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
+from tunelab.training.publish import owned_results, refuse_foreign_saved
 from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.resume import CONTENT, check_resume_config, data_digest, file_digests, kept_auto, what_changed
 from tunelab.training.stage_plan import plan_stages, refuse_other_labels
@@ -119,6 +120,7 @@ def output_items(resolved: ResolvedConfig, config, resume: bool, overwrite_non_r
         check_not_stopped_early(
             plan.run_dir, info, t.early_stopping_patience, t.early_stopping_min_delta, spelling.resume
         )
+        refuse_foreign_saved(plan.run_dir, owned_results(plan.run_dir, info), spelling=spelling)  # as train refuses
         warning = resume_warning(plan.run_dir, spelling)  # a run the non-finite guard stopped would stop again
         if warning:
             return [CheckItem("resume", "warn", f"from {checkpoint}", [warning] + damaged + notes)]

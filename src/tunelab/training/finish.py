@@ -116,7 +116,8 @@ def finish(
         weights = full_weights(train_model, ranks, cfg.method.is_adapter)
         if ranks.main:
             try:
-                save_final(run_dir, built, tokenizer, cfg, task, data, weights, hub_revision(info), run.spelling)
+                saved = (run_dir, built, tokenizer, cfg, task, data, weights, hub_revision(info), run.spelling)
+                info.result_files = save_final(*saved, owned=info.result_files)  # as saved, for a later --resume
             except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM while saving: nothing of the result is kept
                 raise save_cut_short(run_dir, position["step"], total_steps, exc, run.spelling) from None
             plot_losses(run_dir, [cfg.task])

@@ -1,5 +1,6 @@
-"""A staged run's result at the run directory's top: the last stage's files (adapter or weights, tokenizer, data report)
-linked or copied beside the run's own files (`publish`), replacing no file tunelab did not put there.
+"""A run's result at the run directory's top, replacing no file tunelab did not put there: a staged run's last stage's
+files (adapter or weights, tokenizer, data report) linked or copied beside the run's own files (`publish`), and a single
+run's saved result (training/result.py save_final), which `refuse_foreign_saved` guards.
 
 A file at the top named as a result file is the run's own when it is a stage's file of that name published before:
 the same file (a hard link) or a copy of its size and modification time (`shutil.copy2` keeps it), as a publish cut
@@ -7,6 +8,11 @@ short and resumed, or a finished run resumed with a stage added, leaves it. Anyt
 own adapter, a tokenizer copied in) would be replaced: `refuse_foreign_results` refuses it by name (exit 2), before
 any stage trains where it is there already (--resume), and again just before the publish for one put there while the
 stages trained; the result then stays in its stage folder, and --resume publishes it once the file is moved.
+
+A single run's own are the files its last save left, by the size and modification time run.json records of each
+(`result_files`; a move keeps both); a finished run saved before they were recorded takes every file of a result's
+name there as its own, as nothing tells them apart. Any other is refused by name the same way: before --resume trains,
+and by the save for one put there while the run trained (nothing of the result is kept; its checkpoint is).
 """
 
 from __future__ import annotations
@@ -14,11 +20,17 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
+from tunelab.run_info import RunInfo
 from tunelab.rundir import CONFIG_FILE, RUN_FILE, STAGE_DIR
 from tunelab.training.run_files import RESULT_ENTRIES, listed, written
+
+# what a single run's save (training/result.py) moves to the top: a result's names less the data report, which the
+# run writes when it starts and no save replaces
+SAVED_ENTRIES = tuple(name for name in RESULT_ENTRIES if name != "data_report.json")
 
 # a stage's own files, which stay in its folder: the run has its own of these names (not the result, nor its data report)
 STAGE_ONLY = ("checkpoints", "metrics.jsonl", CONFIG_FILE, "loss.png", RUN_FILE)
@@ -38,12 +50,65 @@ def foreign_results(run_dir: Path, names: list[str] | None = None) -> list[str]:
     those of `names` (the publish's own, `published_names`), or (None, before the stages have trained) of any name a
     stage's result may have (run_files.RESULT_ENTRIES), sorted; a folder with a trailing /."""
     stages = [p for p in run_dir.iterdir() if STAGE_DIR.fullmatch(p.name) and p.is_dir()]
+    return _in_the_way(run_dir, names, RESULT_ENTRIES, lambda entry: _published(entry, stages))
+
+
+def _in_the_way(run_dir: Path, names: list[str] | None, patterns: tuple[str, ...], ours) -> list[str]:
+    """The entries at the top of `run_dir` named as one of `names` (or, None, matching `patterns`) for which `ours`
+    is false, sorted; a folder with a trailing /."""
     found = []
     for entry in sorted(run_dir.iterdir()):
-        wanted = entry.name in names if names is not None else written(entry.name, RESULT_ENTRIES)
-        if wanted and not _published(entry, stages):
+        wanted = entry.name in names if names is not None else written(entry.name, patterns)
+        if wanted and not ours(entry):
             found.append(entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
     return found
+
+
+def file_record(path: Path) -> dict[str, int] | None:
+    """{"bytes", "mtime_ns"} of a plain file (not a link), as run.json's `result_files` records it; None otherwise."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    stat = path.stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def saved_files(folder: Path, names: list[str] | None = None) -> dict[str, dict[str, int]]:
+    """The record (`file_record`) of each plain file at the top of `folder` among `names`, or (None) of every one
+    named as a single run's result (`SAVED_ENTRIES`)."""
+    records = {
+        entry.name: file_record(entry)
+        for entry in folder.iterdir()
+        if (entry.name in names if names is not None else written(entry.name, SAVED_ENTRIES))
+    }
+    return {name: record for name, record in sorted(records.items()) if record is not None}
+
+
+def owned_results(run_dir: Path, info: RunInfo) -> dict[str, dict[str, int]]:
+    """The files at the top of `run_dir` that are a single run's result as tunelab saved it: run.json's record of them
+    (`result_files`); for a finished run that records none (saved before 2026-12-06), every file there of a result's
+    name, which nothing tells from a file of the user's."""
+    return info.result_files if info.result_files or not info.finished else saved_files(run_dir)
+
+
+def refuse_foreign_saved(
+    run_dir: Path, owned: dict[str, Any], names: list[str] | None = None, left: str = "", spelling: Spelling = CLI
+) -> None:
+    """RunDirError naming the files at the top of `run_dir` that a single run's save would replace and that are not
+    its own (`owned`, as `owned_results` gives it): among `names` (the save's files, `left` saying what is left of the
+    run once it refuses them), or (None, before --resume trains) among every name its result may have."""
+    foreign = _in_the_way(run_dir, names, SAVED_ENTRIES, lambda entry: owned.get(entry.name) == file_record(entry))
+    if not foreign:
+        return
+    where = f"{run_dir} holds {listed(foreign)} that tunelab did not write there"
+    if names is None:
+        raise RunDirError(
+            f"{where}, named as the run's result, which its save at the end of training replaces. Move them out of "
+            f"{run_dir} (or rename them), then {spelling.rerun}; nothing was trained."
+        )
+    raise RunDirError(
+        f"{where} (put there while the run trained), named as the run's result, which its save would replace: "
+        f"nothing of the result was saved. Move them out of {run_dir} (or rename them). {left}"
+    )
 
 
 def _published(entry: Path, stages: list[Path]) -> bool:

@@ -68,6 +68,7 @@ from tunelab.training.outdir import OutputPlan, failure_noted, hold_lock, plan_o
 from tunelab.training.plan import MemoryPlan, longest_prompt, longest_row, plan_memory
 from tunelab.training.prepare import Inputs, load_inputs, load_model, protected_paths
 from tunelab.training.progress import end_record, record_progress, record_stopped
+from tunelab.training.publish import owned_results, refuse_foreign_saved
 from tunelab.training.resume import (
     CONTENT,
     WARMUP,
@@ -275,6 +276,7 @@ def _train_planned(
     evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
 
     info = _run_info(cfg, inputs, task, built, untrained, fingerprints, total_steps, auto, warmup)
+    info.result_files = owned_results(run_dir, before) if before is not None else {}  # what its save may replace
     if cfg.task == "dpo":  # which preference loss: the report names it beside the task (orpo is no DPO)
         info.extra["dpo"] = {"loss": cfg.dpo.loss, "beta": cfg.dpo.beta}
     if t.loraplus_lr_ratio:  # the rate B starts from, train.lr auto resolved (config.yaml keeps the ratio as written)
@@ -425,6 +427,9 @@ def _start(resolved: ResolvedConfig, run_dir: Path, ranks: Ranks, resume: bool) 
     print("tunelab train — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
     checkpoint = resume_checkpoint(run_dir, resolved.spelling) if resume else None
+    if resume:  # a file of the user's that the result's save would replace: refused before anything loads
+        info = read_info(run_dir, require_finished=False)
+        refuse_foreign_saved(run_dir, owned_results(run_dir, info), spelling=resolved.spelling)
     for note in remove_cut_short(run_dir) if resume and ranks.main else []:
         print(note, flush=True)
     warning = (

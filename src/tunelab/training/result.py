@@ -2,7 +2,8 @@
 removed (`tidy_up`): the step checkpoints, unless kept, and the run this one replaced.
 
 Weights are checked finite before anything is written; the result is written to a staging folder inside the run
-directory and moved into place once complete, so a failure leaves no half-written result. Its files get the
+directory and moved into place once complete, so a failure leaves no half-written result, and never over a file of
+the user's (training/publish.py `refuse_foreign_saved`). Its files get the
 permissions of any file the user creates (the umask's), as a merged model's do.
 """
 
@@ -18,12 +19,14 @@ from tunelab.config import RunConfig
 from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
 from tunelab.peft.save import record_base_revision, save_adapter
+from tunelab.rundir import record_result
 from tunelab.tasks import SFT
 from tunelab.tasks.task import Task, save_tokenizer
 from tunelab.training.build import BuiltModel, save_full_weights
 from tunelab.training.checkpoint import STEP_PREFIX, delete_checkpoints, intact_checkpoint, no_space_message
 from tunelab.training.guard import require_finite
 from tunelab.training.outdir import OutputPlan, finish_replacement
+from tunelab.training.publish import refuse_foreign_saved, saved_files
 from tunelab.training.run_files import listed
 
 
@@ -37,13 +40,17 @@ def save_final(
     weights: dict | None = None,
     base_revision: str = "",
     spelling: Spelling = CLI,
-) -> None:
+    owned: dict | None = None,
+) -> dict | None:
     """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
     the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
     complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none).
     `weights`: the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights; task sft),
     the trainable ones alone for an adapter (QLoRA). `base_revision`: a hub base's commit (run.json's), written into
-    an adapter's adapter_config.json as PEFT's `revision`. `spelling`: how a failed save names --resume."""
+    an adapter's adapter_config.json as PEFT's `revision`. `spelling`: how a failed save names --resume.
+    `owned`: the run's own result files there (RunInfo.result_files, training/publish.py owned_results): the save
+    replaces no other file, RunDirError naming it, and returns the new record of them for run.json, which it also
+    writes there before moving the files. None (a federation's round after round): neither."""
     params = weights.items() if weights is not None else built.model.named_parameters()
     written = (
         params if weights is not None or not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
@@ -64,10 +71,19 @@ def save_final(
             task.save(staging, built, tokenizer, cfg, data)
         record_base_revision(staging, base_revision)
         ordinary_permissions(staging)  # safetensors writes its files 0600: unreadable to the other users of a run
+        if owned is not None:  # a file of the user's put there while the run trained, named as a result file
+            names = sorted(item.name for item in staging.iterdir())
+            refuse_foreign_saved(run_dir, owned, names, _what_is_left(run_dir, spelling))
+            record = {n: r for n, r in owned.items() if n not in names and (run_dir / n).exists()}
+            record = dict(sorted((record | saved_files(staging)).items()))  # a move keeps size and mtime
+            record_result(run_dir, record)
         for item in staging.iterdir():
             os.replace(item, run_dir / item.name)
             moved.append(run_dir / item.name)
         staging.rmdir()
+    except RunDirError:  # a file of the user's in the way: nothing moved
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): no part of the result is left to pass for the whole
         for path in (staging, *moved):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
@@ -82,6 +98,7 @@ def save_final(
         raise RunDirError(
             f"{run_dir}: the result could not be saved: {why} {_what_is_left(run_dir, spelling)}"
         ) from None
+    return record if owned is not None else None
 
 
 def _what_is_left(run_dir: Path, spelling: Spelling) -> str:
