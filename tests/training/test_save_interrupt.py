@@ -17,7 +17,7 @@ def test_ctrl_c_while_saving_the_result_exits_130_once_it_is_saved(tiny_override
 
     def interrupted_save(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)
-        real(*args, **kwargs)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(finish, "save_final", interrupted_save)
     overrides = tiny_overrides | {"train.max_steps": 2, "train.save_every": 1}

@@ -222,7 +222,7 @@ def test_ctrl_c_while_a_stage_saves_says_how_to_start_the_next_one(staged, monke
 
     def interrupted_save(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)
-        real(*args, **kwargs)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(finish, "save_final", interrupted_save)
     with pytest.raises(Interrupted) as caught:
