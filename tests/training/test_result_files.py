@@ -91,3 +91,20 @@ def test_a_run_saved_before_the_result_was_recorded_trains_on_over_it(tiny_overr
     (run / RUN_FILE).write_text(json.dumps(raw))
     assert recipe.train(None, _kept(tiny_overrides, 3), resume=True).steps == 3
     assert "adapter_model.safetensors" in json.loads((run / RUN_FILE).read_text())["result_files"]
+
+
+def test_only_a_recorded_file_unchanged_is_the_runs_own(tmp_path):
+    from tunelab.training.publish import refuse_foreign_saved, saved_files
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"saved")
+    (tmp_path / "data_report.json").write_text("{}")  # the run's own, written at its start: no save replaces it
+    owned = saved_files(tmp_path, ["adapter_model.safetensors"])
+    refuse_foreign_saved(tmp_path, owned)
+    (tmp_path / "tokenizer.json").mkdir()  # a folder of a result's name: never the run's
+    with pytest.raises(RunDirError, match=r"\(tokenizer.json/\) that tunelab did not write there"):
+        refuse_foreign_saved(tmp_path, owned)
+    (tmp_path / "tokenizer.json").rmdir()
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"mine!")  # same size, written again
+    os.utime(tmp_path / "adapter_model.safetensors", ns=(1, 1))
+    with pytest.raises(RunDirError, match=r"\(adapter_model.safetensors\)"):
+        refuse_foreign_saved(tmp_path, owned)

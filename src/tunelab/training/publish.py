@@ -96,7 +96,12 @@ def refuse_foreign_saved(
     """RunDirError naming the files at the top of `run_dir` that a single run's save would replace and that are not
     its own (`owned`, as `owned_results` gives it): among `names` (the save's files, `left` saying what is left of the
     run once it refuses them), or (None, before --resume trains) among every name its result may have."""
-    foreign = _in_the_way(run_dir, names, SAVED_ENTRIES, lambda entry: owned.get(entry.name) == file_record(entry))
+
+    def ours(entry: Path) -> bool:
+        record = file_record(entry)
+        return record is not None and owned.get(entry.name) == record
+
+    foreign = _in_the_way(run_dir, names, SAVED_ENTRIES, ours)
     if not foreign:
         return
     where = f"{run_dir} holds {listed(foreign)} that tunelab did not write there"

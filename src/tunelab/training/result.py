@@ -75,7 +75,7 @@ def save_final(
             names = sorted(item.name for item in staging.iterdir())
             refuse_foreign_saved(run_dir, owned, names, _what_is_left(run_dir, spelling))
             record = {n: r for n, r in owned.items() if n not in names and (run_dir / n).exists()}
-            record = dict(sorted((record | saved_files(staging)).items()))  # a move keeps size and mtime
+            record = dict(sorted((record | saved_files(staging, names)).items()))  # a move keeps size and mtime
             record_result(run_dir, record)
         for item in staging.iterdir():
             os.replace(item, run_dir / item.name)
