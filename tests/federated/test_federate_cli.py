@@ -4,9 +4,10 @@ exit code 2 (a failing client: test_deployment).
 
 The federations start Ray and a worker per client, tens of seconds each on two cores, so each runs once and the tests
 read it: the model is the tiny one with a zero embedding row (model.fix_untrained_tokens repairs it on the server and
-on every client), and the third round's eval loss is scripted (train.keep_best then keeps round 2). The uninterrupted
-federation and the one stopped after its first round run side by side (each a Ray cluster of its own): most of a
-federation's time is its processes starting, which leaves the cores idle.
+on every client), and the third round's eval loss is scripted (train.keep_best then keeps round 2). Two federations
+start: the uninterrupted one, and the resume of its run directory as a server killed after round 1 leaves it (copied
+then), beside its second round (each a Ray cluster of its own): most of a federation's time is its processes
+starting, which leaves the cores idle.
 
 Each federation runs in its own process (as a user runs it), so Ray never starts inside the test process. What
 starts no federation (bad input, a resume with no round left) runs the CLI's `main` here, with `simulate` replaced
@@ -16,6 +17,7 @@ checks is the server's: its config.yaml, federated.json, run.json and train.keep
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,11 +41,11 @@ def _env() -> dict[str, str]:
     return os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
 
 
-def _federate(*args, wait=True, out=subprocess.DEVNULL):
+def _federate(*args, out, err) -> subprocess.Popen:
+    """`tunelab federate *args` started in a process of its own (a session of its own, with what it starts), writing
+    to the files `out` and `err`."""
     command = [sys.executable, "-m", "tunelab.cli", "federate", *map(str, args)]
-    if wait:
-        return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
-    return subprocess.Popen(command, stdout=out, stderr=out, env=_env(), start_new_session=True)
+    return subprocess.Popen(command, stdout=out, stderr=err, text=True, env=_env(), start_new_session=True)
 
 
 @pytest.fixture
@@ -83,42 +85,75 @@ def _one_round_more_in_this_process(monkeypatch, applied_round) -> None:
     monkeypatch.setattr(federated_run, "simulate", simulate)
 
 
-def _stop_after_round_1(process: subprocess.Popen, state: Path) -> None:
-    """Kill the federation `process` (the server and every worker it started) once its federated.json records a
-    round done: a server stopped between rounds, with nothing of its own to finish."""
+def _copy_after_round_1(process: subprocess.Popen, run: Path, copy: Path) -> None:
+    """Copy the run directory of the federation `process` as a server killed once its federated.json records a round
+    done leaves it: a server stopped between rounds, with nothing of its own to finish. The server (this process:
+    Flower's simulation runs the ServerApp in a thread of it) is paused while its run directory is copied, so the copy
+    holds each file as the disk held it at one instant, which is what a kill at that instant leaves (what the process
+    had not yet written is in neither)."""
+    state = run / "federated.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["rounds_done"] >= 1:
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                shutil.copytree(run, copy)
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            return
+        time.sleep(0.05)
+
+
+def _finished(process: subprocess.Popen, out, err) -> subprocess.CompletedProcess:
+    """The federation `process` once it has ended (killed with what it started after 600 s), with what it wrote to
+    the files `out` and `err`."""
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and process.poll() is None:
-            if state.is_file() and json.loads(state.read_text())["rounds_done"] >= 1:
-                break
-            time.sleep(0.05)
+        process.wait(timeout=600)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    out.seek(0), err.seek(0)
+    return subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
 
 
 @pytest.fixture(scope="module")
 def federations(tmp_path_factory, zero_row_model_dir, federate_config_module):
-    """2 clients x 2 rounds through the CLI on the tiny model with a zero row, twice at once: ("uninterrupted": its
-    run directory and finished process, "stopped": the config of the same federation killed after round 1)."""
-    straight, stopped = tmp_path_factory.mktemp("federate"), tmp_path_factory.mktemp("federate-stopped")
-    config = federate_config_module(straight, zero_row_model_dir[0])
-    stopped_config = federate_config_module(stopped, zero_row_model_dir[0])
-    with (straight / "stdout.txt").open("w+") as out, (straight / "stderr.txt").open("w+") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tunelab.cli", "federate", str(config)],
-            stdout=out, stderr=err, text=True, env=_env(), start_new_session=True,
-        )  # fmt: skip
+    """2 clients x 2 rounds through the CLI on the tiny model with a zero row ("uninterrupted": its run directory and
+    finished process), and the same federation as a server killed after round 1 left it ("stopped": its config, run
+    directory and the rounds done there, "resumed": that run resumed through the CLI, its finished process).
+
+    The stopped run is the uninterrupted one's directory copied after round 1 (`_copy_after_round_1`) into an
+    output_dir of its own (a resume allows that change), and it is resumed at once, its Ray cluster beside the
+    uninterrupted federation's second round: most of a federation's time is its processes starting, which leaves the
+    cores idle."""
+    folder = tmp_path_factory.mktemp("federate")
+    config = federate_config_module(folder, zero_row_model_dir[0])
+    stopped = folder / "stopped"  # the same clients' files and eval set: the config differs in output_dir alone
+    stopped_config = folder / "stopped.yaml"
+    stopped_config.write_text(yaml.safe_dump(yaml.safe_load(config.read_text()) | {"output_dir": str(stopped)}))
+    files = [(folder / f"{name}.txt").open("w+") for name in ("stdout", "stderr", "resumed-out", "resumed-err")]
+    try:
+        process = _federate(config, out=files[0], err=files[1])
         try:
-            _stop_after_round_1(_federate(stopped_config, wait=False), stopped / "run" / "federated.json")
-            process.wait(timeout=600)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        out.seek(0), err.seek(0)
-        done = subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
-    return {"uninterrupted": (straight / "run", done), "stopped": stopped_config}
+            _copy_after_round_1(process, folder / "run", stopped)
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        copied = (stopped / "federated.json").is_file()  # not when the federation ended before its first round
+        rounds_done = json.loads((stopped / "federated.json").read_text())["rounds_done"] if copied else 0
+        resuming = _federate(stopped_config, "--resume", out=files[2], err=files[3]) if copied else None
+        done = _finished(process, *files[:2])
+        resumed = _finished(resuming, *files[2:]) if copied else None
+    finally:
+        for file in files:
+            file.close()
+    return {
+        "uninterrupted": (folder / "run", done),
+        "stopped": (stopped_config, stopped, rounds_done),
+        "resumed": resumed,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -192,14 +227,13 @@ def test_two_clients_two_rounds_through_the_cli(uninterrupted, zero_row_model_di
 def test_resume_after_the_server_is_stopped(
     federations, uninterrupted, no_simulation, monkeypatch, applied_round, capsys
 ):
-    config = federations["stopped"]  # killed once its first round was done, beside the uninterrupted federation
-    state = config.parent / "run" / "federated.json"
-    assert json.loads(state.read_text())["rounds_done"] == 1, "the run ended before it could be stopped"
+    config, run, rounds_done = federations["stopped"]  # as a server killed once its first round was done leaves it
+    state = run / "federated.json"
+    assert rounds_done == 1, "the run ended before it could be stopped"
 
-    done = _federate(config, "--resume")
+    done = federations["resumed"]  # resumed through the CLI, beside the uninterrupted federation's second round
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resuming" in done.stdout
-    run = config.parent / "run"
     assert [r["round"] for r in _round_records(run)] == [0, 1, 2]  # no round twice
     assert json.loads(state.read_text())["rounds_done"] == 2
     # the same rounds as the uninterrupted run: data order, learning rate and seeds are functions of the round
