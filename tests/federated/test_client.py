@@ -258,7 +258,7 @@ def test_a_failed_round_replies_with_the_errors_message_not_its_traceback(
     """A client whose round failed was reported with Flower's reason: the error's whole traceback (in the simulation
     Ray's, with terminal colours: 3,000 characters inside the server's one line a round). The reply holds the error's
     message now (a TunelabError's as it is, another's after its type); the traceback goes to the client's own log."""
-    import tunelab.federated.client as client_module
+    import tunelab.federated.local as local_module  # the ClientApp imports local_train for each round from there
 
     _, msg = _train_message(flower_message, _config(tiny_model_dir))
     context = Context(run_id=1, node_id=5, node_config={"name": "clinic-a"}, state=RecordDict(), run_config={})
@@ -268,7 +268,7 @@ def test_a_failed_round_replies_with_the_errors_message_not_its_traceback(
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(client_module, "local_train", out_of_memory)
+    monkeypatch.setattr(local_module, "local_train", out_of_memory)
     reply = _call(make_client_app([secret_client]), msg)
     assert reply.error.reason == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert "Traceback (most recent call last)" in capsys.readouterr().err and "\x1b[" not in reply.error.reason
@@ -311,3 +311,36 @@ def test_a_client_replies_the_rates_its_rounds_first_step_ran_at(tiny_model_dir,
     expected = 1e-2 * lr_factor(2 * (round_ - 1), 4, 2, plus.train.scheduler)
     assert metrics["lr"] == pytest.approx(expected) and metrics["lr"] > 0
     assert metrics["lr-B"] == pytest.approx(4 * expected)
+
+
+QUERY_IN_A_PROCESS = """
+import sys, time
+from flwr.app import ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from tunelab.federated.app import client_app
+from tunelab.federated.payload import ASK
+metadata = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=5, reply_to_message_id="", group_id="",
+                    created_at=time.time(), ttl=3600.0, message_type=MessageType.QUERY)
+node = Context(run_id=1, node_id=5, node_config={"data": "/srv/a.jsonl", "name": "clinic-a"}, state=RecordDict(),
+               run_config={})
+reply = client_app(Message(RecordDict({"config": ConfigRecord({ASK: "name"})}), metadata=metadata), node)
+print(dict(reply.content["client"]), sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules))
+"""
+
+
+def test_a_supernode_says_its_name_without_loading_torch():
+    """Flower's deployment engine starts a ClientApp process for every message a SuperNode answers, the server's name
+    query included; each imported the server's side and the client's training with tunelab.federated.app (torch,
+    transformers, peft: seconds of every SuperNode's start, three of them at once on one host in test_deployment)."""
+    import os
+    import subprocess
+    import sys
+
+    import tunelab
+
+    path = os.pathsep.join([str(Path(tunelab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", QUERY_IN_A_PROCESS],
+        capture_output=True, text=True, env=os.environ | {"PYTHONPATH": path}, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "{'name': 'clinic-a'} []"

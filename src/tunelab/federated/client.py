@@ -19,7 +19,6 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from tunelab.errors import TunelabError, counted
-from tunelab.federated.local import local_train
 from tunelab.federated.payload import (
     ARRAYS,
     CLIENT,
@@ -52,6 +51,10 @@ def clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallable
 def train_reply(msg: Message, client: ClientData, echo: bool = True) -> Message:
     """Train this client on the message's global adapter; the reply holds the new adapter and a few numbers. `echo`:
     print the client's own line of the round (its host's log)."""
+    # torch and the training stack, imported for a round: Flower's deployment engine starts a ClientApp process for
+    # every message, and the one answering the server's name query (`query` below) needs none of it
+    from tunelab.federated.local import local_train
+
     config = msg.content[CONFIG]
     round_ = int(config[ROUND])
     received = msg.content[ARRAYS]

@@ -29,16 +29,17 @@ the one its message_size_mod logs.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 from flwr.app import ArrayRecord, RecordDict
-from torch import nn
 
 from tunelab.config import RunConfig, dump_yaml
 from tunelab.errors import ConfigError
-from tunelab.peft.lora import lora_modules
-from tunelab.peft.save import PREFIX, adapter_state_dict
+
+if TYPE_CHECKING:  # torch is imported where a tensor is handled: a ClientApp process that only names its client
+    import torch  # (client.py) loads none of it
+    from torch import nn
 
 ARRAYS, CONFIG, METRICS, CLIENT = "arrays", "config", "metrics", "client"
 ROUND, ROUNDS, RECIPE, WARMUP = "tunelab-round", "tunelab-rounds", "tunelab-recipe", "tunelab-warmup"
@@ -76,6 +77,11 @@ def layout(record: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
 
 def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy PEFT-keyed LoRA weights into the model's LoRA layers; every key must match, with its shape."""
+    import torch
+
+    from tunelab.peft.lora import lora_modules
+    from tunelab.peft.save import PREFIX, adapter_state_dict
+
     own = adapter_state_dict(model)
     if set(own) != set(state):
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

@@ -453,8 +453,13 @@ def make_server_app(
         if resolved is not None:
             run_federation(grid, resolved, len(clients or []), list(clients or []), resume)
             return
-        config = config_from_run_config(dict(context.run_config))
-        population = config.config.federated.num_clients
-        run_federation(grid, config, population, None, bool(context.run_config.get(RESUME_KEY, False)))
+        run_deployment(grid, context)
 
     return app
+
+
+def run_deployment(grid: Grid, context: Context) -> None:
+    """The deployment engine's federation: the config from the run config, federated.num_clients SuperNodes."""
+    config = config_from_run_config(dict(context.run_config))
+    population = config.config.federated.num_clients
+    run_federation(grid, config, population, None, bool(context.run_config.get(RESUME_KEY, False)))

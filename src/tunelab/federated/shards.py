@@ -24,8 +24,6 @@ from tunelab.config import ClientSource, DataConfig, FederatedConfig, RunConfig
 from tunelab.data.report import location
 from tunelab.data.sources import Record
 from tunelab.errors import ConfigError, DataError
-from tunelab.training.prepare import protected_paths
-from tunelab.training.recipe import config_path
 
 
 @dataclass(frozen=True)
@@ -285,6 +283,10 @@ def node_name(node_config: dict) -> str:
 def federation_protected(cfg: RunConfig, config: Any = None) -> dict[str, list[str]]:
     """The user's files a federation's run directory must never hold: tunelab train's list (training/prepare.py)
     and every client's data."""
+    # imported here: a SuperNode's ClientApp process imports this module to name itself, without torch (client.py)
+    from tunelab.training.prepare import protected_paths
+    from tunelab.training.recipe import config_path
+
     protected = protected_paths(cfg, config_path(config))
     f = cfg.federated
     protected["client data file"] = [p for p in f.client_paths() if p] + ([f.split_file] if f.split_file else [])
