@@ -144,8 +144,10 @@ def federations(tmp_path_factory, zero_row_model_dir, federate_config_module):
         copied = (stopped / "federated.json").is_file()  # not when the federation ended before its first round
         rounds_done = json.loads((stopped / "federated.json").read_text())["rounds_done"] if copied else 0
         resuming = _federate(stopped_config, "--resume", out=files[2], err=files[3]) if copied else None
-        done = _finished(process, *files[:2])
-        resumed = _finished(resuming, *files[2:]) if copied else None
+        try:
+            done = _finished(process, *files[:2])
+        finally:  # the resume's processes are waited for (or killed) whatever became of the first federation's
+            resumed = _finished(resuming, *files[2:]) if copied else None
     finally:
         for file in files:
             file.close()
