@@ -81,6 +81,13 @@ def test_packing_on_the_generic_path_is_refused_as_train_refuses_it(
     assert not (tmp_path / "run" / "run.json").exists()
 
 
+def _accept_edit(run):
+    """Record the edited config.yaml's digest in run.json, as the refusal of an edited one tells a user to."""
+    from tunelab.config_digest import record_config
+
+    (run / "run.json").write_text(json.dumps(record_config(run / "run.json", run / "config.yaml")))
+
+
 def test_a_run_saved_with_an_option_now_refused_as_unread_resumes(
     tmp_path, tiny_model_dir, federate_config, rounds_without_clients
 ):
@@ -93,6 +100,7 @@ def test_a_run_saved_with_an_option_now_refused_as_unread_resumes(
     saved = (run / "config.yaml").read_text()
     saved = saved.replace("proximal_mu: 0.01", "proximal_mu: 0.5").replace("num_clients: 2", "num_clients: 5")
     (run / "config.yaml").write_text(saved)
+    _accept_edit(run)
     assert check_resume(run, load_config(config, {"federated.rounds": 3}).config) == [
         "resume: federated.rounds: 2 -> 3; the federation continues to 3 rounds: from round 3 on, the learning rate's "
         "cosine decay is recomputed over the new 3 x 3 steps (the rounds already trained keep the rates they had)"
@@ -132,6 +140,7 @@ def test_a_resume_that_samples_clients_says_it_is_not_the_uninterrupted_run(
     assert any("federated.fraction is 0.34" in n and "other clients than an uninterrupted run" in n for n in notes)
     every = load_config(config, {"federated.rounds": 3, "federated.min_clients": 3}).config
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("min_clients: 1", "min_clients: 3"))
+    _accept_edit(run)
     assert not any("federated.fraction" in n for n in check_resume(run, every))  # 3 of 3 clients asked: exact
 
 
