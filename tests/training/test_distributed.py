@@ -1,6 +1,8 @@
 """Two ranks on the CPU (gloo) train the run one process trains, write what one process writes, and resume across
-rank counts. Launched as users launch them, `tunelab train CONFIG --nproc 2`: its launcher in a subprocess of its own
-(`_launch`) or in the test's process (`_launch_here`, one process importing torch less), the ranks in theirs.
+rank counts. Launched as users launch them, `tunelab train CONFIG --nproc 2`: its launcher in the test's process (`_launch_here`,
+one process importing torch less than a launcher of its own), the ranks in theirs. The model is the tiny one with a
+600-token vocabulary (small_vocab_model_dir): SmolLM2's 49,152-token output layer made each rank's steps 20 times
+dearer and proves nothing here.
 
 The tolerances: losses relative 1e-6, gradient norms relative 1e-4. Both runs take the same micro-batches and the
 same float32 maths; what differs is the order of additions (two ranks' partial gradient sums, FSDP2's norm summed
@@ -147,16 +149,11 @@ def _rank_env() -> dict[str, str]:
     return {"PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
 
 
-def _launch(config: Path, run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "tunelab.cli", "train", str(config), "--output_dir", str(run_dir), *flags]
-    return subprocess.run(command, env=os.environ | _rank_env(), capture_output=True, text=True, timeout=300)
-
-
-def _launch_here(config: Path, run_dir: Path) -> subprocess.CompletedProcess:
-    """`tunelab train CONFIG --nproc 2` with its launcher in this process and the ranks in theirs: one process
-    importing torch less than `_launch`. What the launcher and the ranks write to stdout and stderr is read back from
+def _launch_here(config: Path, run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`tunelab train CONFIG --nproc 2 *flags` with its launcher in this process and the ranks in theirs: one process
+    importing torch less than a launcher of its own. What the launcher and the ranks write to stdout and stderr is read back from
     files put under file descriptors 1 and 2 (the ranks inherit them), which pytest's capture gets back after."""
-    argv = ["train", str(config), "--output_dir", str(run_dir), "--nproc", "2"]
+    argv = ["train", str(config), "--output_dir", str(run_dir), "--nproc", "2", *flags]
     with contextlib.ExitStack() as stack:
         out, err = (
             stack.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")) for _ in range(2)
@@ -207,10 +204,10 @@ def _assert_same_curve(one: Path, other: Path, loss_abs: float = 0.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir):
+def runs(tmp_path_factory, small_vocab_model_dir):
     """Configs, and each run made once on demand: ("one"|"two", a case of CASES) -> run directory."""
     folder = tmp_path_factory.mktemp("distributed")
-    configs = {case: _write_config(folder, tiny_model_dir, case) for case in CASES + TASK_CASES}
+    configs = {case: _write_config(folder, small_vocab_model_dir, case) for case in CASES + TASK_CASES}
     made: dict = {}
 
     def run(ranks: str, method: str) -> Path:
@@ -286,7 +283,7 @@ def test_two_ranks_train_the_tasks_one_process_trains(runs, task):
 
 
 @SHARDS_NF4
-def test_qlora_fsdp2_adapter_loads_in_peft_with_tunelabs_logits(runs, tiny_model_dir):
+def test_qlora_fsdp2_adapter_loads_in_peft_with_tunelabs_logits(runs, small_vocab_model_dir):
     """The adapter two FSDP2 ranks gathered into PEFT's file: plain transformers + PEFT over the 16-bit base give
     the logits tunelab gives over the same base (base_precision 16bit), and the adapter moves them."""
     from peft import PeftModel
@@ -296,7 +293,7 @@ def test_qlora_fsdp2_adapter_loads_in_peft_with_tunelabs_logits(runs, tiny_model
 
     two = runs("two", "qlora_fsdp2")
     ids = torch.tensor([[1, 17, 42, 99, 5, 300, 7, 64]])
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(small_vocab_model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         plain = base(ids).logits
         peft_logits = PeftModel.from_pretrained(base, two).eval()(ids).logits
@@ -336,13 +333,13 @@ def _shard_worker(rank: int, world: int, model_dir: str, store: str, out: str) -
 
 @pytest.mark.slow
 @SHARDS_NF4
-def test_each_rank_holds_half_of_the_nf4_base(tiny_model_dir, tmp_path):
+def test_each_rank_holds_half_of_the_nf4_base(small_vocab_model_dir, tmp_path):
     """FSDP2 over QLoRA on 2 gloo ranks: each holds about half the NF4 codes and absmaxes (dim 0 of each tensor cut
     in two, the first rank taking the odd element), together all of it, and the sharded model computes the loss the
     whole one does."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_shard_worker, args=(2, str(tiny_model_dir), str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    mp.spawn(_shard_worker, args=(2, str(small_vocab_model_dir), str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     records = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
     whole = records[0]["before"][1]
     assert whole > 0 and all(r["before"] == [whole, whole] for r in records)  # unsharded: every rank holds it all
@@ -505,7 +502,7 @@ def test_an_fsdp2_run_resumes_under_ddp(runs, tmp_path):
     FSDP2 run is the straight one of test_two_ranks_train_what_one_process_trains (sharding auto: fsdp2)."""
     fsdp2 = runs("two", "full")
     resumed = _cut_after_step_2(fsdp2, tmp_path / "resumed")
-    done = _launch(runs.configs["full"], resumed, "--nproc", "2", "--train.sharding", "ddp", "--resume")
+    done = _launch_here(runs.configs["full"], resumed, "--train.sharding", "ddp", "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resume: train.sharding: 'auto' -> 'ddp' (allowed" in done.stdout
     assert "ranks: 2 (gloo, ddp)" in done.stdout
