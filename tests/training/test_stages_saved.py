@@ -19,12 +19,16 @@ from tunelab.training.stage_plan import plan_stages
 
 
 @pytest.fixture
-def lora_stages(tiny_overrides, tmp_path):
+def lora_stages(small_vocab_overrides, tmp_path):
     """A config file whose two stages say method lora, and the flags that run it on the tiny model."""
-    stage = {"method": {"name": "lora"}, "data": {"train": tiny_overrides["data.train"]}, "train": {"max_steps": 2}}
+    stage = {
+        "method": {"name": "lora"},
+        "data": {"train": small_vocab_overrides["data.train"]},
+        "train": {"max_steps": 2},
+    }
     config = tmp_path / "staged.yaml"
     config.write_text(yaml.safe_dump({"stages": [stage | {"name": "one"}, stage | {"name": "two"}]}))
-    flags = {k: v for k, v in tiny_overrides.items() if k != "data.train"} | {"train.save_every": 1}
+    flags = {k: v for k, v in small_vocab_overrides.items() if k != "data.train"} | {"train.save_every": 1}
     return config, flags
 
 

@@ -11,16 +11,16 @@ from tunelab.eval.report import build_report
 
 
 @pytest.fixture
-def staged(tiny_overrides, tmp_path):
-    base = {k: v for k, v in tiny_overrides.items() if not k.startswith("data.train")}
+def staged(small_vocab_overrides, tmp_path):
+    base = {k: v for k, v in small_vocab_overrides.items() if not k.startswith("data.train")}
     return base | {
         "data.train": [],
         "train.save_every": 1,
         "train.log_every": 1,
         "output_dir": str(tmp_path / "run"),
         "stages": [
-            {"name": "first", "data": {"train": tiny_overrides["data.train"]}, "train": {"max_steps": 3}},
-            {"name": "second", "data": {"train": tiny_overrides["data.train"]}, "train": {"max_steps": 3}},
+            {"name": "first", "data": {"train": small_vocab_overrides["data.train"]}, "train": {"max_steps": 3}},
+            {"name": "second", "data": {"train": small_vocab_overrides["data.train"]}, "train": {"max_steps": 3}},
         ],
     }
 
