@@ -121,9 +121,9 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("init", [2.0**16, 2.0**20])
-def test_an_fp16_run_resumed_keeps_its_loss_scale_bit_for_bit(tiny_overrides, tmp_path, monkeypatch, init):
+def test_an_fp16_run_resumed_keeps_its_loss_scale_bit_for_bit(small_vocab_overrides, tmp_path, monkeypatch, init):
     monkeypatch.setattr(loss_scale, "INIT_SCALE", init)  # 2**20: overflows in the first steps
-    common = tiny_overrides | {"model.dtype": "fp16", "train.max_steps": 6, "train.save_every": 2}
+    common = small_vocab_overrides | {"model.dtype": "fp16", "train.max_steps": 6, "train.save_every": 2}
     straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
     real, calls = loop.train_step, {"n": 0}
 
@@ -194,8 +194,12 @@ def test_a_run_whose_auto_dtype_is_fp16_says_why_and_trains_with_the_loss_scale(
 
 
 @pytest.mark.parametrize("bad", [{"scale": "x", "good_steps": 0}, {"scale": 0.0, "good_steps": 0}, [1]])
-def test_a_checkpoint_with_an_edited_loss_scale_is_damaged_and_skipped(tiny_overrides, capsys, bad):
-    run = tiny_overrides | {"model.dtype": "fp16", "train.save_every": 1, "train.keep_checkpoints_after_finish": True}
+def test_a_checkpoint_with_an_edited_loss_scale_is_damaged_and_skipped(small_vocab_overrides, capsys, bad):
+    run = small_vocab_overrides | {
+        "model.dtype": "fp16",
+        "train.save_every": 1,
+        "train.keep_checkpoints_after_finish": True,
+    }
     run_dir = recipe.train(None, run | {"train.max_steps": 3}).run_dir
     state = run_dir / "checkpoints" / "step-0000003" / "state.json"
     saved = json.loads(state.read_text())
@@ -211,14 +215,14 @@ def test_a_checkpoint_with_an_edited_loss_scale_is_damaged_and_skipped(tiny_over
     [("lora", False, "float16", "bf16"), ("full", True, "bfloat16", "fp32")],
 )
 def test_a_run_resumed_where_auto_picks_another_dtype_keeps_the_one_it_trained_in(
-    tiny_overrides, tmp_path, monkeypatch, gpu_bf16, crash_at, capsys, method, started, trained, here
+    small_vocab_overrides, tmp_path, monkeypatch, gpu_bf16, crash_at, capsys, method, started, trained, here
 ):
     """Started on a GPU with (or without) native bf16, resumed on one without (or with): auto keeps the run's dtype,
     says so, and the result is bit-identical to the uninterrupted run's. On the CPU, with training_dtype answering as
     on such a GPU."""
     bf16 = gpu_bf16
     bf16["native"] = started
-    common = tiny_overrides | {"method.name": method, "train.max_steps": 4, "train.save_every": 2}
+    common = small_vocab_overrides | {"method.name": method, "train.max_steps": 4, "train.save_every": 2}
     straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
     with crash_at(3):
         recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
