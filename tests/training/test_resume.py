@@ -18,8 +18,10 @@ from tunelab.rundir import read_info
     ("method", "dtype", "optimizer"),
     [("lora", "auto", "adamw"), ("layers", "auto", "adamw"), ("full", "bf16", "adamw"), ("full", "bf16", "adamw_8bit")],
 )
-def test_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, method, dtype, optimizer, logged_losses):
-    common = tiny_overrides | {
+def test_resume_equals_uninterrupted(
+    small_vocab_overrides, straight_and_resumed, method, dtype, optimizer, logged_losses
+):
+    common = small_vocab_overrides | {
         "train.max_steps": 6,
         "train.save_every": 2,
         "method.name": method,
