@@ -97,10 +97,11 @@ def test_the_scale_doubles_after_its_growth_interval_and_an_overflow_at_scale_1_
     assert stats["skipped"] and not stats["overflow"] and not changed and one.scale == 0.5
 
 
-def test_an_fp16_lora_run_counts_its_overflow_steps_in_the_log_and_run_json(tiny_overrides, monkeypatch, capsys):
+def test_an_fp16_lora_run_counts_its_overflow_steps_in_the_log_and_run_json(small_vocab_overrides, monkeypatch, capsys):
     monkeypatch.setattr(loss_scale, "INIT_SCALE", 2.0**26)  # starts too high: the first steps overflow (2**20 did
     # on the CPU but not on a GPU, whose fp16 matmuls accumulate in fp32)
-    result = recipe.train(None, tiny_overrides | {"model.dtype": "fp16", "train.max_steps": 12, "method.dropout": 0.0})
+    options = small_vocab_overrides | {"model.dtype": "fp16", "train.max_steps": 12, "method.dropout": 0.0}
+    result = recipe.train(None, options)
     out = capsys.readouterr().out
     assert "fp16: dynamic loss scaling, scale 6.71089e+07" in out
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -178,14 +179,16 @@ def test_auto_dtype_on_a_gpu_without_bf16_is_fp16_for_adapters_and_fp32_for_full
     assert training_dtype("fp16", cuda, _method("lora")) == (torch.float16, "")
 
 
-def test_a_run_whose_auto_dtype_is_fp16_says_why_and_trains_with_the_loss_scale(tiny_overrides, monkeypatch, capsys):
+def test_a_run_whose_auto_dtype_is_fp16_says_why_and_trains_with_the_loss_scale(
+    small_vocab_overrides, monkeypatch, capsys
+):
     """On the CPU, with training_dtype answering as on a GPU without bf16: the note is printed and the run scales."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     real = build.training_dtype
     monkeypatch.setattr(
         build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
     )
-    result = recipe.train(None, tiny_overrides | {"train.max_steps": 2})
+    result = recipe.train(None, small_vocab_overrides | {"train.max_steps": 2})
     out = capsys.readouterr().out
     assert "model.dtype auto: fp16 with dynamic loss scaling, since this GPU has no native bf16" in out
     assert "fp16: dynamic loss scaling, scale 65536" in out
@@ -253,10 +256,12 @@ def test_a_run_json_with_an_edited_dtype_is_refused_on_resume(tiny_overrides, cr
         recipe.train(None, run, resume=True)
 
 
-def test_a_staged_fp16_run_returns_its_overflow_steps_summed_over_the_stages(tiny_overrides, qa_file, monkeypatch):
+def test_a_staged_fp16_run_returns_its_overflow_steps_summed_over_the_stages(
+    small_vocab_overrides, qa_file, monkeypatch
+):
     monkeypatch.setattr(loss_scale, "INIT_SCALE", 2.0**40)  # each stage starts too high: its first steps overflow
     stage = {"data": {"train": [str(qa_file)]}, "train": {"max_steps": 4}}
-    result = tunelab.train(None, tiny_overrides | {"model.dtype": "fp16", "stages": [stage, stage]})
+    result = tunelab.train(None, small_vocab_overrides | {"model.dtype": "fp16", "stages": [stage, stage]})
     whole = read_info(result.run_dir).extra["fp16_loss_scale"]["overflow_steps"]
     assert result.overflow_steps == whole > 0 and result.skipped_steps == 0
     stages = [read_info(stage_dir(result.run_dir, k)).extra["fp16_loss_scale"]["overflow_steps"] for k in (1, 2)]
