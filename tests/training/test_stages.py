@@ -147,10 +147,11 @@ def test_continue_merge_starts_a_fresh_adapter_after_a_run_that_started_from_one
     assert all(not v.any() for k, v in second.items() if "lora_B" in k)  # a fresh adapter: B starts at zero
 
 
-def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, crash_at, capsys):
+def test_resume_inside_stage_two_equals_the_uninterrupted_run(small_vocab_overrides, tmp_path, crash_at, capsys):
     """Resumed where it stopped, and moved to another folder before --resume: stage 2's saved config named stage 1 by
     the old folder's path, so --resume refused the moved run as another adapter. One interrupted run, copied, serves
     both (the copy takes the interrupted run's place once the moved one has been resumed)."""
+    staged = docs_then_qa(small_vocab_overrides, tmp_path)
     straight = train(None, staged | {"output_dir": str(tmp_path / "straight")})
     with crash_at(5):  # stage 2's second step, after its checkpoint of step 1
         train(None, staged | {"output_dir": str(tmp_path / "resumed")})
