@@ -77,25 +77,32 @@ def remote_code_tokenizer(tmp_path, monkeypatch):
     vocab = Tokenizer(models.WordLevel({"[UNK]": 0, "box": 1, "lid": 2}, unk_token="[UNK]"))
     vocab.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=vocab, unk_token="[UNK]").save_pretrained(folder)
-    (folder / "tokenization_box.py").write_text(
-        "from transformers import PreTrainedTokenizerFast\n\nfrom .box_vocab import WORDS\n\n\n"
-        "class BoxTokenizerFast(PreTrainedTokenizerFast):\n    words = WORDS\n"
-    )
-    (folder / "box_vocab.py").write_text('WORDS = ("box", "lid")\n')
+    _add_box_code(folder)
     (folder / "notes.py").write_text("print('mine')\n")
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config.pop("tokenizer_class", None)
-    config["auto_map"] = {"AutoTokenizer": [None, "tokenization_box.BoxTokenizerFast"]}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     yield folder
     for name in [m for m in sys.modules if m.startswith("transformers_modules")]:
         del sys.modules[name]
 
 
+def _add_box_code(folder):
+    """The tokenizer saved in `folder` made one with its own code: tokenization_box.py (BoxTokenizerFast, a fast
+    tokenizer with a `words` attribute), named by the auto_map of its tokenizer_config.json, and box_vocab.py, which
+    it imports relatively."""
+    (folder / "tokenization_box.py").write_text(
+        "from transformers import PreTrainedTokenizerFast\n\nfrom .box_vocab import WORDS\n\n\n"
+        "class BoxTokenizerFast(PreTrainedTokenizerFast):\n    words = WORDS\n"
+    )
+    (folder / "box_vocab.py").write_text('WORDS = ("box", "lid")\n')
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("tokenizer_class", None)
+    config["auto_map"] = {"AutoTokenizer": [None, "tokenization_box.BoxTokenizerFast"]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
 def test_a_remote_code_tokenizer_s_own_files_are_found_by_its_auto_map(remote_code_tokenizer, tmp_path):
     """save_pretrained of a tokenizer loaded with trust_remote_code copies the module its auto_map names and the one
     that module imports; saved_tokenizer (what push uploads) finds both, and no other Python file of the folder, and
-    --overwrite counts none of them as tunelab's (their names are the model's)."""
+    --overwrite counts none of them as tunelab's by name (their names are the model's)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(remote_code_tokenizer, trust_remote_code=True)
@@ -106,7 +113,7 @@ def test_a_remote_code_tokenizer_s_own_files_are_found_by_its_auto_map(remote_co
     on_disk = {p.name for p in saved.iterdir()}
     assert {"tokenization_box.py", "box_vocab.py"} <= on_disk and "notes.py" not in on_disk
     assert set(saved_tokenizer(saved)) == on_disk
-    assert foreign_entries(saved) == ["box_vocab.py", "tokenization_box.py"]
+    assert foreign_entries(saved) == ["box_vocab.py", "tokenization_box.py"]  # no run.json records them
     loaded = AutoTokenizer.from_pretrained(saved, trust_remote_code=True)  # what the pushed files load as
     assert type(loaded).__name__ == "BoxTokenizerFast" and loaded("box lid")["input_ids"] == [1, 2]
 
@@ -132,3 +139,45 @@ def test_only_the_code_the_auto_map_names_is_taken(tmp_path):
     assert set(saved_tokenizer(tmp_path)) == {"tokenizer_config.json", "tok_a.py", "tok_b.py"}
     (tmp_path / "tokenizer_config.json").write_text("[1]")
     assert tokenizer_code(tmp_path) == {}
+
+
+def test_overwrite_takes_the_code_a_run_saved_as_its_own_and_refuses_a_py_of_the_users(
+    remote_code_tokenizer, tiny_model_dir, tiny_overrides, tmp_path
+):
+    """A run over a base whose tokenizer has its own code (model.trust_remote_code) saves that code beside its
+    tokenizer and records it in run.json (result_files); --overwrite replaces it. A .py file put there by the user,
+    or one of the run's changed since, is refused by name, and nothing is replaced."""
+    import os
+    import shutil
+
+    from tunelab.errors import RunDirError
+    from tunelab.training.outdir import plan_output_dir
+    from tunelab.training.recipe import train
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "box-base")
+    _add_box_code(base)
+    overrides = tiny_overrides | {"model.name": str(base), "model.trust_remote_code": True, "train.max_steps": 1}
+    run = train(None, overrides).run_dir
+    code = {"tokenization_box.py", "box_vocab.py"}
+    assert code <= {p.name for p in run.iterdir()}
+    assert code <= set(json.loads((run / "run.json").read_text())["result_files"])
+    assert foreign_entries(run) == []
+    train(None, overrides | {"overwrite": True})  # the run replaced, its code with it
+    assert foreign_entries(run) == [] and not run.with_name("run.previous").exists()
+
+    def replace():
+        return plan_output_dir(run, overwrite=True, resume=False, protected={})
+
+    (run / "notes.py").write_text("print('mine')\n")
+    with pytest.raises(RunDirError, match=r"holds 1 file or folder \(notes.py\) that tunelab did not write"):
+        replace()
+    (run / "notes.py").unlink()
+    vocab = run / "box_vocab.py"
+    saved, stat = vocab.read_text(), vocab.stat()
+    vocab.write_text(saved.replace("lid", "lId"))  # edited since the save (the same size)
+    with pytest.raises(RunDirError, match=r"\(box_vocab.py\) that tunelab did not write"):
+        replace()
+    assert "lId" in vocab.read_text()
+    vocab.write_text(saved)
+    os.utime(vocab, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # put back as the save left it
+    assert replace().replace

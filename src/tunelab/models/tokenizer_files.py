@@ -16,8 +16,9 @@ lost) and pushed without it.
 A remote-code tokenizer (model.trust_remote_code) has its own Python files, which save_pretrained copies beside the
 others (transformers' custom_object_save): the modules its tokenizer_config.json's auto_map names and those they
 import relatively. `saved_tokenizer` finds them by that map (`tokenizer_code`), so push uploads them and the pushed
-tokenizer loads; their names are the model's own, so they are not in TOKENIZER_ENTRIES, and a run holding them is
-refused by --overwrite, naming them, as one holding any other .py file is (nothing of the user's is lost).
+tokenizer loads; their names are the model's own, so they are not in TOKENIZER_ENTRIES: --overwrite counts them as
+tunelab's by run.json's record of what the run's save left (training/run_files.py), and refuses a run holding one
+not recorded or changed since, naming it, as one holding any other .py file (nothing of the user's is lost).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
 from tunelab.run_info import RunInfo
 from tunelab.rundir import CONFIG_FILE, RUN_FILE, STAGE_DIR
-from tunelab.training.run_files import RESULT_ENTRIES, listed, written
+from tunelab.training.run_files import RESULT_ENTRIES, file_record, listed, written
 
 # what a single run's save (training/result.py) moves to the top: a result's names less the data report, which the
 # run writes when it starts and no save replaces
@@ -62,14 +62,6 @@ def _in_the_way(run_dir: Path, names: list[str] | None, patterns: tuple[str, ...
         if wanted and not ours(entry):
             found.append(entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
     return found
-
-
-def file_record(path: Path) -> dict[str, int] | None:
-    """{"bytes", "mtime_ns"} of a plain file (not a link), as run.json's `result_files` records it; None otherwise."""
-    if path.is_symlink() or not path.is_file():
-        return None
-    stat = path.stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def saved_files(folder: Path, names: list[str] | None = None) -> dict[str, dict[str, int]]:

@@ -5,15 +5,22 @@ there) would go with the run: `plan_output_dir` refuses while `foreign_entries` 
 says which module writes it. A writer's name missing here makes --overwrite refuse a run it could replace (the tests
 train, compare, evaluate and report a tiny run and find nothing foreign, and check each writer's constant against
 these names); a pattern wider than the writers' names would let a file of the user's go with the run.
+
+A file of no such name is the run's own too when it is exactly what the run's last save left there: run.json's
+`result_files` records the size and modification time of each file the save moved to the top (training/result.py),
+and a file of the same name, size and modification time is that file (a move keeps both). A remote-code tokenizer's
+Python files (models/tokenizer_files.py tokenizer_code), whose names are the model's, are known this way; a .py file
+the record lacks, or one changed since, is the user's. A run saved before the record (2026-12-06) knows none.
 """
 
 from __future__ import annotations
 
+import json
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from tunelab.models.tokenizer_files import TOKENIZER_ENTRIES
-from tunelab.rundir import STAGE_DIR
+from tunelab.rundir import STAGE_DIR, run_file
 
 RESULT_ENTRIES = (
     # the run's data report (training/recipe.py; a staged run's is its last stage's, published with its result)
@@ -68,10 +75,31 @@ def written(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(name, pattern) for pattern in patterns)
 
 
+def file_record(path: Path) -> dict[str, int] | None:
+    """{"bytes", "mtime_ns"} of a plain file (not a link), as run.json's `result_files` records it; None otherwise."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    stat = path.stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def recorded_results(run_dir: Path) -> dict:
+    """run.json's `result_files` in `run_dir` as it stands ({name: {"bytes", "mtime_ns"}}); {} where run.json is
+    missing or unreadable, or records none."""
+    try:
+        raw = json.loads(run_file(run_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = raw.get("result_files") if isinstance(raw, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
 def foreign_entries(run_dir: Path, stage: bool = False) -> list[str]:
     """The files and folders in `run_dir` that tunelab did not write there, as paths relative to it (a folder with a
-    trailing /), sorted: those at its top, in its checkpoints/ folder, and in its stage-K folders (each a run
-    directory of its own, whose contents are read the same way). `stage`: run_dir is a stage's folder."""
+    trailing /), sorted: those at its top (less the files its last save left, as run.json records them: the module
+    docstring), in its checkpoints/ folder, and in its stage-K folders (each a run directory of its own, whose
+    contents are read the same way). `stage`: run_dir is a stage's folder."""
+    saved = recorded_results(run_dir)
     found = []
     for entry in sorted(run_dir.iterdir()):
         name = entry.name
@@ -80,7 +108,9 @@ def foreign_entries(run_dir: Path, stage: bool = False) -> list[str]:
         elif name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
             found += [f"{name}/{_shown(e)}" for e in sorted(entry.iterdir()) if not written(e.name, CHECKPOINT_ENTRIES)]
         elif not written(name, RUN_ENTRIES + (STAGE_ENTRIES if stage else ())):
-            found.append(_shown(entry))
+            record = file_record(entry)
+            if record is None or saved.get(name) != record:
+                found.append(_shown(entry))
     return found
 
 
