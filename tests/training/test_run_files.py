@@ -164,3 +164,22 @@ def test_a_finished_run_deletes_its_checkpoints_but_not_a_file_of_the_users_besi
     (run / "checkpoints" / "mine.txt").unlink()
     tidy_up(run, OutputPlan(run, replace=False, resume=False), keep_checkpoints=False)
     assert not (run / "checkpoints").exists()
+
+
+def test_a_stage_s_recorded_file_published_at_the_top_is_the_run_s_own(tmp_path):
+    """A staged run's top holds the last stage's result linked or copied there (training/publish.py): a file the
+    stage's save recorded (a remote-code tokenizer's .py, whose name is the model's) is the run's own there too, as
+    long as it is that file; a copy changed since, or one no stage recorded, is not."""
+    from tunelab.training.run_files import file_record
+
+    run = tmp_path / "run"
+    stage = run / "stage-1"
+    stage.mkdir(parents=True)
+    (stage / "tokenization_box.py").write_text("class Box: ...\n")
+    (stage / "run.json").write_text(json.dumps({"result_files": {"tokenization_box.py": file_record(stage / "tokenization_box.py")}}))  # fmt: skip
+    (run / "run.json").write_text("{}")
+    shutil.copy2(stage / "tokenization_box.py", run / "tokenization_box.py")
+    (run / "box_vocab.py").write_text("WORDS = ()\n")
+    assert foreign_entries(run) == ["box_vocab.py"]
+    (run / "tokenization_box.py").write_text("class Mine: ...\n")
+    assert foreign_entries(run) == ["box_vocab.py", "tokenization_box.py"]

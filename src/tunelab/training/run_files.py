@@ -10,7 +10,9 @@ A file of no such name is the run's own too when it is exactly what the run's la
 `result_files` records the size and modification time of each file the save moved to the top (training/result.py),
 and a file of the same name, size and modification time is that file (a move keeps both). A remote-code tokenizer's
 Python files (models/tokenizer_files.py tokenizer_code), whose names are the model's, are known this way; a .py file
-the record lacks, or one changed since, is the user's. A run saved before the record (2026-12-06) knows none.
+the record lacks, or one changed since, is the user's. A run saved before the record (2026-12-06) knows none. At a
+staged run's top, a stage's recorded file published there (a hard link, or a copy keeping size and modification
+time: training/publish.py) is the run's own the same way.
 """
 
 from __future__ import annotations
@@ -99,9 +101,11 @@ def foreign_entries(run_dir: Path, stage: bool = False) -> list[str]:
     trailing /), sorted: those at its top (less the files its last save left, as run.json records them: the module
     docstring), in its checkpoints/ folder, and in its stage-K folders (each a run directory of its own, whose
     contents are read the same way). `stage`: run_dir is a stage's folder."""
-    saved = recorded_results(run_dir)
+    entries = sorted(run_dir.iterdir())
+    stages = [e for e in entries if e.is_dir() and not e.is_symlink() and STAGE_DIR.fullmatch(e.name)]
+    saved = [recorded_results(folder) for folder in (run_dir, *stages)]  # a stage's files: published at the top
     found = []
-    for entry in sorted(run_dir.iterdir()):
+    for entry in entries:
         name = entry.name
         if entry.is_dir() and not entry.is_symlink() and STAGE_DIR.fullmatch(name):
             found += [f"{name}/{inner}" for inner in foreign_entries(entry, stage=True)]
@@ -109,7 +113,7 @@ def foreign_entries(run_dir: Path, stage: bool = False) -> list[str]:
             found += [f"{name}/{_shown(e)}" for e in sorted(entry.iterdir()) if not written(e.name, CHECKPOINT_ENTRIES)]
         elif not written(name, RUN_ENTRIES + (STAGE_ENTRIES if stage else ())):
             record = file_record(entry)
-            if record is None or saved.get(name) != record:
+            if record is None or all(files.get(name) != record for files in saved):
                 found.append(_shown(entry))
     return found
 
