@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 TOKENIZER=${1:-.gpu/smollm2-tokenizer}
 [ -f "$TOKENIZER/tokenizer.json" ] || { echo "no tokenizer in $TOKENIZER: run scripts/save_gpu_tokenizer.py and carry it"; exit 2; }
 LOG_DIR=${OUT:-/tmp}
+mkdir -p "$LOG_DIR"  # each case appends its numbers there; a missing folder failed every case after it trained
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export TUNELAB_GPU_TOKENIZER="$(cd "$TOKENIZER" && pwd)" TUNELAB_GPU_REPORT="$LOG_DIR/gpu_train_results.jsonl"
 # What the CLI sets for itself; the tests call the CLI's main() in this process, after torch is imported.
