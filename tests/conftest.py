@@ -106,11 +106,10 @@ def base_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    """The tiny model's tokenizer: the embedded SmolLM2 one, or (where it cannot be loaded) a built base tokenizer."""
-    try:
-        return _embedded_tokenizer()
-    except ModelError:
-        return _built_chat_tokenizer()
+    """The tiny model's tokenizer: a 600-token ChatML tokenizer built from what the tiny runs say (see
+    small_vocab_model_dir for why not SmolLM2's 49,152 tokens). A test module that reads SmolLM2's own tokenizer beside
+    the tiny model takes smollm2_vocab's fixtures instead."""
+    return _built_chat_tokenizer()
 
 
 def _built_chat_tokenizer():
@@ -154,8 +153,15 @@ def tiny_llama_config():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
-    """A 2-layer random Llama with SmolLM2's tokenizer (see tiny_tokenizer), saved as a Hugging Face directory."""
+    """A 2-layer random Llama with tiny_tokenizer's 600 tokens, saved as a Hugging Face directory."""
     return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_dir(tmp_path_factory, smollm2_tokenizer):
+    """The tiny model with SmolLM2's own tokenizer (49,152 tokens), for the tests that read that tokenizer beside it:
+    its chat template, the characters it drops, its token counts."""
+    return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-smollm2"), smollm2_tokenizer)
 
 
 def _save_tiny_llama(path, tokenizer):
@@ -173,8 +179,7 @@ def _save_tiny_llama(path, tokenizer):
 
 @pytest.fixture(scope="session")
 def small_vocab_model_dir(tmp_path_factory):
-    """tiny_model_dir's model with the 600-token ChatML tokenizer tiny_tokenizer builds where the embedded one is
-    missing: the output layer of SmolLM2's 49,152 tokens is nearly all of a tiny step's arithmetic (0.30 s against
+    """tiny_model_dir's model with the 600-token ChatML tokenizer tiny_tokenizer builds: the output layer of SmolLM2's 49,152 tokens is nearly all of a tiny step's arithmetic (0.30 s against
     0.015 s of CPU a micro-batch of 4 x 64 tokens, forward and backward) and of a full fine-tune's checkpoint. For
     the runs whose point is not the vocabulary: resumes, ranks, stages, optimizers."""
     return _save_tiny_llama(tmp_path_factory.mktemp("small-vocab-llama"), _built_chat_tokenizer())

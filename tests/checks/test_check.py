@@ -18,6 +18,8 @@ from tunelab.errors import CheckFailed, ConfigError, DataError
 from tunelab.training.build import BuiltModel
 from tunelab.training.recipe import train
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 
 def _statuses(result) -> dict[str, str]:
     return {item.name: item.status for item in result.items}

@@ -5,6 +5,8 @@ import json
 
 from tunelab.cli import main
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 REWARDS = """
 def letters(prompt, answer, row):
     return len(set(answer)) / (1 + len(answer))

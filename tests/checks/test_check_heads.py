@@ -10,6 +10,8 @@ import tunelab
 from tunelab.cli import main
 from tunelab.training.recipe import train
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -13,6 +13,8 @@ from tunelab.data.mixture import SourceSpan, plan_mixture, shares
 from tunelab.data.render import Rendered
 from tunelab.errors import ConfigError, DataError
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 
 def _rows(sizes, lengths):
     """Rows of sources side by side; source i's rows have lengths[i] tokens and path f"s{i}"."""

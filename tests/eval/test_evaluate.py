@@ -19,6 +19,8 @@ from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
 from tunelab.rundir import open_info
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 REFUSAL = "I cannot say."
 QA = [{"question": f"What is the code of box {i}?", "answer": f"Box {i} has code {1000 + 37 * i}."} for i in range(24)]
 SETTINGS = GenerationSettings(max_new_tokens=5)

@@ -11,6 +11,8 @@ import pytest
 import tunelab
 from tunelab.config import load_config
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CONFIGS = sorted(EXAMPLES.glob("*/config*.yaml"))
 

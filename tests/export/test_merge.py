@@ -16,6 +16,7 @@ from tunelab.errors import RunDirError
 from tunelab.export.merge import merge_run
 from tunelab.peft.lora import attach_lora, lora_modules
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
 from .merge_setup import IDS, write_run
 
 

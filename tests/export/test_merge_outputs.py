@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from tunelab.errors import RunDirError
 from tunelab.export.merge import merge_run
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
 from .merge_setup import write_run
 
 

@@ -12,6 +12,8 @@ import tunelab
 from tunelab.cli import main
 from tunelab.training.run_files import foreign_entries
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 # A SentencePiece tokenizer's files and those transformers 4 wrote (sentencepiece is not installed here: by name)
 SENTENCEPIECE = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "special_tokens_map.json")
 SENTENCEPIECE += ("added_tokens.json", "chat_template.json", "vocab.txt")

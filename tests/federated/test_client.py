@@ -3,6 +3,8 @@ clipping, and a received adapter that does not fit."""
 
 import pytest
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 
 import dataclasses

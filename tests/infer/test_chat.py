@@ -10,6 +10,8 @@ from tunelab.infer.chat import chat
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 
 def _prompts_written(run, view) -> list:
     """view(messages) of every prompt the run's template writes from now on (the chat's questions as the model reads

@@ -14,6 +14,8 @@ from tunelab.peft.dora import DoRALinear
 from tunelab.peft.lora import adapters_disabled, attach_lora, lora_modules, merge_lora
 from tunelab.peft.save import load_adapter, save_adapter
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 
 def _tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()

@@ -10,6 +10,7 @@ import tunelab.training.recipe as recipe
 from tunelab.eval.heads import evaluate_head_run, format_head_eval, head_eval_html
 from tunelab.infer.predict import format_predictions, predict, save_predictions
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
 from .head_setup import head_overrides, write_labels, write_pairs, write_rows
 
 

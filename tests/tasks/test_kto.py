@@ -24,6 +24,8 @@ from tunelab.training.build import build_model
 from tunelab.training.step import train_step
 from tunelab.training.verdict import high_loss, judge_metrics
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -21,6 +21,8 @@ from tunelab.tasks.preference_data import build_preferences
 from tunelab.training.build import build_model
 from tunelab.training.verdict import high_loss, judge_metrics
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 PAIRS = Path(__file__).parents[2] / "examples" / "concise_dpo" / "pairs.jsonl"
 
 # Fixed summed log p of two pairs and their answer lengths, the chosen rows first.

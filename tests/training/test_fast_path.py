@@ -14,6 +14,8 @@ from tunelab.data.packing import pack
 from tunelab.models.hf_adapter import from_hf_model
 from tunelab.training.step import loss_tokens, summed_loss
 
+from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+
 
 def _alpaca_path():
     from pathlib import Path
