@@ -111,11 +111,7 @@ def applied_round():
     return _applied
 
 
-@pytest.fixture
-def rounds_without_clients(monkeypatch):
-    """The ServerApp's rounds without Flower's transport: `Recorded.start` replaced by calls of the server's
-    per-round callback with the global adapter unchanged, as Flower makes them (round 0 first), each round applied;
-    `simulate` fails the test if it is reached."""
+def _without_clients(patch: pytest.MonkeyPatch) -> None:
     import tunelab.federated.run as federated_run
     from tunelab.federated import rounds
 
@@ -124,9 +120,40 @@ def rounds_without_clients(monkeypatch):
             _applied(self, r)
             evaluate_fn(r, initial_arrays)
 
-    monkeypatch.setattr(rounds.Recorded, "start", start)
+    patch.setattr(rounds.Recorded, "start", start)
 
     def simulate(*args, **kwargs):
         raise AssertionError("a federation was started in the test process")
 
-    monkeypatch.setattr(federated_run, "simulate", simulate)
+    patch.setattr(federated_run, "simulate", simulate)
+
+
+@pytest.fixture
+def rounds_without_clients(monkeypatch):
+    """The ServerApp's rounds without Flower's transport: `Recorded.start` replaced by calls of the server's
+    per-round callback with the global adapter unchanged, as Flower makes them (round 0 first), each round applied;
+    `simulate` fails the test if it is reached."""
+    _without_clients(monkeypatch)
+
+
+def _federate_once(folder: Path, model_dir: Path, overrides: dict) -> tuple[Path, str]:
+    import contextlib
+    import io
+
+    from tunelab.config import load_config
+    from tunelab.federated.server import run_federation
+
+    config = load_config(write_federate_config(folder, model_dir), overrides)
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        _without_clients(patch)
+        run = run_federation(None, config, 2, ["site0", "site1"], resume=False)
+    return run, out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def federate_once():
+    """`federate_once(folder, model_dir, overrides)`: the federation of federate_config's two clients in `folder`,
+    its rounds as rounds_without_clients runs them, with `overrides` on top: (its run directory, what it printed), for
+    a run that a module-scoped fixture makes once for the tests that only read it."""
+    return _federate_once

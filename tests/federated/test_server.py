@@ -15,13 +15,18 @@ from tunelab.federated import rounds
 from tunelab.federated.server import run_federation
 
 
-def test_run_json_records_the_dtype_the_federation_trained_in(
-    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
-):
+@pytest.fixture(scope="module")
+def read_only_federation(tmp_path_factory, tiny_model_dir, federate_once):
+    """A finished federation of two clients over 2 rounds with model.dtype bf16 and auto train.micro_batch and
+    train.lr, run once for the tests that only read it: (its run directory, what it printed)."""
+    overrides = {"model.dtype": "bf16", "train.micro_batch": "auto", "train.lr": "auto"}
+    return federate_once(tmp_path_factory.mktemp("federation"), tiny_model_dir, overrides)
+
+
+def test_run_json_records_the_dtype_the_federation_trained_in(read_only_federation):
     """run.json lacked it, so a federated QLoRA run was opened over a base quantized from another dtype than the one
     it trained over (tunelab train records it)."""
-    config = federate_config(tmp_path, tiny_model_dir)
-    run = run_federation(None, load_config(config, {"model.dtype": "bf16"}), 2, ["site0", "site1"], resume=False)
+    run, _ = read_only_federation  # model.dtype bf16
     info = json.loads((run / "run.json").read_text())
     assert info["dtype"] == "bfloat16" and info["extra"]["federated"]["rounds_done"] == 2
 
@@ -276,15 +281,10 @@ def test_a_federation_that_applied_no_update_fails_saying_its_adapter_is_untrain
     assert "applied an update" not in capsys.readouterr().out
 
 
-def test_the_server_says_what_every_client_trains_with(
-    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
-):
+def test_the_server_says_what_every_client_trains_with(read_only_federation):
     """Each client chose its own auto options from its own data, and the start of a federation did not say what they
     were. The server says the settings every client trains with, and run.json records the auto choices."""
-    config = federate_config(tmp_path, tiny_model_dir)
-    overrides = {"train.micro_batch": "auto", "train.lr": "auto"}
-    run = run_federation(None, load_config(config, overrides), 2, ["site0", "site1"], resume=False)
-    out = capsys.readouterr().out
+    run, out = read_only_federation  # train.micro_batch and train.lr auto
     assert "every client trains with the same settings (FedAvg averages updates of one local procedure): " in out
     assert "train.micro_batch 8," in out and "train.micro_batch        = 8" in out
     auto = json.loads((run / "run.json").read_text())["extra"]["auto"]
@@ -490,12 +490,10 @@ def test_a_reason_flower_made_is_shown_by_its_last_line_without_colours():
     assert brief(None) == "no reason given"
 
 
-def test_the_report_shows_the_servers_eval_set_as_eval_data(
-    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
-):
+def test_the_report_shows_the_servers_eval_set_as_eval_data(read_only_federation):
     """The server's data_report.json held its eval set read as training rows, so `tunelab report` showed 6 train
     examples and no eval split for a run that trained on none of them."""
-    run = run_federation(None, load_config(federate_config(tmp_path, tiny_model_dir)), 2, ["site0", "site1"], False)
+    run, _ = read_only_federation
     report = json.loads((run / "data_report.json").read_text())
     assert report["train"]["examples"] == 0 and report["eval"]["examples"] == 6 and report["eval_source"] == "file"
 
