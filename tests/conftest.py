@@ -335,9 +335,13 @@ def logged_losses():
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory, tiny_model_dir):
     """A finished LoRA run (3 steps) of the tiny random model: for tests of what reads a run directory."""
+    return tiny_run(tmp_path_factory.mktemp("tiny-run"), tiny_model_dir)
+
+
+def tiny_run(folder, model_dir):
+    """tiny_run_dir's run of the model in `model_dir`, made in `folder`: its run directory."""
     from tunelab.training.recipe import train
 
-    folder = tmp_path_factory.mktemp("tiny-run")
     data = folder / "qa.jsonl"
     data.write_text(
         "".join(
@@ -346,7 +350,7 @@ def tiny_run_dir(tmp_path_factory, tiny_model_dir):
         )
     )
     overrides = {
-        "model.name": str(tiny_model_dir),
+        "model.name": str(model_dir),
         "data.train": [str(data)],
         "data.max_length": 64,
         "method.r": 4,

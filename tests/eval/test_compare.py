@@ -17,7 +17,11 @@ from tunelab.eval.questions import answer_settings
 from tunelab.infer.generate import GenerationSettings
 from tunelab.rundir import write_config
 
-from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+from ..smollm2_vocab import (  # noqa: F401 (SmolLM2's vocabulary)
+    smollm2_tiny_model_dir,
+    smollm2_tiny_run_dir,
+    smollm2_tiny_tokenizer,
+)
 
 TOKENS = 3  # the run's eval.max_new_tokens in these tests
 

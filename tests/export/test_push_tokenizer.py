@@ -12,7 +12,11 @@ import tunelab
 from tunelab.cli import main
 from tunelab.training.run_files import foreign_entries
 
-from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+from ..smollm2_vocab import (  # noqa: F401 (SmolLM2's vocabulary)
+    smollm2_tiny_model_dir,
+    smollm2_tiny_run_dir,
+    smollm2_tiny_tokenizer,
+)
 
 # A SentencePiece tokenizer's files and those transformers 4 wrote (sentencepiece is not installed here: by name)
 SENTENCEPIECE = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "special_tokens_map.json")

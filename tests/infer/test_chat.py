@@ -10,7 +10,11 @@ from tunelab.infer.chat import chat
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
 
-from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+from ..smollm2_vocab import (  # noqa: F401 (SmolLM2's vocabulary)
+    smollm2_tiny_model_dir,
+    smollm2_tiny_run_dir,
+    smollm2_tiny_tokenizer,
+)
 
 
 def _prompts_written(run, view) -> list:

@@ -24,7 +24,11 @@ from tunelab.peft.save import load_adapter
 from tunelab.rundir import open_info, read_info
 from tunelab.training.step import evaluate
 
-from ..smollm2_vocab import smollm2_tiny_model_dir, smollm2_tiny_tokenizer  # noqa: F401 (SmolLM2's vocabulary)
+from ..smollm2_vocab import (  # noqa: F401 (SmolLM2's vocabulary)
+    smollm2_tiny_model_dir,
+    smollm2_tiny_run_dir,
+    smollm2_tiny_tokenizer,
+)
 from .stages_setup import adapter_of, docs_then_qa
 
 
