@@ -29,16 +29,6 @@ def yaml_digest(config: Path) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def record_config(run_json: Path, config: Path) -> dict[str, Any] | None:
-    """run.json's raw content with `config`'s digest recorded in it, to write back; None without a readable run.json
-    (a run whose run.json is written later records it then)."""
-    try:
-        raw = json.loads(run_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return raw | {FIELD: yaml_digest(config)} if isinstance(raw, dict) else None
-
-
 def check_config(config: Path, run_json: Path) -> None:
     """RunDirError when `config` is not the config.yaml whose digest `run_json` records, naming both files, what
     differs and how to go on. Nothing recorded (an older run, no run.json, a damaged one: read_info says so): no

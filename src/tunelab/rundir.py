@@ -26,7 +26,7 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import RunConfig, load_config
 from tunelab.config.flags import CLI, Spelling
 from tunelab.config.model import EMBEDDED
-from tunelab.config_digest import FIELD, check_config, record_config, yaml_digest
+from tunelab.config_digest import FIELD, check_config, yaml_digest
 from tunelab.errors import ConfigError, RunDirError, article
 from tunelab.run_info import ADAPTER_METHODS, RUN_FILE, WEIGHT_METHODS, RunInfo, is_count
 
@@ -59,24 +59,27 @@ def write_info(run_dir: str | Path, info: RunInfo) -> Path:
     return write_json(run_file(run_dir), info.to_dict() | {FIELD: yaml_digest(Path(run_dir) / CONFIG_FILE)})
 
 
-def write_config(run_dir: str | Path, text: str) -> None:
-    """config.yaml, its digest recorded in the run.json beside it (config_digest.py), where there is one yet."""
-    write_text(Path(run_dir) / CONFIG_FILE, text)
-    raw = record_config(run_file(run_dir), Path(run_dir) / CONFIG_FILE)
-    if raw is not None:
-        write_json(run_file(run_dir), raw)
-
-
-def record_result(run_dir: str | Path, files: dict[str, Any]) -> None:
-    """run.json with `files` recorded as the run's result (RunInfo.result_files), before a save moves them into place:
-    killed between the move and the run's next write_info, the run still knows them for its own. Nothing without a
-    readable run.json."""
+def update_run_json(run_dir: str | Path, fields: dict[str, Any]) -> None:
+    """run.json as it stands, with `fields` set in it; nothing without a readable run.json (a run whose run.json is
+    written later records them then)."""
     try:
         raw = json.loads(run_file(run_dir).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
     if isinstance(raw, dict):
-        write_json(run_file(run_dir), raw | {"result_files": files})
+        write_json(run_file(run_dir), raw | fields)
+
+
+def write_config(run_dir: str | Path, text: str) -> None:
+    """config.yaml, its digest recorded in the run.json beside it (config_digest.py), where there is one yet."""
+    write_text(Path(run_dir) / CONFIG_FILE, text)
+    update_run_json(run_dir, {FIELD: yaml_digest(Path(run_dir) / CONFIG_FILE)})
+
+
+def record_result(run_dir: str | Path, files: dict[str, Any]) -> None:
+    """run.json with `files` recorded as the run's result (RunInfo.result_files), before a save moves them into place:
+    killed between the move and the run's next write_info, the run still knows them for its own."""
+    update_run_json(run_dir, {"result_files": files})
 
 
 def read_json_object(path: Path, consequence: str) -> dict:

@@ -88,9 +88,10 @@ def test_packing_on_the_generic_path_is_refused_as_train_refuses_it(
 
 def _accept_edit(run):
     """Record the edited config.yaml's digest in run.json, as the refusal of an edited one tells a user to."""
-    from tunelab.config_digest import record_config
+    from tunelab.config_digest import FIELD, yaml_digest
+    from tunelab.rundir import update_run_json
 
-    (run / "run.json").write_text(json.dumps(record_config(run / "run.json", run / "config.yaml")))
+    update_run_json(run, {FIELD: yaml_digest(run / "config.yaml")})
 
 
 def test_a_run_saved_with_an_option_now_refused_as_unread_resumes(
