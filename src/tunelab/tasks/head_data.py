@@ -300,7 +300,8 @@ def render_within(
                 over[i] = bound.least_tokens(text) + lead
     ids, tails = dict.fromkeys(over, []), {}
     if keep_over is not None:
-        ids |= _ends(tokenizer, (inputs, template), chats, plain, keep_over, bos, (over, tails))
+        read, least, tails = _ends(tokenizer, inputs, template, chats, plain, keep_over, bos)
+        ids, over = ids | read, over | least
     for texts, is_plain in ((chats, False), (plain, True)):
         texts = {i: text for i, text in texts.items() if i not in ids}
         encoded = encode(tokenizer, list(texts.values()), [[] for _ in texts], plain=is_plain)
@@ -308,11 +309,12 @@ def render_within(
     return [ids[i] for i in range(len(inputs))], over, tails
 
 
-def _ends(tokenizer, read: tuple, chats: dict, plain: dict, limit: int, bos: list[int], found: tuple) -> dict:
-    """The ids `render_within` gives the inputs over `limit` tokens by their size that it reads from their head and
-    tail (its docstring; `read`: the inputs and the template), each put into `found`'s dicts (over, tails)."""
-    (inputs, template), (over, tails) = read, found
-    bound, out = size_bound(tokenizer), {}
+def _ends(
+    tokenizer, inputs: list, template: Template, chats: dict, plain: dict, limit: int, bos: list[int]
+) -> tuple[dict, dict, dict]:
+    """Of the inputs over `limit` tokens by their size that `render_within` reads from their head and tail (its
+    docstring): their ids, the fewest tokens each can have, and where each tail starts (in its ids, in its text)."""
+    bound, out, over, tails = size_bound(tokenizer), {}, {}, {}
     for i, text in (chats | plain).items():
         lead = bos if i in plain else []  # BOS goes before a text input
         if not surely_longer(text, limit - len(lead), bound):
@@ -324,7 +326,7 @@ def _ends(tokenizer, read: tuple, chats: dict, plain: dict, limit: int, bos: lis
         out[i] = lead + head + tail
         over[i] = len(out[i]) + bound.least_tokens(text[end:start])
         tails[i] = (len(lead) + len(head), start)
-    return out
+    return out, over, tails
 
 
 def _cue_in_tail(messages: list[dict], template: Template, text: str, start: int) -> bool:
